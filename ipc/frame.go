@@ -1,0 +1,332 @@
+package ipc
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Kind identifies the type of a frame. It is the first byte after the length
+// prefix.
+type Kind uint8
+
+// Frame kinds. The direction is H->W (dispatcher to worker) or W->H.
+const (
+	KindRequest  Kind = 1 // H->W: request head, optionally with the whole body
+	KindBody     Kind = 2 // both: a chunk of the request or response body
+	KindEnd      Kind = 3 // both: end of a body, with trailers
+	KindResponse Kind = 4 // W->H: response head, optionally with the whole body
+	KindCancel   Kind = 5 // H->W: the dispatcher gave up on a request
+	KindPing     Kind = 6 // H->W: liveness probe on an idle slot
+	KindPong     Kind = 7 // W->H: answer to a ping
+	KindWindow   Kind = 8 // W->H: credit for more request body bytes
+	KindAbort    Kind = 9 // both: a body ended abnormally (W->H: the handler failed after the head was sent)
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindRequest:
+		return "request"
+	case KindBody:
+		return "body"
+	case KindEnd:
+		return "end"
+	case KindResponse:
+		return "response"
+	case KindCancel:
+		return "cancel"
+	case KindPing:
+		return "ping"
+	case KindPong:
+		return "pong"
+	case KindWindow:
+		return "window"
+	case KindAbort:
+		return "abort"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+const (
+	// DefaultMaxFrame is the largest frame, in bytes after the length prefix,
+	// a peer accepts unless configured otherwise.
+	DefaultMaxFrame = 1 << 20
+	// MinMaxFrame is the smallest frame limit a peer may configure: it must
+	// hold a full body chunk plus a generous head.
+	MinMaxFrame = ChunkSize + 64<<10
+	// ChunkSize is the largest body chunk a peer puts in one frame.
+	ChunkSize = 64 << 10
+	// Window is the number of request body bytes the dispatcher may send
+	// beyond what the worker has acknowledged with window frames.
+	Window = 256 << 10
+
+	lenPrefix = 4
+)
+
+// ProtocolError reports a frame that violates the protocol: oversized,
+// truncated, malformed msgpack, or out of order. The connection it came from
+// can no longer be trusted and its peer must be stopped.
+type ProtocolError struct {
+	Kind   Kind   // kind of the offending frame, 0 if unknown
+	Reason string // what was wrong, safe to log
+}
+
+func (e *ProtocolError) Error() string {
+	if e.Kind == 0 {
+		return "ipc: protocol violation: " + e.Reason
+	}
+	return fmt.Sprintf("ipc: protocol violation in %s frame: %s", e.Kind, e.Reason)
+}
+
+func protoErr(k Kind, format string, args ...any) error {
+	return &ProtocolError{Kind: k, Reason: fmt.Sprintf(format, args...)}
+}
+
+// frameReader reads length-prefixed frames. The payload it returns aliases an
+// internal buffer that is valid until the next call.
+type frameReader struct {
+	br      *bufio.Reader
+	buf     []byte
+	max     int
+	hdr     [lenPrefix]byte
+	partial bool // the last error struck inside a frame: the stream is desynchronised
+}
+
+func newFrameReader(r io.Reader, max int) *frameReader {
+	return &frameReader{br: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+// next returns the next frame. A clean end of stream between frames returns
+// io.EOF; any other short read returns io.ErrUnexpectedEOF or the I/O error.
+func (fr *frameReader) next() (Kind, []byte, error) {
+	if fr.partial {
+		return 0, nil, protoErr(0, "stream desynchronised by an earlier error")
+	}
+	if n, err := io.ReadFull(fr.br, fr.hdr[:]); err != nil {
+		fr.partial = n > 0
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint32(fr.hdr[:]))
+	if n < 1 {
+		return 0, nil, protoErr(0, "empty frame")
+	}
+	if n > fr.max {
+		return 0, nil, protoErr(0, "frame of %d bytes exceeds the limit of %d", n, fr.max)
+	}
+	if cap(fr.buf) < n || (cap(fr.buf) > 4*ChunkSize && n <= ChunkSize) {
+		fr.buf = make([]byte, n, max(n, 8<<10))
+	}
+	b := fr.buf[:n]
+	if _, err := io.ReadFull(fr.br, b); err != nil {
+		fr.partial = true
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return Kind(b[0]), b[1:], nil
+}
+
+// frameWriter builds one frame at a time in a reused buffer so that each frame
+// goes out in a single write.
+type frameWriter struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+func newFrameWriter() *frameWriter {
+	fw := &frameWriter{}
+	fw.enc = msgpack.NewEncoder(&fw.buf)
+	return fw
+}
+
+// begin starts a frame of kind k; the caller encodes the payload with fw.enc.
+func (fw *frameWriter) begin(k Kind) {
+	fw.buf.Reset()
+	if fw.buf.Cap() > 4*ChunkSize {
+		fw.buf = bytes.Buffer{}
+		fw.enc.Reset(&fw.buf)
+	}
+	fw.buf.Write([]byte{0, 0, 0, 0, byte(k)})
+}
+
+// finish patches the length prefix and returns the frame bytes.
+func (fw *frameWriter) finish() []byte {
+	b := fw.buf.Bytes()
+	binary.BigEndian.PutUint32(b, uint32(len(b)-lenPrefix))
+	return b
+}
+
+// payloadDecoder decodes msgpack values from one frame payload and checks every
+// declared length against the bytes that remain, so a hostile frame can never
+// make it allocate more than the frame's own size.
+type payloadDecoder struct {
+	rd   bytes.Reader
+	dec  *msgpack.Decoder
+	data []byte
+	kind Kind
+}
+
+func newPayloadDecoder() *payloadDecoder {
+	d := &payloadDecoder{}
+	d.dec = msgpack.NewDecoder(nil)
+	return d
+}
+
+func (d *payloadDecoder) reset(k Kind, b []byte) {
+	d.kind = k
+	d.data = b
+	d.rd.Reset(b)
+	d.dec.ResetReader(&d.rd)
+}
+
+func (d *payloadDecoder) fail(format string, args ...any) error {
+	return protoErr(d.kind, format, args...)
+}
+
+func (d *payloadDecoder) wrap(field string, err error) error {
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return d.fail("field %s: %v", field, err)
+}
+
+// arrayLen reads the top-level array header of a payload.
+func (d *payloadDecoder) arrayLen() (int, error) {
+	n, err := d.dec.DecodeArrayLen()
+	if err != nil {
+		return 0, d.wrap("payload", err)
+	}
+	if n < 0 || n > d.rd.Len() {
+		return 0, d.fail("payload is not an array of plausible length (%d)", n)
+	}
+	return n, nil
+}
+
+func (d *payloadDecoder) uint(field string) (uint64, error) {
+	v, err := d.dec.DecodeUint64()
+	if err != nil {
+		return 0, d.wrap(field, err)
+	}
+	return v, nil
+}
+
+func (d *payloadDecoder) int(field string) (int64, error) {
+	v, err := d.dec.DecodeInt64()
+	if err != nil {
+		return 0, d.wrap(field, err)
+	}
+	return v, nil
+}
+
+func (d *payloadDecoder) bool(field string) (bool, error) {
+	v, err := d.dec.DecodeBool()
+	if err != nil {
+		return false, d.wrap(field, err)
+	}
+	return v, nil
+}
+
+func (d *payloadDecoder) string(field string) (string, error) {
+	v, err := d.dec.DecodeString()
+	if err != nil {
+		return "", d.wrap(field, err)
+	}
+	return v, nil
+}
+
+// bytes returns a bin value without copying: the slice aliases the frame.
+func (d *payloadDecoder) bytes(field string) ([]byte, error) {
+	n, err := d.dec.DecodeBytesLen()
+	if err != nil {
+		return nil, d.wrap(field, err)
+	}
+	if n <= 0 {
+		return nil, nil
+	}
+	if n > d.rd.Len() {
+		return nil, d.fail("field %s: bin of %d bytes in %d remaining", field, n, d.rd.Len())
+	}
+	off := len(d.data) - d.rd.Len()
+	if _, err := d.rd.Seek(int64(n), io.SeekCurrent); err != nil {
+		return nil, d.wrap(field, err)
+	}
+	return d.data[off : off+n : off+n], nil
+}
+
+// header decodes a map of string to array of strings (nil allowed).
+func (d *payloadDecoder) header(field string) (map[string][]string, error) {
+	n, err := d.dec.DecodeMapLen()
+	if err != nil {
+		return nil, d.wrap(field, err)
+	}
+	if n < 0 {
+		return nil, nil
+	}
+	if n > d.rd.Len()/2 {
+		return nil, d.fail("field %s: map of %d entries in %d bytes", field, n, d.rd.Len())
+	}
+	h := make(map[string][]string, n)
+	for range n {
+		k, err := d.string(field)
+		if err != nil {
+			return nil, err
+		}
+		m, err := d.dec.DecodeArrayLen()
+		if err != nil {
+			return nil, d.wrap(field, err)
+		}
+		if m > d.rd.Len() {
+			return nil, d.fail("field %s: %d values in %d bytes", field, m, d.rd.Len())
+		}
+		var vs []string
+		if m >= 0 {
+			vs = make([]string, m)
+			for i := range vs {
+				if vs[i], err = d.string(field); err != nil {
+					return nil, err
+				}
+			}
+		}
+		h[k] = vs
+	}
+	return h, nil
+}
+
+// skip discards the trailing fields a newer peer may have appended.
+func (d *payloadDecoder) skip(n int) error {
+	for range n {
+		if err := d.dec.Skip(); err != nil {
+			return d.wrap("trailing", err)
+		}
+	}
+	if d.rd.Len() != 0 {
+		return d.fail("%d bytes after the payload", d.rd.Len())
+	}
+	return nil
+}
+
+func encodeHeader(enc *msgpack.Encoder, h map[string][]string) {
+	if h == nil {
+		_ = enc.EncodeNil()
+		return
+	}
+	_ = enc.EncodeMapLen(len(h))
+	for k, vs := range h {
+		_ = enc.EncodeString(k)
+		if vs == nil {
+			_ = enc.EncodeNil()
+			continue
+		}
+		_ = enc.EncodeArrayLen(len(vs))
+		for _, v := range vs {
+			_ = enc.EncodeString(v)
+		}
+	}
+}

@@ -1,0 +1,415 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// LaunchConfig describes a worker process to start.
+type LaunchConfig struct {
+	// Cmd is the process to start: Path, Args, Env, Dir and SysProcAttr are
+	// used as given, except that Setpgid is forced on (the child leads its
+	// own process group, which Kill signals as a whole) and Pdeathsig
+	// defaults to SIGKILL. Stdin, Stdout, Stderr and ExtraFiles must be unset.
+	// The environment is exactly Cmd.Env plus the handshake variables: the
+	// dispatcher's own environment is never inherited.
+	Cmd *exec.Cmd
+	// Slots is the number of slot connections (concurrent exchanges). If
+	// zero, 1.
+	Slots int
+	// MaxFrame bounds frames read from the worker. If zero, DefaultMaxFrame.
+	MaxFrame int
+	// StartTimeout bounds start, handshake and the first ping of every slot.
+	// If zero, 10s.
+	StartTimeout time.Duration
+	// SocketDir is the directory in which go-plugin's control socket
+	// directory is created (and removed on exit). If empty, os.TempDir().
+	SocketDir string
+	// Logger receives the worker's output lines and go-plugin's messages
+	// (at debug level). If nil, logrus's standard logger.
+	Logger *logrus.Entry
+}
+
+// StartError reports a worker that could not be started or did not complete
+// the handshake.
+type StartError struct {
+	Path   string   // the binary
+	Err    error    // what went wrong
+	Stderr []string // the last lines it wrote on stderr, if any
+}
+
+func (e *StartError) Error() string {
+	msg := fmt.Sprintf("start worker %q: %v", e.Path, e.Err)
+	if len(e.Stderr) > 0 {
+		msg += " (stderr: " + strings.Join(e.Stderr, " | ") + ")"
+	}
+	return msg
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Child is a running worker process with its slot connections.
+type Child struct {
+	path   string
+	client *plugin.Client
+	run    *procRunner
+	conns  []*Conn
+	stderr *workerLog
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+// Launch starts a worker, completes the go-plugin handshake and checks that
+// every slot answers a ping. On failure nothing is left running.
+func Launch(cfg LaunchConfig) (*Child, error) {
+	if cfg.Cmd == nil || cfg.Cmd.Path == "" {
+		return nil, errors.New("ipc: Launch without a command")
+	}
+	if cfg.Cmd.Stdin != nil || cfg.Cmd.Stdout != nil || cfg.Cmd.Stderr != nil || cfg.Cmd.ExtraFiles != nil {
+		return nil, errors.New("ipc: Launch: the command's stdio and ExtraFiles must be unset")
+	}
+	if cfg.Slots <= 0 {
+		cfg.Slots = 1
+	}
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = DefaultMaxFrame
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = logrus.NewEntry(logrus.StandardLogger())
+	}
+	deadline := time.Now().Add(cfg.StartTimeout)
+	cmd := cfg.Cmd
+	path := cmd.Path
+
+	hostConns, childFiles, err := socketpairs(cfg.Slots)
+	if err != nil {
+		return nil, &StartError{Path: path, Err: err}
+	}
+	closeChildFiles := func() {
+		for _, f := range childFiles {
+			f.Close()
+		}
+		childFiles = nil
+	}
+	defer closeChildFiles()
+
+	fds := make([]string, cfg.Slots)
+	for i := range fds {
+		fds[i] = strconv.Itoa(3 + i)
+	}
+	cmd.ExtraFiles = childFiles
+	cmd.Env = append(cmd.Env, EnvFDs+"="+strings.Join(fds, ","), EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame))
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pgid = 0
+	if cmd.SysProcAttr.Pdeathsig == 0 {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+
+	log := cfg.Logger.WithField("worker", filepath.Base(path))
+	stderr := &workerLog{e: log, stream: "stderr"}
+	syncOut := &workerLog{e: log, stream: "stdout"}
+	syncErr := &workerLog{e: log, stream: "stderr"}
+	pr := &procRunner{cmd: cmd, name: path, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
+		l := log.WithField("pid", pid)
+		stderr.e, syncOut.e, syncErr.e = l, l, l
+		closeChildFiles()
+	}}
+	stderrSink := stderr.sink()
+	pr.stderrDone = make(chan struct{})
+
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		Plugins:          pluginSet(Info{}),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolNetRPC},
+		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, _ string) (runner.Runner, error) {
+			cmd.Env = append(cmd.Env, spec.Env...)
+			return pr, nil
+		},
+		SkipHostEnv:      true,
+		StartTimeout:     cfg.StartTimeout,
+		Logger:           newHclog(log),
+		Stderr:           stderrSink,
+		SyncStdout:       syncOut.sink(),
+		SyncStderr:       syncErr.sink(),
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: cfg.SocketDir},
+	})
+	c := &Child{path: path, client: client, run: pr, stderr: stderr, stopped: make(chan struct{})}
+	for _, hc := range hostConns {
+		c.conns = append(c.conns, NewConn(hc, cfg.MaxFrame))
+	}
+	fail := func(err error) (*Child, error) {
+		c.Kill()
+		c.waitStderr(200 * time.Millisecond)
+		stderrSink.Flush()
+		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail()}
+	}
+	if _, err := client.Client(); err != nil {
+		closeHostConns(hostConns)
+		return fail(err)
+	}
+	for i, conn := range c.conns {
+		conn.SetDeadline(deadline)
+		if err := conn.Ping(); err != nil {
+			return fail(fmt.Errorf("slot %d did not answer a ping: %w", i, err))
+		}
+		conn.SetDeadline(time.Time{})
+	}
+	return c, nil
+}
+
+func socketpairs(n int) ([]net.Conn, []*os.File, error) {
+	var hosts []net.Conn
+	var childs []*os.File
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			closeHostConns(hosts)
+			for _, f := range childs {
+				f.Close()
+			}
+			return nil, nil, fmt.Errorf("socketpair: %w", err)
+		}
+		hf := os.NewFile(uintptr(fds[0]), "slot-host-"+strconv.Itoa(i))
+		hc, err := net.FileConn(hf)
+		hf.Close()
+		if err != nil {
+			unix.Close(fds[1])
+			closeHostConns(hosts)
+			for _, f := range childs {
+				f.Close()
+			}
+			return nil, nil, fmt.Errorf("slot connection: %w", err)
+		}
+		hosts = append(hosts, hc)
+		childs = append(childs, os.NewFile(uintptr(fds[1]), "slot-child-"+strconv.Itoa(i)))
+	}
+	return hosts, childs, nil
+}
+
+func closeHostConns(cs []net.Conn) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// PID returns the worker's process id.
+func (c *Child) PID() int { return c.run.pid }
+
+// Path returns the worker binary.
+func (c *Child) Path() string { return c.path }
+
+// Conns returns the slot connections, one per concurrent exchange.
+func (c *Child) Conns() []*Conn { return c.conns }
+
+// Exited is closed once the process has exited and been reaped.
+func (c *Child) Exited() <-chan struct{} { return c.run.waitDone }
+
+// ExitState returns how the process ended; nil before Exited is closed.
+func (c *Child) ExitState() *os.ProcessState {
+	select {
+	case <-c.run.waitDone:
+		return c.run.cmd.ProcessState
+	default:
+		return nil
+	}
+}
+
+// StderrTail returns the worker's last stderr lines, waiting up to d for its
+// stderr to reach end of file so that a dying worker's last words are in.
+func (c *Child) StderrTail(d time.Duration) []string {
+	c.waitStderr(d)
+	return c.stderr.Tail()
+}
+
+func (c *Child) waitStderr(d time.Duration) {
+	if c.run.stderrDone == nil {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.run.stderrDone:
+	case <-t.C:
+	}
+}
+
+// Signal sends sig to the worker's whole process group.
+func (c *Child) Signal(sig syscall.Signal) error { return c.run.signalGroup(sig) }
+
+// Kill stops the worker at once: SIGKILL to its process group, then
+// go-plugin's cleanup (connections, socket directory). It returns when the
+// process is reaped. Safe to call more than once and concurrently.
+func (c *Child) Kill() {
+	_ = c.run.signalGroup(syscall.SIGKILL)
+	c.cleanup()
+}
+
+// Stop asks the worker to exit (go-plugin's graceful quit, after which the
+// sdk lets in-flight handlers finish) and waits until ctx is done; then it
+// kills the process group. It returns ctx.Err() if the worker had to be
+// killed.
+func (c *Child) Stop(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.client.Kill() // graceful quit, 2 s, then our runner's group SIGKILL
+	}()
+	select {
+	case <-done:
+		c.Kill()
+		return nil
+	case <-ctx.Done():
+		c.Kill()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (c *Child) cleanup() {
+	c.stopOnce.Do(func() {
+		for _, conn := range c.conns {
+			conn.Close()
+		}
+		c.client.Kill()
+		select {
+		case <-c.run.started:
+			<-c.run.waitDone
+		default:
+		}
+		// Stragglers the worker left in its group die with it.
+		_ = c.run.signalGroup(syscall.SIGKILL)
+		close(c.stopped)
+	})
+	<-c.stopped
+}
+
+// procRunner implements go-plugin's runner.Runner: it starts the worker in
+// its own process group and kills the whole group.
+type procRunner struct {
+	cmd     *exec.Cmd
+	name    string
+	pid     int
+	onStart func(pid int)
+
+	stdoutR    *os.File
+	stderrR    io.ReadCloser
+	stderrDone chan struct{}
+
+	started  chan struct{}
+	waitDone chan struct{}
+	waitErr  error
+}
+
+var _ runner.Runner = (*procRunner)(nil)
+
+func (r *procRunner) Start(context.Context) error {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	r.cmd.Stdout, r.cmd.Stderr = outW, errW
+	err = r.cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		r.waitErr = err
+		close(r.waitDone)
+		return err
+	}
+	r.pid = r.cmd.Process.Pid
+	r.stdoutR = outR
+	r.stderrR = &eofReader{r: errR, done: r.stderrDone}
+	close(r.started)
+	r.onStart(r.pid)
+	go func() {
+		r.waitErr = r.cmd.Wait()
+		close(r.waitDone)
+	}()
+	return nil
+}
+
+func (r *procRunner) Diagnose(context.Context) string { return "" }
+func (r *procRunner) Stdout() io.ReadCloser           { return r.stdoutR }
+func (r *procRunner) Stderr() io.ReadCloser           { return r.stderrR }
+func (r *procRunner) Name() string                    { return r.name }
+func (r *procRunner) ID() string {
+	if r.pid == 0 {
+		return ""
+	}
+	return strconv.Itoa(r.pid)
+}
+
+func (r *procRunner) Wait(context.Context) error {
+	<-r.waitDone
+	return r.waitErr
+}
+
+func (r *procRunner) Kill(context.Context) error {
+	return r.signalGroup(syscall.SIGKILL)
+}
+
+// signalGroup signals the worker's process group. The group outlives its
+// leader while members remain, so this also reaches stragglers after the
+// worker itself exited; a group that no longer exists is not an error.
+func (r *procRunner) signalGroup(sig syscall.Signal) error {
+	if r.pid == 0 {
+		return nil
+	}
+	err := unix.Kill(-r.pid, sig)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+func (r *procRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
+func (r *procRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
+
+// eofReader closes done when the underlying reader reaches end of file.
+type eofReader struct {
+	r    io.ReadCloser
+	done chan struct{}
+	once sync.Once
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil {
+		e.once.Do(func() { close(e.done) })
+	}
+	return n, err
+}
+
+func (e *eofReader) Close() error { return e.r.Close() }

@@ -1,0 +1,298 @@
+package ipc
+
+import "net/http"
+
+// Request is the head of an HTTP request as the worker sees it. Its wire form
+// is documented in the package doc; every field here is on the wire.
+type Request struct {
+	ID            uint64      // per-connection exchange number, set by Conn.RoundTrip
+	Method        string      // "GET", "POST", ...
+	URI           string      // request-target as received: "/path?query"
+	Proto         string      // "HTTP/1.1", "HTTP/2.0"
+	Header        http.Header // all headers except hop-by-hop ones
+	Host          string      // Host header or :authority
+	RemoteAddr    string      // the real client's "ip:port"
+	ContentLength int64       // -1 when unknown (chunked)
+	RequestID     string      // correlates logs of the dispatcher and worker
+	Body          []byte      // the whole body if EOF, else its first chunk
+	EOF           bool        // true: Body is complete, no body frames follow
+
+	// Trailer, if non-nil, is read after the body reached EOF and sent in the
+	// end frame. It is not part of the request frame. The dispatcher passes
+	// http.Request.Trailer, which net/http fills as the body is read.
+	Trailer http.Header
+}
+
+// Response is the head of a worker's response.
+type Response struct {
+	ID      uint64
+	Status  int
+	Header  http.Header
+	Body    []byte      // inline body bytes (all of it if EOF)
+	EOF     bool        // true: the response is complete in this frame
+	Trailer http.Header // trailers, only when EOF
+}
+
+const (
+	requestFields  = 11
+	responseFields = 6
+)
+
+func (fw *frameWriter) request(r *Request) []byte {
+	fw.begin(KindRequest)
+	e := fw.enc
+	_ = e.EncodeArrayLen(requestFields)
+	_ = e.EncodeUint(r.ID)
+	_ = e.EncodeString(r.Method)
+	_ = e.EncodeString(r.URI)
+	_ = e.EncodeString(r.Proto)
+	encodeHeader(e, r.Header)
+	_ = e.EncodeString(r.Host)
+	_ = e.EncodeString(r.RemoteAddr)
+	_ = e.EncodeInt(r.ContentLength)
+	_ = e.EncodeString(r.RequestID)
+	_ = e.EncodeBytes(r.Body)
+	_ = e.EncodeBool(r.EOF)
+	return fw.finish()
+}
+
+func (fw *frameWriter) response(r *Response) []byte {
+	fw.begin(KindResponse)
+	e := fw.enc
+	_ = e.EncodeArrayLen(responseFields)
+	_ = e.EncodeUint(r.ID)
+	_ = e.EncodeInt(int64(r.Status))
+	encodeHeader(e, r.Header)
+	_ = e.EncodeBytes(r.Body)
+	_ = e.EncodeBool(r.EOF)
+	encodeHeader(e, r.Trailer)
+	return fw.finish()
+}
+
+func (fw *frameWriter) body(id uint64, data []byte) []byte {
+	fw.begin(KindBody)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeBytes(data)
+	return fw.finish()
+}
+
+func (fw *frameWriter) end(id uint64, trailer http.Header) []byte {
+	fw.begin(KindEnd)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	encodeHeader(fw.enc, trailer)
+	return fw.finish()
+}
+
+// idFrame encodes cancel, ping and pong: a single unsigned integer.
+func (fw *frameWriter) idFrame(k Kind, id uint64) []byte {
+	fw.begin(k)
+	_ = fw.enc.EncodeArrayLen(1)
+	_ = fw.enc.EncodeUint(id)
+	return fw.finish()
+}
+
+func (fw *frameWriter) window(id uint64, n int) []byte {
+	fw.begin(KindWindow)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeUint(uint64(n))
+	return fw.finish()
+}
+
+func (fw *frameWriter) abort(id uint64, reason string) []byte {
+	fw.begin(KindAbort)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeString(reason)
+	return fw.finish()
+}
+
+// need checks that a payload array has at least the fields this version
+// requires.
+func (d *payloadDecoder) need(n, min int) error {
+	if n < min {
+		return d.fail("%d fields, want at least %d", n, min)
+	}
+	return nil
+}
+
+func (d *payloadDecoder) request() (*Request, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.need(n, requestFields); err != nil {
+		return nil, err
+	}
+	r := &Request{}
+	if r.ID, err = d.uint("id"); err != nil {
+		return nil, err
+	}
+	if r.Method, err = d.string("method"); err != nil {
+		return nil, err
+	}
+	if r.URI, err = d.string("uri"); err != nil {
+		return nil, err
+	}
+	if r.Proto, err = d.string("proto"); err != nil {
+		return nil, err
+	}
+	if r.Header, err = d.header("header"); err != nil {
+		return nil, err
+	}
+	if r.Host, err = d.string("host"); err != nil {
+		return nil, err
+	}
+	if r.RemoteAddr, err = d.string("remote_addr"); err != nil {
+		return nil, err
+	}
+	if r.ContentLength, err = d.int("content_length"); err != nil {
+		return nil, err
+	}
+	if r.RequestID, err = d.string("request_id"); err != nil {
+		return nil, err
+	}
+	if r.Body, err = d.bytes("body"); err != nil {
+		return nil, err
+	}
+	if r.EOF, err = d.bool("eof"); err != nil {
+		return nil, err
+	}
+	return r, d.skip(n - requestFields)
+}
+
+func (d *payloadDecoder) response() (*Response, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.need(n, responseFields); err != nil {
+		return nil, err
+	}
+	r := &Response{}
+	if r.ID, err = d.uint("id"); err != nil {
+		return nil, err
+	}
+	status, err := d.int("status")
+	if err != nil {
+		return nil, err
+	}
+	if status < 100 || status > 999 {
+		return nil, d.fail("status %d outside 100-999", status)
+	}
+	r.Status = int(status)
+	if r.Header, err = d.header("header"); err != nil {
+		return nil, err
+	}
+	if r.Body, err = d.bytes("body"); err != nil {
+		return nil, err
+	}
+	if r.EOF, err = d.bool("eof"); err != nil {
+		return nil, err
+	}
+	if r.Trailer, err = d.header("trailer"); err != nil {
+		return nil, err
+	}
+	return r, d.skip(n - responseFields)
+}
+
+// idData decodes body frames: [id, bin].
+func (d *payloadDecoder) idData() (uint64, []byte, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := d.need(n, 2); err != nil {
+		return 0, nil, err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, nil, err
+	}
+	b, err := d.bytes("data")
+	if err != nil {
+		return 0, nil, err
+	}
+	return id, b, d.skip(n - 2)
+}
+
+// idHeader decodes end frames: [id, trailer].
+func (d *payloadDecoder) idHeader() (uint64, http.Header, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := d.need(n, 2); err != nil {
+		return 0, nil, err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, nil, err
+	}
+	h, err := d.header("trailer")
+	if err != nil {
+		return 0, nil, err
+	}
+	return id, h, d.skip(n - 2)
+}
+
+// idOnly decodes cancel, ping and pong frames: [id].
+func (d *payloadDecoder) idOnly() (uint64, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, err
+	}
+	if err := d.need(n, 1); err != nil {
+		return 0, err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, err
+	}
+	return id, d.skip(n - 1)
+}
+
+// idCount decodes window frames: [id, n].
+func (d *payloadDecoder) idCount() (uint64, int, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := d.need(n, 2); err != nil {
+		return 0, 0, err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, 0, err
+	}
+	c, err := d.uint("n")
+	if err != nil {
+		return 0, 0, err
+	}
+	if c > Window {
+		return 0, 0, d.fail("window credit %d exceeds %d", c, Window)
+	}
+	return id, int(c), d.skip(n - 2)
+}
+
+// idString decodes abort frames: [id, reason].
+func (d *payloadDecoder) idString() (uint64, string, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, "", err
+	}
+	if err := d.need(n, 2); err != nil {
+		return 0, "", err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, "", err
+	}
+	s, err := d.string("reason")
+	if err != nil {
+		return 0, "", err
+	}
+	return id, s, d.skip(n - 2)
+}

@@ -1,0 +1,120 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+)
+
+// ProtocolVersion is the version of this wire protocol. It travels in the
+// go-plugin handshake: a dispatcher refuses a worker built for another
+// version with a clear error instead of misreading its frames.
+const ProtocolVersion = 1
+
+// Handshake is the go-plugin handshake shared by the dispatcher and workers.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "DISPATCHER_WORKER_COOKIE",
+	MagicCookieValue: "b6f3f1c4e0a94f3c9d3c2a7e5b1d8f60",
+}
+
+// Environment variables the dispatcher sets for a worker, besides go-plugin's.
+const (
+	// EnvFDs lists the inherited descriptors of the slot connections, as
+	// comma-separated decimal numbers ("3,4").
+	EnvFDs = "DISPATCHER_IPC_FDS"
+	// EnvMaxFrame is the largest frame the dispatcher accepts from the
+	// worker, in bytes.
+	EnvMaxFrame = "DISPATCHER_IPC_MAX_FRAME"
+)
+
+// pluginName is the one plugin a worker serves. Its net/rpc service only
+// reports what the worker is; requests never travel over it.
+const pluginName = "worker"
+
+// Info describes a worker, as reported over go-plugin's RPC connection.
+type Info struct {
+	SDK string // implementation and version, e.g. "go-sdk/1"
+}
+
+type infoServer struct{ info Info }
+
+// Info is the one RPC method of the worker plugin.
+func (s *infoServer) Info(_ struct{}, reply *Info) error {
+	*reply = s.info
+	return nil
+}
+
+type workerPlugin struct{ info Info }
+
+func (p *workerPlugin) Server(*plugin.MuxBroker) (any, error) { return &infoServer{info: p.info}, nil }
+
+func (p *workerPlugin) Client(_ *plugin.MuxBroker, c *rpc.Client) (any, error) {
+	return c, nil
+}
+
+func pluginSet(info Info) plugin.PluginSet {
+	return plugin.PluginSet{pluginName: &workerPlugin{info: info}}
+}
+
+// ErrNotWorker reports a process started outside a dispatcher.
+var ErrNotWorker = errors.New("ipc: not started by a dispatcher (no " + EnvFDs + " in the environment)")
+
+// WorkerConns returns the slot connections the dispatcher passed to this
+// process, and the frame limit it announced. Each inherited descriptor is
+// closed after being duplicated into a close-on-exec connection, so
+// processes the worker starts do not inherit it.
+func WorkerConns() ([]net.Conn, int, error) {
+	list := os.Getenv(EnvFDs)
+	if list == "" || os.Getenv(Handshake.MagicCookieKey) != Handshake.MagicCookieValue {
+		return nil, 0, ErrNotWorker
+	}
+	maxFrame := DefaultMaxFrame
+	if s := os.Getenv(EnvMaxFrame); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < MinMaxFrame {
+			return nil, 0, fmt.Errorf("ipc: bad %s=%q", EnvMaxFrame, s)
+		}
+		maxFrame = n
+	}
+	var conns []net.Conn
+	for _, f := range strings.Split(list, ",") {
+		fd, err := strconv.Atoi(f)
+		if err != nil || fd < 3 {
+			return nil, 0, fmt.Errorf("ipc: bad %s=%q", EnvFDs, list)
+		}
+		file := os.NewFile(uintptr(fd), "slot-"+f)
+		c, err := net.FileConn(file)
+		file.Close()
+		if err != nil {
+			return nil, 0, fmt.Errorf("ipc: slot descriptor %d: %w", fd, err)
+		}
+		conns = append(conns, c)
+	}
+	_ = os.Unsetenv(EnvFDs)
+	return conns, maxFrame, nil
+}
+
+// ServeWorker runs go-plugin's side of the handshake and blocks until the
+// dispatcher asks the worker to quit. Nothing may be written to standard
+// output before it: the first line is the handshake. go-plugin's own messages
+// go to standard error as JSON at warn level and above.
+func ServeWorker(info Info) {
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         pluginSet(info),
+		Logger: hclog.New(&hclog.LoggerOptions{
+			Name:       "go-plugin",
+			Level:      hclog.Warn,
+			Output:     os.Stderr,
+			JSONFormat: true,
+		}),
+	})
+}

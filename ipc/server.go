@@ -1,0 +1,110 @@
+package ipc
+
+import (
+	"net"
+	"net/http"
+	"sync"
+)
+
+// Frame is one decoded frame received by a worker. Which fields are set
+// depends on Kind. Data and Request.Body alias the connection's read buffer
+// and are valid only until the next call to Next.
+type Frame struct {
+	Kind    Kind
+	ID      uint64
+	Request *Request    // KindRequest
+	Data    []byte      // KindBody
+	Trailer http.Header // KindEnd
+	Reason  string      // KindAbort
+}
+
+// ServerConn is the worker's end of one slot connection. Next must be called
+// from one goroutine; the Write methods are safe for concurrent use.
+type ServerConn struct {
+	nc  net.Conn
+	fr  *frameReader
+	pd  *payloadDecoder
+	wmu sync.Mutex
+	fw  *frameWriter
+}
+
+// NewServerConn wraps the worker's end of a slot connection. maxFrame bounds
+// every frame read (DefaultMaxFrame if 0).
+func NewServerConn(nc net.Conn, maxFrame int) *ServerConn {
+	if maxFrame <= 0 {
+		maxFrame = DefaultMaxFrame
+	}
+	return &ServerConn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
+}
+
+// Close closes the connection.
+func (s *ServerConn) Close() error { return s.nc.Close() }
+
+// Next reads and decodes the next frame sent by the dispatcher. It returns
+// io.EOF when the dispatcher closed the connection and a *ProtocolError for
+// anything malformed.
+func (s *ServerConn) Next() (Frame, error) {
+	k, p, err := s.fr.next()
+	if err != nil {
+		return Frame{}, err
+	}
+	s.pd.reset(k, p)
+	f := Frame{Kind: k}
+	switch k {
+	case KindRequest:
+		f.Request, err = s.pd.request()
+		if f.Request != nil {
+			f.ID = f.Request.ID
+		}
+	case KindBody:
+		f.ID, f.Data, err = s.pd.idData()
+	case KindEnd:
+		f.ID, f.Trailer, err = s.pd.idHeader()
+	case KindCancel, KindPing:
+		f.ID, err = s.pd.idOnly()
+	case KindAbort:
+		f.ID, f.Reason, err = s.pd.idString()
+	default:
+		err = protoErr(k, "not expected by a worker")
+	}
+	return f, err
+}
+
+func (s *ServerConn) send(build func(*frameWriter) []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_, err := s.nc.Write(build(s.fw))
+	return err
+}
+
+// WriteResponse sends a response head, with inline body bytes and, if
+// r.EOF, the trailers that complete it.
+func (s *ServerConn) WriteResponse(r *Response) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.response(r) })
+}
+
+// WriteBody sends a chunk of the response body; data must not exceed
+// ChunkSize.
+func (s *ServerConn) WriteBody(id uint64, data []byte) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.body(id, data) })
+}
+
+// WriteEnd completes a response whose head was sent without EOF.
+func (s *ServerConn) WriteEnd(id uint64, trailer http.Header) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.end(id, trailer) })
+}
+
+// WriteAbort ends a response abnormally: the client's connection is cut.
+func (s *ServerConn) WriteAbort(id uint64, reason string) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.abort(id, reason) })
+}
+
+// WritePong answers a ping.
+func (s *ServerConn) WritePong(id uint64) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.idFrame(KindPong, id) })
+}
+
+// WriteWindow grants the dispatcher credit for n more request body bytes.
+func (s *ServerConn) WriteWindow(id uint64, n int) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.window(id, n) })
+}

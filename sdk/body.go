@@ -1,0 +1,122 @@
+package sdk
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/childproc/dispatcher/ipc"
+)
+
+// requestBody is a request body streamed in body frames. The slot's reader
+// pushes chunks without ever blocking (the dispatcher sends at most
+// ipc.Window unacknowledged bytes); the handler's reads return credit to the
+// dispatcher in window frames.
+type requestBody struct {
+	sc *ipc.ServerConn
+	id uint64
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	chunks   [][]byte
+	queued   int // bytes received and not yet read
+	consumed int // bytes read and not yet acknowledged
+	done     bool
+	err      error // io.EOF once finished normally
+	closed   bool
+	trailer  http.Header
+	req      *http.Request
+}
+
+func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte) *requestBody {
+	b := &requestBody{sc: sc, id: id}
+	b.cond.L = &b.mu
+	if len(first) > 0 {
+		b.chunks = append(b.chunks, first)
+		b.queued = len(first)
+	}
+	return b
+}
+
+// push queues a chunk; data is copied. It fails if the dispatcher exceeded
+// its window.
+func (b *requestBody) push(data []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done || b.closed || len(data) == 0 {
+		return nil
+	}
+	if b.queued+len(data) > ipc.Window {
+		return fmt.Errorf("dispatcher sent %d body bytes beyond the window", b.queued+len(data)-ipc.Window)
+	}
+	b.chunks = append(b.chunks, append([]byte(nil), data...))
+	b.queued += len(data)
+	b.cond.Signal()
+	return nil
+}
+
+// finish ends the body: normally (err nil, with trailers) or with err.
+func (b *requestBody) finish(err error, trailer http.Header) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
+	b.done = true
+	if err == nil {
+		err = io.EOF
+		b.trailer = trailer
+	}
+	b.err = err
+	b.cond.Broadcast()
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	for len(b.chunks) == 0 && !b.done && !b.closed {
+		b.cond.Wait()
+	}
+	if b.closed {
+		b.mu.Unlock()
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if len(b.chunks) == 0 {
+		err := b.err
+		if err == io.EOF && b.trailer != nil && b.req != nil {
+			b.req.Trailer = b.trailer
+			b.trailer = nil
+		}
+		b.mu.Unlock()
+		return 0, err
+	}
+	n := copy(p, b.chunks[0])
+	if n == len(b.chunks[0]) {
+		b.chunks[0] = nil
+		b.chunks = b.chunks[1:]
+	} else {
+		b.chunks[0] = b.chunks[0][n:]
+	}
+	b.queued -= n
+	b.consumed += n
+	var credit int
+	if b.consumed >= ipc.Window/4 && !b.done {
+		credit, b.consumed = b.consumed, 0
+	}
+	b.mu.Unlock()
+	if credit > 0 {
+		// A failed write means the dispatcher is gone; the next read of the
+		// slot sees it.
+		_ = b.sc.WriteWindow(b.id, credit)
+	}
+	return n, nil
+}
+
+func (b *requestBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	b.chunks = nil
+	b.cond.Broadcast()
+	return nil
+}

@@ -1,0 +1,590 @@
+// Package workers runs the processes of one function: it spawns them,
+// hands each request to an idle one, supervises them, and restarts the ones
+// that die, with backoff. It owns process policy (how many, when to restart,
+// when to kill); package ipc owns the wire protocol and the go-plugin glue.
+//
+// A Pool follows a Start/Close lifecycle. Every request goes through
+// RoundTrip; its failures come back as typed errors (*ExitError,
+// *TimeoutError, ErrClosed) that the caller maps to HTTP statuses. A request
+// that never reached a worker (the worker died while idle) is retried on
+// another one.
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/childproc/dispatcher/ipc"
+	"github.com/sirupsen/logrus"
+)
+
+// maxAttempts bounds how many workers one request is offered to when the
+// earlier ones turn out dead before reading it.
+const maxAttempts = 3
+
+// Pool runs the worker processes of one function.
+type Pool struct {
+	cfg Config
+	log *logrus.Entry
+
+	mu       sync.Mutex
+	idle     []*slot
+	waiters  []chan *slot
+	children map[*child]struct{}
+	closed   bool
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	exits     chan *child
+	socketDir string
+	backoff   Backoff
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type child struct {
+	proc    *ipc.Child
+	slots   []*slot
+	started time.Time
+	dead    atomic.Bool
+	reason  atomic.Pointer[string] // why the pool killed it, if it did
+}
+
+type slot struct {
+	c    *child
+	conn *ipc.Conn
+}
+
+// NewPool validates cfg and returns a pool that runs nothing until Start.
+func NewPool(cfg Config) (*Pool, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Pool{
+		cfg:      cfg,
+		log:      cfg.Logger.WithField("worker", filepath.Base(cfg.Path)),
+		children: make(map[*child]struct{}),
+		exits:    make(chan *child, 64),
+		backoff:  cfg.Backoff,
+	}, nil
+}
+
+// Start spawns Config.Size workers and waits for their handshakes. If any
+// fails to start, Start stops the others and returns its *ipc.StartError.
+func (p *Pool) Start(ctx context.Context) error {
+	dir, err := os.MkdirTemp(p.cfg.SocketDir, "dispatcher-")
+	if err != nil {
+		return fmt.Errorf("workers: socket directory: %w", err)
+	}
+	p.socketDir = dir
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+
+	errs := make(chan error, p.cfg.Size)
+	for range p.cfg.Size {
+		go func() {
+			c, err := p.spawn()
+			if err == nil {
+				p.add(c)
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range p.cfg.Size {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first == nil {
+		if err := ctx.Err(); err != nil {
+			first = err
+		}
+	}
+	if first != nil {
+		_ = p.Close(ctx)
+		return first
+	}
+	p.wg.Add(1)
+	go p.supervise()
+	return nil
+}
+
+// Close stops accepting requests, stops every worker gracefully (killing
+// those still running when ctx is done or Config.StopTimeout passed) and
+// removes the pool's socket directory. Later calls return the first result.
+func (p *Pool) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		for _, w := range p.waiters {
+			w <- nil
+		}
+		p.waiters = nil
+		p.idle = nil
+		children := make([]*child, 0, len(p.children))
+		for c := range p.children {
+			children = append(children, c)
+		}
+		p.mu.Unlock()
+		if p.cancel != nil {
+			p.cancel()
+		}
+		p.wg.Wait()
+
+		stopCtx, cancel := context.WithTimeout(ctx, p.cfg.StopTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		var killed atomic.Int32
+		for _, c := range children {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.dead.Store(true)
+				if c.proc.Stop(stopCtx) != nil {
+					killed.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if p.socketDir != "" {
+			if err := os.RemoveAll(p.socketDir); err != nil {
+				p.closeErr = fmt.Errorf("workers: remove socket directory: %w", err)
+			}
+		}
+		if n := killed.Load(); n > 0 && p.closeErr == nil {
+			p.closeErr = fmt.Errorf("workers: %d worker(s) killed after the stop timeout", n)
+		}
+	})
+	return p.closeErr
+}
+
+// Workers returns the pids of the live workers.
+func (p *Pool) Workers() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pids := make([]int, 0, len(p.children))
+	for c := range p.children {
+		if !c.dead.Load() {
+			pids = append(pids, c.proc.PID())
+		}
+	}
+	return pids
+}
+
+func (p *Pool) spawn() (*child, error) {
+	cmd, err := p.cfg.command()
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	proc, err := ipc.Launch(ipc.LaunchConfig{
+		Cmd:          cmd,
+		Slots:        p.cfg.Concurrency,
+		MaxFrame:     p.cfg.MaxFrame,
+		StartTimeout: p.cfg.StartTimeout,
+		SocketDir:    p.socketDir,
+		Logger:       p.cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &child{proc: proc, started: time.Now()}
+	for _, conn := range proc.Conns() {
+		c.slots = append(c.slots, &slot{c: c, conn: conn})
+	}
+	p.log.WithFields(logrus.Fields{"pid": proc.PID(), "start_ms": ms(time.Since(t0))}).Debug("worker started")
+	return c, nil
+}
+
+// add puts a started worker into rotation.
+func (p *Pool) add(c *child) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.proc.Kill()
+		return
+	}
+	p.children[c] = struct{}{}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go p.watch(c)
+	for _, s := range c.slots {
+		p.release(s)
+	}
+}
+
+// watch waits for a worker's exit, cleans up after it and reports it to the
+// supervisor.
+func (p *Pool) watch(c *child) {
+	defer p.wg.Done()
+	select {
+	case <-c.proc.Exited():
+	case <-p.ctx.Done():
+		return
+	}
+	c.dead.Store(true)
+	c.proc.Kill() // connections, socket directory, stragglers in its group
+	p.mu.Lock()
+	delete(p.children, c)
+	live := p.idle[:0]
+	for _, s := range p.idle {
+		if s.c != c {
+			live = append(live, s)
+		}
+	}
+	clear(p.idle[len(live):])
+	p.idle = live
+	p.mu.Unlock()
+	select {
+	case p.exits <- c:
+	case <-p.ctx.Done():
+	}
+}
+
+// supervise replaces workers that exited, spacing restarts with Backoff.
+func (p *Pool) supervise() {
+	defer p.wg.Done()
+	owed := 0
+	var timer *time.Timer
+	var due <-chan time.Time
+	schedule := func(d time.Duration) {
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		due = timer.C
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case c := <-p.exits:
+			lived := time.Since(c.started)
+			delay := p.backoff.Exited(lived)
+			p.logExit(c, lived, delay)
+			owed++
+			if due == nil {
+				schedule(delay)
+			}
+		case <-due:
+			due = nil
+			c, err := p.spawn()
+			if err != nil {
+				delay := p.backoff.Failed()
+				p.log.WithError(err).WithFields(logrus.Fields{
+					"failures": p.backoff.Failures(), "retry_in": delay.String(),
+				}).Error("worker failed to start")
+				schedule(delay)
+				continue
+			}
+			p.add(c)
+			owed--
+			if owed > 0 {
+				schedule(p.backoff.Delay())
+			}
+		}
+	}
+}
+
+func (p *Pool) logExit(c *child, lived, delay time.Duration) {
+	f := logrus.Fields{
+		"pid":    c.proc.PID(),
+		"exit":   describeExit(c.proc.ExitState()),
+		"uptime": lived.Round(time.Millisecond).String(),
+	}
+	if delay > 0 {
+		f["restart_in"] = delay.String()
+	}
+	if r := c.reason.Load(); r != nil {
+		f["reason"] = *r
+		p.log.WithFields(f).Warn("worker killed; replacing it")
+		return
+	}
+	if tail := c.proc.StderrTail(100 * time.Millisecond); len(tail) > 0 {
+		f["stderr"] = tail
+	}
+	p.log.WithFields(f).Warn("worker exited unexpectedly; replacing it")
+}
+
+// kill takes a worker out of rotation and SIGKILLs its process group. The
+// first reason given is kept for the log.
+func (c *child) kill(reason string) {
+	c.reason.CompareAndSwap(nil, &reason)
+	c.dead.Store(true)
+	_ = c.proc.Signal(syscall.SIGKILL)
+}
+
+// acquire returns an idle slot of a live worker, waiting for one if needed.
+func (p *Pool) acquire(ctx context.Context) (*slot, error) {
+	p.mu.Lock()
+	for len(p.idle) > 0 {
+		s := p.idle[len(p.idle)-1]
+		p.idle[len(p.idle)-1] = nil
+		p.idle = p.idle[:len(p.idle)-1]
+		if !s.c.dead.Load() {
+			p.mu.Unlock()
+			return s, nil
+		}
+	}
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	w := make(chan *slot, 1)
+	p.waiters = append(p.waiters, w)
+	p.mu.Unlock()
+
+	select {
+	case s := <-w:
+		if s == nil {
+			return nil, ErrClosed
+		}
+		return s, nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		for i, x := range p.waiters {
+			if x == w {
+				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+				p.mu.Unlock()
+				return nil, ctx.Err()
+			}
+		}
+		p.mu.Unlock()
+		// A slot was handed over as we gave up: pass it on.
+		if s := <-w; s != nil {
+			p.release(s)
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// release returns a slot to rotation: to the longest waiter, or to the idle
+// stack.
+func (p *Pool) release(s *slot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.c.dead.Load() || p.closed {
+		return
+	}
+	for len(p.waiters) > 0 && !s.c.dead.Load() {
+		w := p.waiters[0]
+		p.waiters[0] = nil
+		p.waiters = p.waiters[1:]
+		w <- s
+		return
+	}
+	p.idle = append(p.idle, s)
+}
+
+// RoundTrip sends req to an idle worker and returns its response head. If
+// req.EOF is false, the rest of the request body is read from body while the
+// worker consumes it. The caller must Close the response.
+//
+// The request timeout counts from the moment a worker takes the request.
+// Waiting for an idle worker is bounded by ctx only.
+func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
+	var err error
+	for range maxAttempts {
+		var s *slot
+		if s, err = p.acquire(ctx); err != nil {
+			return nil, err
+		}
+		var resp *Response
+		if resp, err = p.exchange(ctx, s, req, body); err == nil {
+			return resp, nil
+		}
+		if !errors.Is(err, ipc.ErrNotDelivered) {
+			return nil, err
+		}
+		p.log.WithError(err).WithField("pid", s.c.proc.PID()).Debug("worker died before reading the request; retrying on another")
+	}
+	return nil, fmt.Errorf("%w: %w", ErrNoWorker, err)
+}
+
+// Response is a worker's response. Its body is read with Next.
+type Response struct {
+	Status    int
+	Header    http.Header
+	PID       int  // the worker that answered
+	Streaming bool // the worker flushed or sent a large body: flush each chunk
+
+	s         *slot
+	p         *Pool
+	body      *ipc.Body
+	stop      func() bool
+	interrupt sync.WaitGroup
+	cancelled atomic.Bool
+	done      bool
+	err       error
+}
+
+func (p *Pool) exchange(ctx context.Context, s *slot, req *ipc.Request, body io.Reader) (*Response, error) {
+	r := &Response{s: s, p: p, PID: s.c.proc.PID()}
+	conn := s.conn
+	_ = conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
+	if ctx.Done() != nil {
+		r.interrupt.Add(1)
+		r.stop = context.AfterFunc(ctx, func() {
+			defer r.interrupt.Done()
+			r.cancelled.Store(true)
+			_ = conn.SetReadDeadline(time.Unix(1, 0))
+		})
+	}
+	head, rb, err := conn.RoundTrip(req, body)
+	if err != nil {
+		return nil, r.fail(err)
+	}
+	r.Status, r.Header, r.Streaming, r.body = head.Status, head.Header, !head.EOF, rb
+	return r, nil
+}
+
+// Next returns the next chunk of the body, valid until the next call, or
+// io.EOF after the last one. Any other error has already been dealt with
+// (the worker killed or the exchange cancelled) and is typed like
+// RoundTrip's.
+func (r *Response) Next() ([]byte, error) {
+	if r.done {
+		if r.err != nil {
+			return nil, r.err
+		}
+		return nil, io.EOF
+	}
+	b, err := r.body.Next()
+	if err == io.EOF {
+		r.finish()
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, r.fail(err)
+	}
+	return b, nil
+}
+
+// Trailer returns the response trailers, valid after Next returned io.EOF.
+func (r *Response) Trailer() http.Header { return r.s.conn.Trailer() }
+
+// Close ends the exchange. If the body was not read to the end (the client
+// went away), the worker is told to cancel the handler and the rest of its
+// response is discarded.
+func (r *Response) Close() {
+	if r.done {
+		return
+	}
+	r.done = true
+	r.err = context.Canceled
+	r.stopInterrupt()
+	r.p.cancelExchange(r.s)
+}
+
+func (r *Response) stopInterrupt() {
+	if r.stop != nil && r.stop() {
+		r.interrupt.Done()
+	}
+	r.interrupt.Wait()
+}
+
+// finish completes a fully read exchange and returns its slot to rotation.
+func (r *Response) finish() {
+	r.done = true
+	r.stopInterrupt()
+	r.p.release(r.s)
+}
+
+// fail classifies a failed exchange and disposes of its worker or slot.
+func (r *Response) fail(err error) error {
+	r.done = true
+	r.stopInterrupt()
+	s, c := r.s, r.s.c
+	var abort *ipc.AbortError
+	switch {
+	case errors.Is(err, ipc.ErrNotDelivered):
+		c.kill("died before reading a request")
+	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load() && s.conn.Err() == nil:
+		err = context.Canceled
+		r.p.cancelExchange(s)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.kill("request timed out")
+		err = &TimeoutError{Path: r.p.cfg.Path, PID: c.proc.PID(), Timeout: r.p.cfg.Timeout}
+	case errors.As(err, &abort) && s.conn.Err() == nil:
+		r.p.release(s)
+	default:
+		err = r.p.crashed(c, err)
+	}
+	r.err = err
+	return err
+}
+
+// crashed builds the error of a worker that died or broke the protocol
+// during a request, making sure it is dead and reaped first.
+func (p *Pool) crashed(c *child, err error) error {
+	var pe *ipc.ProtocolError
+	if errors.As(err, &pe) {
+		c.kill("protocol violation: " + pe.Reason)
+	}
+	c.dead.Store(true)
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-c.proc.Exited():
+	case <-t.C:
+		c.kill("closed its connection but did not exit")
+		<-c.proc.Exited()
+	}
+	return &ExitError{
+		Path:   p.cfg.Path,
+		PID:    c.proc.PID(),
+		State:  c.proc.ExitState(),
+		Stderr: c.proc.StderrTail(100 * time.Millisecond),
+		Err:    err,
+	}
+}
+
+// cancelExchange tells the worker to cancel the current exchange of s and
+// discards the rest of it in the background; the slot returns to rotation if
+// the handler finishes within CancelGrace, otherwise the worker is killed.
+func (p *Pool) cancelExchange(s *slot) {
+	p.mu.Lock()
+	if p.closed {
+		// Close stops every worker; nothing to hand the slot back to.
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		conn := s.conn
+		_ = conn.SetDeadline(time.Now().Add(p.cfg.CancelGrace))
+		err := conn.Cancel()
+		if err == nil {
+			err = conn.Drain()
+		}
+		if err != nil {
+			if !s.c.dead.Load() {
+				s.c.kill(fmt.Sprintf("handler did not return within %s of its client going away", p.cfg.CancelGrace))
+			}
+			return
+		}
+		p.release(s)
+	}()
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
