@@ -1,0 +1,54 @@
+// Package testbin builds the project's test worker binaries (and other main
+// packages) once per test binary, for use from TestMain.
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// Module is this module's import path.
+const Module = "github.com/childproc/dispatcher"
+
+// Root returns the module's root directory.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Build compiles the given packages (import paths relative to the module,
+// such as "testdata/workers/hello" or "cmd/dispatcher") into dir with a
+// single go build, and returns the binary of each by its base name.
+func Build(dir string, pkgs ...string) (map[string]string, error) {
+	args := []string{"build", "-o", dir + string(os.PathSeparator)}
+	bins := make(map[string]string, len(pkgs))
+	for _, p := range pkgs {
+		args = append(args, Module+"/"+p)
+		bins[filepath.Base(p)] = filepath.Join(dir, filepath.Base(p))
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = Root()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return bins, nil
+}
+
+// Workers lists every test worker under testdata/workers.
+func Workers() []string {
+	entries, err := os.ReadDir(filepath.Join(Root(), "testdata", "workers"))
+	if err != nil {
+		panic(err)
+	}
+	var pkgs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			pkgs = append(pkgs, "testdata/workers/"+e.Name())
+		}
+	}
+	return pkgs
+}

@@ -1,0 +1,36 @@
+// Command hang never answers /hang. With /spawn it first starts a
+// grandchild (sleep) in its process group and reports its pid on stderr as
+// "grandchild <pid>". /ctx waits for its context to be cancelled and logs
+// it. Other paths answer "ok" and the worker's pid.
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+
+	"github.com/childproc/dispatcher/sdk"
+)
+
+func main() {
+	sdk.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/spawn":
+			cmd := exec.Command("sleep", "1000")
+			if err := cmd.Start(); err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			fmt.Fprintf(os.Stderr, "grandchild %d\n", cmd.Process.Pid)
+			select {}
+		case "/hang":
+			select {}
+		case "/ctx":
+			<-r.Context().Done()
+			fmt.Fprintln(os.Stderr, "hang: context cancelled:", r.Context().Err())
+			return
+		}
+		fmt.Fprintf(w, "ok %d\n", os.Getpid())
+	}))
+}
