@@ -74,7 +74,9 @@ func (e *BadResponseError) Error() string {
 func (e *BadResponseError) Unwrap() error { return e.Err }
 
 // copyResponseHeader validates a worker's response headers and copies them
-// into dst, leaving out hop-by-hop ones. Nothing is copied if any is invalid.
+// into dst, leaving out hop-by-hop ones except Trailer, which announces the
+// trailers the worker will send (net/http then frames the response so they
+// can follow). Nothing is copied if any is invalid.
 func copyResponseHeader(dst, src http.Header) error {
 	for k, vs := range src {
 		if !httpguts.ValidHeaderFieldName(k) {
@@ -92,6 +94,9 @@ func copyResponseHeader(dst, src http.Header) error {
 	}
 	if hop {
 		removeHop(dst)
+		if tr, ok := src["Trailer"]; ok {
+			dst["Trailer"] = tr
+		}
 	}
 	return nil
 }

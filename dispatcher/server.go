@@ -144,6 +144,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 			return
 		}
 		req.Body = (*bp)[:n]
+		if !req.EOF {
+			// The worker may answer while it still reads the body (an
+			// echo, a transform): without this, net/http's HTTP/1 server
+			// discards up to 256 KiB of unread body once the response
+			// head is out.
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
 	}
 	ctx := context.WithValue(r.Context(), ctxKey{}, in)
 	resp, err := s.inv.RoundTrip(ctx, &req, r.Body)

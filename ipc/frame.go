@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // Kind identifies the type of a frame. It is the first byte after the length
@@ -233,12 +234,11 @@ func (d *payloadDecoder) bool(field string) (bool, error) {
 	return v, nil
 }
 
+// string accepts what msgpack's DecodeString does (str, bin, nil) but
+// checks the declared length first: DecodeString allocates for it.
 func (d *payloadDecoder) string(field string) (string, error) {
-	v, err := d.dec.DecodeString()
-	if err != nil {
-		return "", d.wrap(field, err)
-	}
-	return v, nil
+	b, err := d.bytes(field)
+	return string(b), err
 }
 
 // bytes returns a bin value without copying: the slice aliases the frame.
@@ -299,11 +299,51 @@ func (d *payloadDecoder) header(field string) (map[string][]string, error) {
 	return h, nil
 }
 
-// skip discards the trailing fields a newer peer may have appended.
+// skip discards the trailing fields a newer peer may have appended. It does
+// not use msgpack's Skip, which allocates declared lengths and recurses once
+// per nesting level: n counts the values still to skip, each at least a byte.
 func (d *payloadDecoder) skip(n int) error {
-	for range n {
-		if err := d.dec.Skip(); err != nil {
+	for n > 0 {
+		if n > d.rd.Len() {
+			return d.fail("%d trailing values in %d bytes", n, d.rd.Len())
+		}
+		n--
+		c, err := d.dec.PeekCode()
+		if err != nil {
 			return d.wrap("trailing", err)
+		}
+		switch {
+		case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+			m, err := d.dec.DecodeArrayLen()
+			if err != nil {
+				return d.wrap("trailing", err)
+			}
+			n += m
+		case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+			m, err := d.dec.DecodeMapLen()
+			if err != nil {
+				return d.wrap("trailing", err)
+			}
+			n += 2 * m
+		case msgpcode.IsString(c) || msgpcode.IsBin(c):
+			if _, err := d.bytes("trailing"); err != nil {
+				return err
+			}
+		case msgpcode.IsExt(c):
+			_, m, err := d.dec.DecodeExtHeader()
+			if err != nil {
+				return d.wrap("trailing", err)
+			}
+			if m > d.rd.Len() {
+				return d.fail("trailing ext of %d bytes in %d remaining", m, d.rd.Len())
+			}
+			if _, err := d.rd.Seek(int64(m), io.SeekCurrent); err != nil {
+				return d.wrap("trailing", err)
+			}
+		default: // nil, bool or number: at most 8 bytes
+			if err := d.dec.Skip(); err != nil {
+				return d.wrap("trailing", err)
+			}
 		}
 	}
 	if d.rd.Len() != 0 {

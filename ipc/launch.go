@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -50,13 +51,22 @@ type LaunchConfig struct {
 // StartError reports a worker that could not be started or did not complete
 // the handshake.
 type StartError struct {
-	Path   string   // the binary
-	Err    error    // what went wrong
-	Stderr []string // the last lines it wrote on stderr, if any
+	Path   string           // the binary
+	Err    error            // what went wrong
+	Stderr []string         // the last lines it wrote on stderr, if any
+	State  *os.ProcessState // how it ended, if it ran at all
 }
 
 func (e *StartError) Error() string {
-	msg := fmt.Sprintf("start worker %q: %v", e.Path, e.Err)
+	msg := fmt.Sprintf("start worker %q: %v", e.Path, strings.TrimSpace(e.Err.Error()))
+	var exec *exec.Error
+	switch {
+	case errors.As(e.Err, &exec), errors.Is(e.Err, os.ErrNotExist), errors.Is(e.Err, os.ErrPermission):
+	case e.State != nil && e.State.Exited():
+		msg += fmt.Sprintf(" (it exited with status %d before completing the handshake: is it a worker built with the sdk?)", e.State.ExitCode())
+	default:
+		msg += " (is it a worker built with the sdk?)"
+	}
 	if len(e.Stderr) > 0 {
 		msg += " (stderr: " + strings.Join(e.Stderr, " | ") + ")"
 	}
@@ -140,6 +150,7 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	}}
 	stderrSink := stderr.sink()
 	pr.stderrDone = make(chan struct{})
+	pr.stdoutSink = syncOut.sink()
 
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -163,13 +174,21 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	}
 	fail := func(err error) (*Child, error) {
 		c.Kill()
+		c.CloseConns()
 		c.waitStderr(200 * time.Millisecond)
 		stderrSink.Flush()
-		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail()}
+		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(), State: c.ExitState()}
 	}
-	if _, err := client.Client(); err != nil {
-		closeHostConns(hostConns)
+	rpc, err := client.Client()
+	if err != nil {
 		return fail(err)
+	}
+	// One RPC round trip proves the worker's go-plugin server is serving,
+	// which it starts only after swapping os.Stdout and os.Stderr for its
+	// own pipes: the sdk undoes that swap when it answers the first slot
+	// ping below.
+	if err := rpc.Ping(); err != nil {
+		return fail(fmt.Errorf("control connection: %w", err))
 	}
 	for i, conn := range c.conns {
 		conn.SetDeadline(deadline)
@@ -261,8 +280,11 @@ func (c *Child) waitStderr(d time.Duration) {
 func (c *Child) Signal(sig syscall.Signal) error { return c.run.signalGroup(sig) }
 
 // Kill stops the worker at once: SIGKILL to its process group, then
-// go-plugin's cleanup (connections, socket directory). It returns when the
-// process is reaped. Safe to call more than once and concurrently.
+// go-plugin's cleanup (control connection, socket directory). It returns
+// when the process is reaped. The slot connections stay open for their
+// owner to close (CloseConns), so that an exchange in flight sees the
+// worker's death rather than a closed connection. Safe to call more than
+// once and concurrently.
 func (c *Child) Kill() {
 	_ = c.run.signalGroup(syscall.SIGKILL)
 	c.cleanup()
@@ -289,11 +311,15 @@ func (c *Child) Stop(ctx context.Context) error {
 	}
 }
 
+// CloseConns closes every slot connection.
+func (c *Child) CloseConns() {
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
 func (c *Child) cleanup() {
 	c.stopOnce.Do(func() {
-		for _, conn := range c.conns {
-			conn.Close()
-		}
 		c.client.Kill()
 		select {
 		case <-c.run.started:
@@ -315,7 +341,8 @@ type procRunner struct {
 	pid     int
 	onStart func(pid int)
 
-	stdoutR    *os.File
+	stdoutR    io.ReadCloser
+	stdoutSink io.Writer
 	stderrR    io.ReadCloser
 	stderrDone chan struct{}
 
@@ -349,7 +376,7 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	r.pid = r.cmd.Process.Pid
-	r.stdoutR = outR
+	r.stdoutR = &stdoutTee{r: outR, sink: r.stdoutSink}
 	r.stderrR = &eofReader{r: errR, done: r.stderrDone}
 	close(r.started)
 	r.onStart(r.pid)
@@ -396,6 +423,34 @@ func (r *procRunner) signalGroup(sig syscall.Signal) error {
 
 func (r *procRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
 func (r *procRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
+
+// stdoutTee passes the worker's stdout to go-plugin, which reads the
+// handshake line and discards the rest, and copies everything after the
+// first line to sink, so that what a handler prints reaches the log.
+type stdoutTee struct {
+	r      io.ReadCloser
+	sink   io.Writer
+	passed bool
+}
+
+func (t *stdoutTee) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	out := p[:n]
+	if !t.passed {
+		i := bytes.IndexByte(out, '\n')
+		if i < 0 {
+			return n, err
+		}
+		t.passed = true
+		out = out[i+1:]
+	}
+	if len(out) > 0 {
+		_, _ = t.sink.Write(out)
+	}
+	return n, err
+}
+
+func (t *stdoutTee) Close() error { return t.r.Close() }
 
 // eofReader closes done when the underlying reader reaches end of file.
 type eofReader struct {

@@ -154,11 +154,12 @@ func (s *lineSink) flushLocked() {
 // at info level, or at error level from the first line of a Go panic or fatal
 // error on.
 type workerLog struct {
-	e       *logrus.Entry
-	stream  string
-	mu      sync.Mutex
-	inPanic bool
-	tail    []string // ring of recent lines, oldest first
+	e         *logrus.Entry
+	stream    string
+	mu        sync.Mutex
+	inPanic   bool
+	panicHead string   // the line that started a panic or fatal error
+	tail      []string // ring of recent lines, oldest first
 }
 
 func (w *workerLog) sink() *lineSink { return &lineSink{emit: w.line} }
@@ -175,8 +176,9 @@ func (w *workerLog) line(b []byte) {
 		short = short[:maxTailLine] + "..."
 	}
 	w.tail = append(w.tail, short)
-	if strings.HasPrefix(text, "panic: ") || strings.HasPrefix(text, "fatal error: ") {
+	if !w.inPanic && (strings.HasPrefix(text, "panic: ") || strings.HasPrefix(text, "fatal error: ")) {
 		w.inPanic = true
+		w.panicHead = short
 	}
 	inPanic := w.inPanic
 	w.mu.Unlock()
@@ -214,11 +216,26 @@ func prefixLevel(line string) logrus.Level {
 	return logrus.InfoLevel
 }
 
-// Tail returns copies of the most recent lines.
+// Tail returns copies of the most recent lines, led by the first line of a
+// panic or fatal error when that scrolled out of them (a goroutine dump is
+// longer than the tail).
 func (w *workerLog) Tail() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.tail...)
+	var out []string
+	if w.panicHead != "" && (len(w.tail) == 0 || w.tail[0] != w.panicHead) && !contains(w.tail, w.panicHead) {
+		out = append(out, w.panicHead, "...")
+	}
+	return append(out, w.tail...)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 // sanitize makes a line safe for any log sink: valid UTF-8, no control bytes
@@ -296,6 +313,13 @@ func parseJSONLine(b []byte) (logrus.Level, string, logrus.Fields, bool) {
 		}
 		if s, ok := v.(string); ok {
 			v = sanitize([]byte(s))
+		}
+		if k == "request_id" {
+			// The sdk's name for the dispatcher's req_id: keep them one.
+			if s, ok := v.(string); ok {
+				f["req_id"] = s
+				continue
+			}
 		}
 		f["child."+sanitize([]byte(k))] = v
 		n++

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -100,6 +101,21 @@ func WorkerConns() ([]net.Conn, int, error) {
 	}
 	_ = os.Unsetenv(EnvFDs)
 	return conns, maxFrame, nil
+}
+
+// StdioRestorer returns a function that undoes go-plugin's replacement of
+// os.Stdout and os.Stderr (it sends them over its RPC connection, where a
+// dying worker's last words are lost): called once the dispatcher has pinged
+// a slot, it points both back at the process's real descriptors, which the
+// dispatcher reads line by line into its log. Call it before ServeWorker.
+func StdioRestorer() func() {
+	stdout, stderr := os.Stdout, os.Stderr
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			os.Stdout, os.Stderr = stdout, stderr
+		})
+	}
 }
 
 // ServeWorker runs go-plugin's side of the handshake and blocks until the

@@ -17,8 +17,9 @@
 // head is sent, a cut connection); the worker keeps serving.
 //
 // Rules for handler code: write nothing to standard output before Serve (the
-// first line of stdout is go-plugin's handshake); after Serve, standard output
-// and error are captured line by line into the dispatcher's log. Use Logger
+// first line of stdout is go-plugin's handshake); once serving, whatever the
+// process writes on standard output and error reaches the dispatcher's log
+// line by line. Use Logger
 // for structured logs that keep their level and request ID.
 //
 // The sdk owns the process's side of the wire protocol (package ipc); it does
@@ -93,7 +94,7 @@ func Serve(h http.Handler) {
 		fmt.Fprintf(os.Stderr, "%v\nThis program is a dispatcher worker: run it with `dispatcher --workers %s`.\n", err, os.Args[0])
 		os.Exit(1)
 	}
-	w := &worker{h: h}
+	w := &worker{h: h, restoreStdio: ipc.StdioRestorer()}
 	for _, c := range conns {
 		s := &slot{w: w, sc: ipc.NewServerConn(c, maxFrame)}
 		w.slots.Add(1)
@@ -110,9 +111,10 @@ func Serve(h http.Handler) {
 }
 
 type worker struct {
-	h        http.Handler
-	slots    sync.WaitGroup
-	inflight sync.WaitGroup
+	h            http.Handler
+	restoreStdio func()
+	slots        sync.WaitGroup
+	inflight     sync.WaitGroup
 }
 
 func (w *worker) drain(grace time.Duration) {

@@ -76,6 +76,7 @@ func (s *slot) serve() {
 				}
 			}
 		case ipc.KindPing:
+			s.w.restoreStdio()
 			if err := s.sc.WritePong(f.ID); err != nil {
 				s.abandon()
 				return

@@ -88,6 +88,12 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workers: socket directory: %w", err)
 	}
+	// go-plugin adds "/plugin-dirNNNNNNNNNN/pluginNNNNNNNNNN" (at most 38
+	// bytes) and a unix socket path holds at most 107.
+	if len(dir)+38 > 107 {
+		os.Remove(dir)
+		return fmt.Errorf("workers: socket directory %q is too long for unix socket paths; use a shorter SocketDir or TMPDIR", p.cfg.SocketDir)
+	}
 	p.socketDir = dir
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 
@@ -155,6 +161,7 @@ func (p *Pool) Close(ctx context.Context) error {
 				if c.proc.Stop(stopCtx) != nil {
 					killed.Add(1)
 				}
+				c.proc.CloseConns()
 			}()
 		}
 		wg.Wait()
@@ -214,6 +221,7 @@ func (p *Pool) add(c *child) {
 	if p.closed {
 		p.mu.Unlock()
 		c.proc.Kill()
+		c.proc.CloseConns()
 		return
 	}
 	p.children[c] = struct{}{}
@@ -235,13 +243,15 @@ func (p *Pool) watch(c *child) {
 		return
 	}
 	c.dead.Store(true)
-	c.proc.Kill() // connections, socket directory, stragglers in its group
+	c.proc.Kill() // control connection, socket directory, stragglers in its group
 	p.mu.Lock()
 	delete(p.children, c)
 	live := p.idle[:0]
 	for _, s := range p.idle {
 		if s.c != c {
 			live = append(live, s)
+		} else {
+			s.conn.Close()
 		}
 	}
 	clear(p.idle[len(live):])
@@ -343,6 +353,7 @@ func (p *Pool) acquire(ctx context.Context) (*slot, error) {
 			p.mu.Unlock()
 			return s, nil
 		}
+		s.conn.Close()
 	}
 	if p.closed {
 		p.mu.Unlock()
@@ -377,11 +388,15 @@ func (p *Pool) acquire(ctx context.Context) (*slot, error) {
 }
 
 // release returns a slot to rotation: to the longest waiter, or to the idle
-// stack.
+// stack. A slot whose connection broke takes its worker out with it.
 func (p *Pool) release(s *slot) {
+	if err := s.conn.Err(); err != nil && !s.c.dead.Load() {
+		s.c.kill("slot connection broken: " + err.Error())
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s.c.dead.Load() || p.closed {
+		s.conn.Close()
 		return
 	}
 	for len(p.waiters) > 0 && !s.c.dead.Load() {

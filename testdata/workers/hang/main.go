@@ -1,7 +1,7 @@
 // Command hang never answers /hang. With /spawn it first starts a
 // grandchild (sleep) in its process group and reports its pid on stderr as
-// "grandchild <pid>". /ctx waits for its context to be cancelled and logs
-// it. Other paths answer "ok" and the worker's pid.
+// "grandchild <pid>". /ctx logs "hang: waiting", waits for its context to
+// be cancelled and logs that. Other paths answer "ok" and the worker's pid.
 package main
 
 import (
@@ -27,6 +27,7 @@ func main() {
 		case "/hang":
 			select {}
 		case "/ctx":
+			fmt.Fprintln(os.Stderr, "hang: waiting for cancellation of", sdk.RequestID(r.Context()))
 			<-r.Context().Done()
 			fmt.Fprintln(os.Stderr, "hang: context cancelled:", r.Context().Err())
 			return

@@ -1,5 +1,6 @@
 // Command panic panics in its handler: before writing at /panic, after the
-// head and part of the body at /late. Other paths answer "ok" and the pid.
+// head and part of the body at /late. /badheader sets a header value with
+// CR/LF, which the dispatcher must refuse. Other paths answer "ok" and the pid.
 package main
 
 import (
@@ -15,6 +16,10 @@ func main() {
 		switch r.URL.Path {
 		case "/panic":
 			panic("boom in handler")
+		case "/badheader":
+			w.Header().Set("X-Injected", "a\r\nSet-Cookie: evil=1")
+			w.Write([]byte("should not reach the client"))
+			return
 		case "/late":
 			w.Write([]byte("partial"))
 			w.(http.Flusher).Flush()

@@ -1,0 +1,480 @@
+package main
+
+// End-to-end tests: the real dispatcher binary, run as a subprocess, with the
+// test workers of testdata/workers. Helpers are in helpers_test.go.
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	missing := dir + "/no-such-worker"
+	plain := dir + "/not-executable"
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\nexit 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	subdir := dir + "/a-directory"
+	if err := os.Mkdir(subdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hello := bin(t, "hello")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want []string // substrings of stderr
+	}{
+		{"unknown flag", []string{"--bogus", "--workers", hello}, 2,
+			[]string{"flag provided but not defined: -bogus", "Usage: dispatcher", "-workers"}},
+		{"missing --workers", []string{"--listen", "127.0.0.1:0"}, 2,
+			[]string{"--workers is required", "Usage: dispatcher"}},
+		{"missing path", []string{"--workers", missing}, 2,
+			[]string{missing, "no such file"}},
+		{"not executable", []string{"--workers", plain}, 2,
+			[]string{plain, "is not executable"}},
+		{"directory", []string{"--workers", subdir}, 2,
+			[]string{subdir, "is a directory"}},
+		{"bad pool size", []string{"--workers", hello, "--pool-size", "0"}, 2,
+			[]string{"--pool-size 0"}},
+		{"bad log format", []string{"--workers", hello, "--log-format", "xml"}, 2,
+			[]string{`--log-format "xml"`}},
+		{"help", []string{"-h"}, 0,
+			[]string{"Usage: dispatcher", "-workers", "-shutdown-timeout"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code, stderr, tmp := run(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", code, tc.code, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if names := dirEntries(t, tmp); len(names) > 0 {
+				t.Errorf("TMPDIR not empty after a usage error: %v", names)
+			}
+		})
+	}
+}
+
+// Binaries that are not workers: the handshake fails, the dispatcher exits
+// with status 2 naming the binary, and nothing is left running.
+func TestNotAWorker(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"/bin/true", "/bin/cat", bin(t, "stdoutjunk")} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			t.Parallel()
+			if _, err := os.Stat(path); err != nil {
+				t.Skipf("%s: %v", path, err)
+			}
+			start := time.Now()
+			code, stderr, tmp := run(t, "--workers", path, "--listen", "127.0.0.1:0", "--pool-size", "2", "--start-timeout", "3s")
+			elapsed := time.Since(start)
+			if code != 2 {
+				t.Errorf("exit status %d, want 2; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, "start worker") || !strings.Contains(stderr, path) {
+				t.Errorf("stderr does not name the binary %s:\n%s", path, stderr)
+			}
+			if strings.Contains(stderr, "dispatcher listening") {
+				t.Errorf("dispatcher claims to listen:\n%s", stderr)
+			}
+			t.Logf("exited in %s", elapsed.Round(time.Millisecond))
+			if names := dirEntries(t, tmp); len(names) > 0 {
+				t.Errorf("socket directory left in TMPDIR: %v", names)
+			}
+			if path == bins["stdoutjunk"] {
+				var left []int
+				if !poll(goneWait, func() bool { left = processesOf(path); return len(left) == 0 }) {
+					t.Errorf("stdoutjunk processes left behind: %v", left)
+				}
+			}
+		})
+	}
+}
+
+var pidField = regexp.MustCompile(`^[1-9][0-9]*$`)
+
+func TestHello(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2")
+	if len(d.workers) != 2 {
+		t.Fatalf("listening line names %d workers, want 2: %v", len(d.workers), d.workers)
+	}
+
+	resp, body := d.get("/")
+	if resp.StatusCode != http.StatusOK || body != "hello world\n" {
+		t.Fatalf("GET /: %d %q, want 200 %q", resp.StatusCode, body, "hello world\n")
+	}
+	if id := resp.Header.Get("X-Request-Id"); id == "" {
+		t.Error("no X-Request-Id in the response")
+	}
+	if resp.Header.Get("X-Dispatcher-Error") != "" {
+		t.Error("X-Dispatcher-Error on a successful response")
+	}
+
+	const id = "e2e-hello-0001"
+	resp, body = d.get("/some/path?q=1", "X-Request-Id", id)
+	if resp.StatusCode != http.StatusOK || body != "hello world\n" {
+		t.Fatalf("GET /some/path: %d %q", resp.StatusCode, body)
+	}
+	if got := resp.Header.Get("X-Request-Id"); got != id {
+		t.Errorf("X-Request-Id %q, want the incoming %q", got, id)
+	}
+	workerPid := resp.Header.Get("X-Worker-Pid")
+
+	line := d.waitLog("msg=request", "req_id="+id)
+	for key, want := range map[string]string{"method": "GET", "path": "/some/path", "status": "200", "req_id": id} {
+		if got, ok := field(line, key); !ok || got != want {
+			t.Errorf("access log %s=%q, want %q: %s", key, got, want, line)
+		}
+	}
+	pid, _ := field(line, "pid")
+	if !pidField.MatchString(pid) {
+		t.Errorf("access log pid=%q: %s", pid, line)
+	}
+	if pid != workerPid {
+		t.Errorf("access log pid=%s, but the worker that answered says %s", pid, workerPid)
+	}
+	if n, _ := strconv.Atoi(pid); !slices.Contains(d.workers, n) {
+		t.Errorf("access log pid %s is not one of the workers %v", pid, d.workers)
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	const shutdownTimeout = 5 * time.Second
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2",
+		"--shutdown-timeout", shutdownTimeout.String())
+	if names := dirEntries(t, d.tmpDir); len(names) != 1 || !strings.HasPrefix(names[0], "dispatcher-") {
+		t.Errorf("TMPDIR while running holds %v, want one dispatcher-* socket directory", names)
+	}
+	if resp, body := d.get("/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /: %d %q", resp.StatusCode, body)
+	}
+
+	start := time.Now()
+	d.signal(syscall.SIGTERM)
+	st := d.waitExit(shutdownTimeout + exitWait)
+	t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	if st.ExitCode() != 0 {
+		t.Errorf("exit %v, want status 0", st)
+	}
+	for _, pid := range d.workers {
+		if !waitGone(pid, goneWait) {
+			t.Errorf("worker %d still running after the dispatcher exited", pid)
+		}
+	}
+	if names := dirEntries(t, d.tmpDir); len(names) > 0 {
+		t.Errorf("TMPDIR not empty after a clean shutdown: %v", names)
+	}
+	d.waitLog("shutting down")
+	d.waitLog("msg=stopped")
+	for _, l := range d.log.Lines() {
+		if strings.Contains(l, "level=error") || strings.Contains(l, "level=warning") {
+			t.Errorf("unexpected log line during a clean run: %s", l)
+		}
+	}
+}
+
+// A request still running when --shutdown-timeout expires has its
+// connection cut; the dispatcher still exits 0 and stops its workers.
+func TestShutdownTimeoutCutsInflight(t *testing.T) {
+	t.Parallel()
+	const shutdownTimeout = time.Second
+	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1",
+		"--shutdown-timeout", shutdownTimeout.String())
+	const id = "e2e-inflight-1"
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, d.url+"/ctx", nil)
+		req.Header.Set("X-Request-Id", id)
+		resp, err := d.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = &unexpectedStatus{resp.StatusCode}
+		}
+		errc <- err
+	}()
+	d.waitLog("hang: waiting for cancellation of " + id)
+
+	start := time.Now()
+	d.signal(syscall.SIGTERM)
+	st := d.waitExit(shutdownTimeout + exitWait)
+	elapsed := time.Since(start)
+	t.Logf("exited %s after SIGTERM", elapsed.Round(time.Millisecond))
+	if st.ExitCode() != 0 {
+		t.Errorf("exit %v, want status 0", st)
+	}
+	if elapsed < shutdownTimeout {
+		t.Errorf("exited %s after SIGTERM, before --shutdown-timeout %s: in-flight request not drained", elapsed, shutdownTimeout)
+	}
+	select {
+	case err := <-errc:
+		if _, ok := err.(*unexpectedStatus); ok {
+			t.Errorf("in-flight request answered (%v); want its connection cut", err)
+		}
+	case <-time.After(exitWait):
+		t.Fatal("in-flight request still pending after the dispatcher exited")
+	}
+	d.waitLog("did not finish within --shutdown-timeout")
+	for _, pid := range d.workers {
+		if !waitGone(pid, goneWait) {
+			t.Errorf("worker %d still running after the dispatcher exited", pid)
+		}
+	}
+	if names := dirEntries(t, d.tmpDir); len(names) > 0 {
+		t.Errorf("TMPDIR not empty after shutdown: %v", names)
+	}
+}
+
+type unexpectedStatus struct{ code int }
+
+func (e *unexpectedStatus) Error() string { return "status " + strconv.Itoa(e.code) }
+
+// A second signal during the drain ends the dispatcher at once; its workers
+// die with it.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1", "--shutdown-timeout", "1m")
+	const id = "e2e-second-signal-1"
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, d.url+"/ctx", nil)
+		req.Header.Set("X-Request-Id", id)
+		if resp, err := d.client.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	d.waitLog("hang: waiting for cancellation of " + id)
+	d.signal(syscall.SIGTERM)
+	d.waitLog("shutting down")
+	// The default action is restored just after the first signal is seen, in
+	// its own goroutine: repeat the second one until it takes.
+	start := time.Now()
+	if !poll(exitWait, func() bool {
+		if d.exited() {
+			return true
+		}
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		return false
+	}) {
+		t.Fatalf("dispatcher still draining %s after a second SIGTERM", exitWait)
+	}
+	st := d.waitExit(exitWait)
+	t.Logf("exited %s after the second SIGTERM: %v", time.Since(start).Round(time.Millisecond), st)
+	if ws, ok := st.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("exit %v, want killed by SIGTERM", st)
+	}
+	for _, pid := range d.workers {
+		if !waitGone(pid, goneWait) {
+			t.Errorf("worker %d survived the dispatcher", pid)
+		}
+	}
+}
+
+func TestSIGKILLTakesWorkersDown(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2")
+	if resp, body := d.get("/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /: %d %q", resp.StatusCode, body)
+	}
+	d.signal(syscall.SIGKILL)
+	d.waitExit(exitWait)
+	for _, pid := range d.workers {
+		if !waitGone(pid, goneWait) {
+			t.Errorf("worker %d survived SIGKILL of the dispatcher", pid)
+		}
+	}
+}
+
+func TestCrashContained(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "crash"), "--pool-size", "2")
+	const id = "e2e-crash-exit"
+	resp, body := d.get("/exit", "X-Request-Id", id)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("GET /exit: status %d, want 502", resp.StatusCode)
+	}
+	if resp.Header.Get("X-Dispatcher-Error") != "true" {
+		t.Errorf("GET /exit: X-Dispatcher-Error %q, want true", resp.Header.Get("X-Dispatcher-Error"))
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("GET /exit: Content-Type %q, want text/plain", ct)
+	}
+	if !strings.HasPrefix(body, "502 ") {
+		t.Errorf("GET /exit: body %q", body)
+	}
+	if got := resp.Header.Get("X-Request-Id"); got != id {
+		t.Errorf("GET /exit: X-Request-Id %q, want %q", got, id)
+	}
+
+	line := d.waitLog("level=error", "req_id="+id, "exited with status 3")
+	pid, _ := field(line, "pid")
+	n, _ := strconv.Atoi(pid)
+	if !slices.Contains(d.workers, n) {
+		t.Errorf("error line names pid %q, not one of the workers %v: %s", pid, d.workers, line)
+	}
+	if !strings.Contains(line, "pid "+pid) && !strings.Contains(line, "pid="+pid) {
+		t.Errorf("error line does not name the pid: %s", line)
+	}
+	access := d.waitLog("msg=request", "req_id="+id)
+	if s, _ := field(access, "status"); s != "502" {
+		t.Errorf("access log status %q, want 502: %s", s, access)
+	}
+	if p, _ := field(access, "pid"); p != pid {
+		t.Errorf("access log pid %q, want %s", p, pid)
+	}
+	// Its last words on stderr, written just before it exited.
+	d.waitLog("crash: exiting with status 3 as asked", "pid="+pid)
+	d.waitLog("worker exited unexpectedly", "pid="+pid, "exited with status 3")
+	if !waitGone(n, goneWait) {
+		t.Errorf("crashed worker %d still there", n)
+	}
+
+	resp, body = d.get("/")
+	if resp.StatusCode != http.StatusOK || body != "ok\n" {
+		t.Errorf("GET / after the crash: %d %q, want 200 ok", resp.StatusCode, body)
+	}
+	if d.exited() {
+		t.Fatal("dispatcher exited")
+	}
+}
+
+func TestHangTimeoutKillsGroup(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Second
+	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1", "--timeout", timeout.String())
+	worker := d.workers[0]
+
+	start := time.Now()
+	resp, body := d.get("/spawn")
+	elapsed := time.Since(start)
+	t.Logf("GET /spawn answered in %s", elapsed.Round(time.Millisecond))
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("GET /spawn: status %d, want 504; body %q", resp.StatusCode, body)
+	}
+	if resp.Header.Get("X-Dispatcher-Error") != "true" {
+		t.Error("GET /spawn: no X-Dispatcher-Error: true")
+	}
+	if elapsed < timeout-50*time.Millisecond || elapsed > timeout+5*time.Second {
+		t.Errorf("GET /spawn took %s, want about %s", elapsed, timeout)
+	}
+
+	grandchild := regexp.MustCompile(`grandchild ([0-9]+)`)
+	line := d.waitLogFunc("grandchild <pid>", grandchild.MatchString)
+	gpid, _ := strconv.Atoi(grandchild.FindStringSubmatch(line)[1])
+	if !waitGone(gpid, goneWait) {
+		t.Errorf("grandchild %d still running after the timeout", gpid)
+	}
+	if !waitGone(worker, goneWait) {
+		t.Errorf("timed-out worker %d still running", worker)
+	}
+	d.waitLog("request timed out; worker killed", "pid="+strconv.Itoa(worker))
+	d.waitLog("worker killed; replacing it", "pid="+strconv.Itoa(worker))
+
+	resp, body = d.get("/")
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(body, "ok ") {
+		t.Errorf("GET / after the timeout: %d %q, want 200 ok <pid>", resp.StatusCode, body)
+	}
+	if strings.TrimSpace(strings.TrimPrefix(body, "ok ")) == strconv.Itoa(worker) {
+		t.Errorf("answered by the killed worker %d", worker)
+	}
+}
+
+func TestStderrJunk(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "stderrjunk"), "--pool-size", "2")
+	for i := range 5 {
+		resp, body := d.get("/")
+		if resp.StatusCode != http.StatusOK || body != "ok\n" {
+			t.Fatalf("request %d: %d %q, want 200 ok", i, resp.StatusCode, body)
+		}
+	}
+	d.waitLog("stderrjunk: done")
+	if d.exited() {
+		t.Fatalf("dispatcher exited: %v", d.state)
+	}
+	if resp, _ := d.get("/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET / after the junk: %d", resp.StatusCode)
+	}
+	for _, l := range d.log.Lines() {
+		if strings.Contains(l, "level=panic") || strings.Contains(l, "level=fatal") {
+			t.Errorf("a worker's line raised the dispatcher's log to panic/fatal: %.300s", l)
+		}
+		if len(l) > 64<<10 {
+			t.Errorf("log line of %d bytes: worker lines should be capped", len(l))
+		}
+	}
+	for _, pid := range d.workers {
+		if state, _, ok := procStat(pid); !ok || state == 'Z' {
+			t.Errorf("worker %d is gone", pid)
+		}
+	}
+}
+
+func TestJSONLog(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "1", "--log-format", "json")
+	const id = "e2e-json-1"
+	if resp, _ := d.get("/json-path", "X-Request-Id", id); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	d.waitLog(`"req_id":"` + id + `"`)
+	d.signal(syscall.SIGTERM)
+	if st := d.waitExit(exitWait); st.ExitCode() != 0 {
+		t.Errorf("exit %v, want 0", st)
+	}
+
+	var listening, access map[string]any
+	lines := d.log.Lines()
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Errorf("not a JSON line (%v): %s", err, l)
+			continue
+		}
+		for _, k := range []string{"level", "msg", "time"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("JSON line without %q: %s", k, l)
+			}
+		}
+		switch m["msg"] {
+		case "dispatcher listening":
+			listening = m
+		case "request":
+			access = m
+		}
+	}
+	if listening == nil {
+		t.Fatal("no listening line")
+	}
+	if addr, _ := listening["addr"].(string); addr != d.addr {
+		t.Errorf("listening line addr %v, want %q", listening["addr"], d.addr)
+	}
+	if access == nil {
+		t.Fatal("no access log line")
+	}
+	if access["method"] != "GET" || access["path"] != "/json-path" || access["req_id"] != id {
+		t.Errorf("access log line: %v", access)
+	}
+	if status, _ := access["status"].(float64); status != 200 {
+		t.Errorf("access log status %v, want 200", access["status"])
+	}
+	if pid, _ := access["pid"].(float64); int(pid) != d.workers[0] {
+		t.Errorf("access log pid %v, want %d", access["pid"], d.workers[0])
+	}
+}

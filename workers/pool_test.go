@@ -1,0 +1,468 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/childproc/dispatcher/internal/testbin"
+	"github.com/childproc/dispatcher/ipc"
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+)
+
+var bins map[string]string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "workers-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins, err = testbin.Build(dir, testbin.Workers()...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type testPool struct {
+	*Pool
+	hook      *test.Hook
+	socketDir string
+}
+
+// startPool starts a pool of the named test worker; cleanup closes it and
+// checks that no worker process or socket is left.
+func startPool(tb testing.TB, worker string, cfg Config) *testPool {
+	tb.Helper()
+	logger, hook := test.NewNullLogger()
+	logger.SetLevel(logrus.DebugLevel)
+	cfg.Path = bins[worker]
+	if cfg.Size == 0 {
+		cfg.Size = 1
+	}
+	cfg.SocketDir = shortTempDir(tb)
+	cfg.Logger = logrus.NewEntry(logger)
+	p, err := NewPool(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tp := &testPool{Pool: p, hook: hook, socketDir: cfg.SocketDir}
+	tb.Cleanup(func() {
+		pids := p.Workers()
+		if err := p.Close(context.Background()); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+		for _, pid := range pids {
+			waitGone(tb, pid)
+		}
+		if left, _ := os.ReadDir(cfg.SocketDir); len(left) > 0 {
+			tb.Errorf("socket directory not empty after Close: %v", left)
+		}
+	})
+	return tp
+}
+
+// get sends a bodiless GET and returns the status, body and pid.
+func get(ctx context.Context, p *Pool, path string) (int, string, int, error) {
+	req := &ipc.Request{Method: "GET", URI: path, Proto: "HTTP/1.1", Host: "test", ContentLength: 0, EOF: true}
+	resp, err := p.RoundTrip(ctx, req, nil)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	defer resp.Close()
+	var body strings.Builder
+	for {
+		b, err := resp.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return resp.Status, body.String(), resp.PID, err
+		}
+		body.Write(b)
+	}
+	return resp.Status, body.String(), resp.PID, nil
+}
+
+// shortTempDir returns a temporary directory whose path is short enough for
+// unix sockets below it (t.TempDir embeds the test name).
+func shortTempDir(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "wt")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie is dead for our purposes (its parent reaps it).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// waitGone polls with backoff until pid no longer runs.
+func waitGone(tb testing.TB, pid int) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for d := time.Millisecond; alive(pid); d = min(2*d, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("process %d still running", pid)
+		}
+		time.Sleep(d)
+	}
+}
+
+// waitFor polls cond with backoff until it holds or fails the test.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for d := time.Millisecond; !cond(); d = min(2*d, 50*time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(d)
+	}
+}
+
+// logLine returns the first entry whose message contains s.
+func logLine(h *test.Hook, s string) *logrus.Entry {
+	for _, e := range h.AllEntries() {
+		if strings.Contains(e.Message, s) {
+			return e
+		}
+	}
+	return nil
+}
+
+func TestRoundTrip(t *testing.T) {
+	p := startPool(t, "hello", Config{Size: 2})
+	for i := range 20 {
+		status, body, pid, err := get(context.Background(), p.Pool, "/")
+		if err != nil || status != 200 || body != "hello world\n" {
+			t.Fatalf("request %d: %d %q %v", i, status, body, err)
+		}
+		if !alive(pid) {
+			t.Fatalf("response names pid %d, which is not running", pid)
+		}
+	}
+	if n := len(p.Workers()); n != 2 {
+		t.Fatalf("%d workers, want 2", n)
+	}
+}
+
+func TestCrashIsReportedAndReplaced(t *testing.T) {
+	tests := []struct {
+		path   string
+		how    string
+		stderr string
+	}{
+		{"/exit", "exited with status 3", "crash: exiting with status 3 as asked"},
+		{"/kill", "killed by signal Killed", "crash: killing myself"},
+		{"/fatal", "exited with status 2", "stack overflow"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			p := startPool(t, "crash", Config{Size: 1})
+			before := p.Workers()
+			_, _, _, err := get(context.Background(), p.Pool, tt.path)
+			var xe *ExitError
+			if !errors.As(err, &xe) {
+				t.Fatalf("error %v (%T), want *ExitError", err, err)
+			}
+			if xe.PID != before[0] || xe.How() != tt.how {
+				t.Errorf("ExitError pid %d %q, want pid %d %q", xe.PID, xe.How(), before[0], tt.how)
+			}
+			if !strings.Contains(strings.Join(xe.Stderr, "\n"), tt.stderr) {
+				t.Errorf("stderr tail %q lacks %q", xe.Stderr, tt.stderr)
+			}
+			waitFor(t, "a replacement worker", func() bool {
+				w := p.Workers()
+				return len(w) == 1 && w[0] != before[0]
+			})
+			if status, body, _, err := get(context.Background(), p.Pool, "/"); err != nil || status != 200 || body != "ok\n" {
+				t.Fatalf("after the crash: %d %q %v", status, body, err)
+			}
+			waitFor(t, "the exit log line", func() bool { return logLine(p.hook, "worker exited unexpectedly") != nil })
+		})
+	}
+}
+
+func TestCrashDoesNotDisturbOtherWorkers(t *testing.T) {
+	p := startPool(t, "crash", Config{Size: 2, Concurrency: 2})
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				status, _, _, err := get(context.Background(), p.Pool, "/")
+				if err != nil && !errors.As(err, new(*ExitError)) {
+					errs <- err
+				} else if err == nil && status != 200 {
+					errs <- fmt.Errorf("status %d", status)
+				}
+			}
+		}()
+	}
+	for range 3 {
+		if _, _, _, err := get(context.Background(), p.Pool, "/exit"); !errors.As(err, new(*ExitError)) {
+			t.Errorf("crash request: %v", err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("healthy request failed with a non-crash error: %v", err)
+	}
+}
+
+func TestTimeoutKillsProcessGroup(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1, Timeout: 300 * time.Millisecond})
+	pid := p.Workers()[0]
+	_, _, _, err := get(context.Background(), p.Pool, "/spawn")
+	var te *TimeoutError
+	if !errors.As(err, &te) || !errors.Is(err, context.DeadlineExceeded) || te.PID != pid {
+		t.Fatalf("error %v, want *TimeoutError for pid %d matching context.DeadlineExceeded", err, pid)
+	}
+	var grandchild int
+	waitFor(t, "the grandchild's pid in the log", func() bool {
+		e := logLine(p.hook, "grandchild ")
+		if e == nil {
+			return false
+		}
+		grandchild, _ = strconv.Atoi(strings.TrimPrefix(e.Message, "grandchild "))
+		return grandchild > 0
+	})
+	waitGone(t, pid)
+	waitGone(t, grandchild)
+	waitFor(t, "a replacement worker", func() bool { w := p.Workers(); return len(w) == 1 && w[0] != pid })
+	if status, _, _, err := get(context.Background(), p.Pool, "/"); err != nil || status != 200 {
+		t.Fatalf("after the timeout: %d %v", status, err)
+	}
+	e := logLine(p.hook, "worker killed")
+	if e == nil || e.Data["reason"] != "request timed out" {
+		t.Fatalf("no kill log line with the reason: %v", e)
+	}
+}
+
+// A worker that dies while idle must not cost the next client its request.
+func TestIdleDeathIsRetried(t *testing.T) {
+	p := startPool(t, "hello", Config{Size: 1})
+	for i := range 5 {
+		pid := p.Workers()[0]
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		status, body, got, err := get(context.Background(), p.Pool, "/")
+		if err != nil || status != 200 || body != "hello world\n" {
+			t.Fatalf("round %d: request after an idle death: %d %q %v", i, status, body, err)
+		}
+		if got == pid {
+			t.Fatalf("round %d: answered by the killed pid %d", i, pid)
+		}
+	}
+}
+
+func TestCancelReachesHandlerAndKeepsWorker(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1})
+	pid := p.Workers()[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, _, err := get(ctx, p.Pool, "/ctx")
+		done <- err
+	}()
+	waitFor(t, "the handler to start", func() bool { return logLine(p.hook, "hang: waiting") != nil })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled request: %v, want context.Canceled", err)
+	}
+	waitFor(t, "the handler to see the cancellation", func() bool {
+		return logLine(p.hook, "hang: context cancelled: context canceled") != nil
+	})
+	status, _, got, err := get(context.Background(), p.Pool, "/")
+	if err != nil || status != 200 || got != pid {
+		t.Fatalf("next request: %d pid %d (want %d) %v", status, got, pid, err)
+	}
+}
+
+func TestConcurrencySlots(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1, Concurrency: 3})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Three handlers block on /ctx; a fourth request still fits nowhere.
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, _, _, err := get(ctx, p.Pool, "/ctx")
+			errs <- err
+		}()
+	}
+	waitFor(t, "three handlers running", func() bool {
+		n := 0
+		for _, e := range p.hook.AllEntries() {
+			if strings.Contains(e.Message, "hang: waiting") {
+				n++
+			}
+		}
+		return n == 3
+	})
+	short, cancelShort := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelShort()
+	if _, _, _, err := get(short, p.Pool, "/"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("fourth request: %v, want to wait until its context ended", err)
+	}
+	cancel()
+	for range 3 {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("blocked request: %v", err)
+		}
+	}
+	if status, _, _, err := get(context.Background(), p.Pool, "/"); err != nil || status != 200 {
+		t.Fatalf("after cancellation: %d %v", status, err)
+	}
+}
+
+func TestStreamedBodyRoundTrip(t *testing.T) {
+	p := startPool(t, "echo", Config{Size: 1})
+	payload := make([]byte, 3<<20+17)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	first := payload[:ipc.ChunkSize]
+	req := &ipc.Request{Method: "POST", URI: "/", Proto: "HTTP/1.1", ContentLength: int64(len(payload)), Body: first}
+	resp, err := p.RoundTrip(context.Background(), req, strings.NewReader(string(payload[ipc.ChunkSize:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Close()
+	var got []byte
+	for {
+		b, err := resp.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, b...)
+	}
+	if string(got) != string(payload) {
+		t.Fatalf("echoed %d bytes, want the %d sent", len(got), len(payload))
+	}
+	if !resp.Streaming {
+		t.Error("a 3 MiB response should stream")
+	}
+}
+
+func TestStartFailures(t *testing.T) {
+	tests := []struct {
+		name, path, want string
+	}{
+		{"exits at once", "/bin/true", "Failed to read any lines from plugin's stdout"},
+		{"stdout junk", bins["stdoutjunk"], "this is not a handshake line"},
+		{"no handshake", "/bin/sleep", "timeout while waiting for plugin to start"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := shortTempDir(t)
+			p, err := NewPool(Config{Path: tt.path, Args: []string{"30"}, Size: 1, StartTimeout: time.Second, SocketDir: dir,
+				Logger: logrus.NewEntry(logrus.New())})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = p.Start(context.Background())
+			var se *ipc.StartError
+			if !errors.As(err, &se) || !strings.Contains(err.Error(), tt.path) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Start: %v, want a StartError naming %s and saying %q", err, tt.path, tt.want)
+			}
+			if left, _ := os.ReadDir(dir); len(left) > 0 {
+				t.Errorf("left behind in the socket directory: %v", left)
+			}
+		})
+	}
+}
+
+func TestCloseIsIdempotentAndRefusesRequests(t *testing.T) {
+	p := startPool(t, "hello", Config{Size: 2})
+	pids := p.Workers()
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for _, pid := range pids {
+		waitGone(t, pid)
+	}
+	if _, _, _, err := get(context.Background(), p.Pool, "/"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("request after Close: %v, want ErrClosed", err)
+	}
+	if _, err := os.Stat(filepath.Join(p.socketDir)); err != nil {
+		t.Fatalf("the caller's socket dir itself must stay: %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no path", Config{}, "Path is required"},
+		{"negative size", Config{Path: "x", Size: -1}, "Size -1"},
+		{"huge concurrency", Config{Path: "x", Concurrency: 5000}, "Concurrency 5000"},
+		{"negative timeout", Config{Path: "x", Timeout: -time.Second}, "must not be negative"},
+		{"tiny frame", Config{Path: "x", MaxFrame: 10}, "MaxFrame 10"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := NewPool(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewPool: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+	cfg := Config{Path: "x"}
+	if _, err := NewPool(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Size != 0 || cfg.Env != nil {
+		t.Fatal("NewPool wrote defaults into the caller's Config")
+	}
+}
+
+func BenchmarkRoundTrip(b *testing.B) {
+	p := startPool(b, "hello", Config{Size: 1})
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, _, _, err := get(ctx, p.Pool, "/"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
