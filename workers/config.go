@@ -6,6 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
@@ -29,7 +32,10 @@ type Config struct {
 	// Args are extra arguments passed to the worker.
 	Args []string
 	// Env is the worker's whole environment ("KEY=value"). Nothing of the
-	// dispatcher's own environment is inherited. If nil, MinimalEnv().
+	// dispatcher's own environment is inherited. If nil, MinimalEnv(). Unless
+	// it sets GOMAXPROCS, GOMAXPROCS=min(Concurrency, CPUs) is added: a Go
+	// worker serving one request at a time runs twice as fast on one P
+	// (no cross-thread hand-offs between its slot reader and the handler).
 	Env []string
 	// Dir is the worker's working directory. If empty, the dispatcher's.
 	Dir string
@@ -135,6 +141,9 @@ func (c Config) withDefaults() (Config, error) {
 func (c *Config) command() (*exec.Cmd, error) {
 	cmd := exec.Command(c.Path, c.Args...)
 	cmd.Env = append([]string(nil), c.Env...)
+	if !slices.ContainsFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(min(c.Concurrency, runtime.NumCPU())))
+	}
 	cmd.Dir = c.Dir
 	if c.Sandbox != nil {
 		if err := c.Sandbox(cmd); err != nil {

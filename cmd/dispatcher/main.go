@@ -5,7 +5,8 @@
 //
 // Exit status: 0 after a clean shutdown (SIGINT or SIGTERM), 2 for a usage
 // error or a worker binary that is missing, not executable or not a worker,
-// 1 for any other failure. A second signal during shutdown exits at once.
+// 1 for any other failure. A second signal during shutdown ends the process
+// at once (default action of the signal); the workers die with it.
 package main
 
 import (
@@ -19,12 +20,22 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		<-ctx.Done()
-		stop() // a second signal gets the default action: exit now
+		<-sigs
+		cancel()
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		select {
+		case s := <-sigs: // a second signal beat the Reset: act on it
+			_ = syscall.Kill(os.Getpid(), s.(syscall.Signal))
+		default:
+		}
 	}()
-	err := NewMain().Run(ctx, os.Args[1:])
+	m := NewMain()
+	m.CaptureStderr = true
+	err := m.Run(ctx, os.Args[1:])
 	os.Exit(exitCode(err))
 }
 
@@ -34,7 +45,9 @@ func exitCode(err error) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintln(os.Stderr, "dispatcher: "+ue.Error())
+		if !ue.Printed {
+			fmt.Fprintln(os.Stderr, "dispatcher: "+ue.Error())
+		}
 		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "dispatcher: "+err.Error())

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -22,7 +24,10 @@ import (
 
 // UsageError is a problem with the command line or with what it names; the
 // process exits with status 2.
-type UsageError struct{ Msg string }
+type UsageError struct {
+	Msg     string
+	Printed bool // already reported (by the flag package)
+}
 
 func (e *UsageError) Error() string { return e.Msg }
 
@@ -33,6 +38,11 @@ func usageErrorf(format string, args ...any) error {
 // Main is the dispatcher command. Its fields let tests capture its output.
 type Main struct {
 	Stderr io.Writer
+	// CaptureStderr makes Run point os.Stderr at a pipe whose lines become
+	// log entries while it runs, so that libraries writing there directly
+	// (yamux, under go-plugin) do not break the log format. Only for the
+	// real process: it changes a global.
+	CaptureStderr bool
 	// Ready, if set, is called with the listening address once the
 	// dispatcher serves requests.
 	Ready func(addr net.Addr)
@@ -77,7 +87,7 @@ func (m *Main) parse(args []string) (*options, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, &UsageError{Msg: err.Error()}
+		return nil, &UsageError{Msg: err.Error(), Printed: true}
 	}
 	o.workerArgs = fs.Args()
 	if o.workers == "" {
@@ -151,6 +161,13 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	}
 	logger := m.logger(o)
 	log := logrus.NewEntry(logger)
+	if m.CaptureStderr {
+		restore, err := captureStderr(log.WithField("component", "stderr"))
+		if err != nil {
+			return err
+		}
+		defer restore()
+	}
 
 	pool, err := workers.NewPool(workers.Config{
 		Path:         o.workers,
@@ -167,7 +184,11 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	t0 := time.Now()
 	if err := pool.Start(ctx); err != nil {
 		var se *ipc.StartError
-		if errors.As(err, &se) {
+		switch {
+		case ctx.Err() != nil:
+			log.Info("stopped during startup")
+			return nil
+		case errors.As(err, &se):
 			return usageErrorf("%v", err)
 		}
 		return err
@@ -188,7 +209,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		Handler:           srv,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          newStdLogger(errWriter),
+		ErrorLog:          stdlog.New(errWriter, "", 0),
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -218,4 +239,38 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	}
 	log.Info("stopped")
 	return serveErr
+}
+
+// captureStderr points os.Stderr at a pipe and logs each line written to it
+// until restore is called. yamux (under go-plugin) prints there when a
+// worker's control connection breaks, which is expected when a worker dies
+// and already logged as such: those lines go to debug level, others to warn.
+func captureStderr(log *logrus.Entry) (restore func(), err error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	orig := os.Stderr
+	os.Stderr = w
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 4096), 64<<10)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, "yamux:") {
+				log.Debug(line)
+			} else {
+				log.Warn(line)
+			}
+		}
+		_, _ = io.Copy(io.Discard, r) // a line over 64 KiB ends the scan
+	}()
+	return func() {
+		os.Stderr = orig
+		w.Close()
+		<-done
+		r.Close()
+	}, nil
 }
