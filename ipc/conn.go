@@ -63,6 +63,7 @@ type Conn struct {
 	state  connState
 	err    error // sticky: once set the connection is unusable
 	pump   *pump
+	pmu    sync.Mutex // guards pump for Close; held only to read or set it
 	body   Body
 	resp   Response
 	window int // credit granted by the worker, consumed by the pump
@@ -96,7 +97,17 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
 // Close closes the connection. The worker sees end of stream.
-func (c *Conn) Close() error { return c.nc.Close() }
+func (c *Conn) Close() error {
+	err := c.nc.Close()
+	// A body pump waiting for credit would wait forever: release it.
+	c.pmu.Lock()
+	p := c.pump
+	c.pmu.Unlock()
+	if p != nil {
+		p.abandon()
+	}
+	return err
+}
 
 // Err returns the error that made the connection unusable, or nil.
 func (c *Conn) Err() error { return c.err }
@@ -113,6 +124,9 @@ func (c *Conn) write(b []byte) error {
 func (c *Conn) fail(err error) error {
 	if c.err == nil {
 		c.err = err
+		if c.pump != nil {
+			c.pump.abandon() // no more credit will be read for it
+		}
 	}
 	return err
 }
@@ -154,7 +168,10 @@ func (c *Conn) RoundTrip(req *Request, body io.Reader) (*Response, *Body, error)
 	c.state = stHead
 	c.window = Window - len(req.Body)
 	if !req.EOF {
-		c.pump = startPump(c, req.ID, body, req.Trailer, c.window)
+		p := startPump(c, req.ID, body, req.Trailer, c.window)
+		c.pmu.Lock()
+		c.pump = p
+		c.pmu.Unlock()
 	}
 	resp, err := c.readHead(req.EOF)
 	if err != nil {
@@ -249,7 +266,9 @@ func (c *Conn) credit() error {
 func (c *Conn) finish() {
 	if c.pump != nil {
 		err := c.pump.stop()
+		c.pmu.Lock()
 		c.pump = nil
+		c.pmu.Unlock()
 		if err != nil {
 			c.fail(err)
 			c.state = stIdle
@@ -436,12 +455,17 @@ func (p *pump) grant(n int) {
 // the pump's write error, if any (a read error of the client body is the
 // worker's concern: it sees a truncated body).
 func (p *pump) stop() error {
+	p.abandon()
+	<-p.done
+	return p.err
+}
+
+// abandon makes the pump give up at its next step without waiting for it.
+func (p *pump) abandon() {
 	p.mu.Lock()
 	p.stopped = true
 	p.mu.Unlock()
 	p.cond.Signal()
-	<-p.done
-	return p.err
 }
 
 func (p *pump) run() {

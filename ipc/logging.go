@@ -173,7 +173,11 @@ func (w *workerLog) line(b []byte) {
 	}
 	short := text
 	if len(short) > maxTailLine {
-		short = short[:maxTailLine] + "..."
+		cut := maxTailLine
+		for cut > 0 && !utf8.RuneStart(short[cut]) {
+			cut-- // keep the line valid UTF-8, as sanitize made it
+		}
+		short = short[:cut] + "..."
 	}
 	w.tail = append(w.tail, short)
 	if !w.inPanic && (strings.HasPrefix(text, "panic: ") || strings.HasPrefix(text, "fatal error: ")) {

@@ -34,6 +34,12 @@ const (
 	// EnvMaxFrame is the largest frame the dispatcher accepts from the
 	// worker, in bytes.
 	EnvMaxFrame = "DISPATCHER_IPC_MAX_FRAME"
+	// EnvDepth is the pipelining depth: how many exchanges the dispatcher
+	// may start on one slot before the first ends (1 if unset). The worker
+	// runs them one at a time, in order.
+	EnvDepth = "DISPATCHER_IPC_DEPTH"
+	// MaxDepth bounds the pipelining depth.
+	MaxDepth = 64
 )
 
 // pluginName is the one plugin a worker serves. Its net/rpc service only
@@ -69,38 +75,44 @@ func pluginSet(info Info) plugin.PluginSet {
 var ErrNotWorker = errors.New("ipc: not started by a dispatcher (no " + EnvFDs + " in the environment)")
 
 // WorkerConns returns the slot connections the dispatcher passed to this
-// process, and the frame limit it announced. Each inherited descriptor is
+// process, and the frame limit and pipelining depth it announced. Each inherited descriptor is
 // closed after being duplicated into a close-on-exec connection, so
 // processes the worker starts do not inherit it.
-func WorkerConns() ([]net.Conn, int, error) {
+func WorkerConns() (conns []net.Conn, maxFrame, depth int, err error) {
 	list := os.Getenv(EnvFDs)
 	if list == "" || os.Getenv(Handshake.MagicCookieKey) != Handshake.MagicCookieValue {
-		return nil, 0, ErrNotWorker
+		return nil, 0, 0, ErrNotWorker
 	}
-	maxFrame := DefaultMaxFrame
+	maxFrame, depth = DefaultMaxFrame, 1
 	if s := os.Getenv(EnvMaxFrame); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < MinMaxFrame {
-			return nil, 0, fmt.Errorf("ipc: bad %s=%q", EnvMaxFrame, s)
+			return nil, 0, 0, fmt.Errorf("ipc: bad %s=%q", EnvMaxFrame, s)
 		}
 		maxFrame = n
 	}
-	var conns []net.Conn
+	if s := os.Getenv(EnvDepth); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxDepth {
+			return nil, 0, 0, fmt.Errorf("ipc: bad %s=%q", EnvDepth, s)
+		}
+		depth = n
+	}
 	for _, f := range strings.Split(list, ",") {
 		fd, err := strconv.Atoi(f)
 		if err != nil || fd < 3 {
-			return nil, 0, fmt.Errorf("ipc: bad %s=%q", EnvFDs, list)
+			return nil, 0, 0, fmt.Errorf("ipc: bad %s=%q", EnvFDs, list)
 		}
 		file := os.NewFile(uintptr(fd), "slot-"+f)
 		c, err := net.FileConn(file)
 		file.Close()
 		if err != nil {
-			return nil, 0, fmt.Errorf("ipc: slot descriptor %d: %w", fd, err)
+			return nil, 0, 0, fmt.Errorf("ipc: slot descriptor %d: %w", fd, err)
 		}
 		conns = append(conns, c)
 	}
 	_ = os.Unsetenv(EnvFDs)
-	return conns, maxFrame, nil
+	return conns, maxFrame, depth, nil
 }
 
 // StdioRestorer returns a function that undoes go-plugin's replacement of

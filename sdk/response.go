@@ -127,7 +127,7 @@ func (w *responseWriter) finish() {
 		w.WriteHeader(http.StatusOK)
 	}
 	trailer := w.trailers()
-	w.s.end(w.ex)
+	w.s.finishing(w.ex)
 	if w.failed {
 		return
 	}
@@ -188,7 +188,7 @@ func (w *responseWriter) panicked(v any, stack []byte) {
 	if v != http.ErrAbortHandler {
 		w.log().WithField("stack", string(stack)).Errorf("handler panic: %v", v)
 	}
-	w.s.end(w.ex)
+	w.s.finishing(w.ex)
 	if w.failed {
 		return
 	}

@@ -89,12 +89,12 @@ func RequestID(ctx context.Context) string {
 // requests finished (at most ShutdownGrace). Started outside a dispatcher, it
 // prints an explanation and exits with status 1.
 func Serve(h http.Handler) {
-	conns, maxFrame, err := ipc.WorkerConns()
+	conns, maxFrame, depth, err := ipc.WorkerConns()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%v\nThis program is a dispatcher worker: run it with `dispatcher --workers %s`.\n", err, os.Args[0])
 		os.Exit(1)
 	}
-	w := &worker{h: h, restoreStdio: ipc.StdioRestorer()}
+	w := &worker{h: h, depth: depth, restoreStdio: ipc.StdioRestorer()}
 	for _, c := range conns {
 		s := &slot{w: w, sc: ipc.NewServerConn(c, maxFrame)}
 		w.slots.Add(1)
@@ -112,6 +112,7 @@ func Serve(h http.Handler) {
 
 type worker struct {
 	h            http.Handler
+	depth        int // requests the dispatcher may send on a slot before one ends
 	restoreStdio func()
 	slots        sync.WaitGroup
 	inflight     sync.WaitGroup

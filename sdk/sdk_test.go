@@ -73,7 +73,7 @@ func serve(tb testing.TB, h http.Handler) *ipc.Conn {
 		}
 		f.Close()
 	}
-	w := &worker{h: h, restoreStdio: func() {}}
+	w := &worker{h: h, depth: 1, restoreStdio: func() {}}
 	s := &slot{w: w, sc: ipc.NewServerConn(conns[1], 0)}
 	w.slots.Add(1)
 	go s.serve()

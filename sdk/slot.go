@@ -13,21 +13,32 @@ import (
 )
 
 // slot serves one connection: one exchange at a time, whose handler runs in
-// its own goroutine while the slot keeps reading body, cancel and ping frames.
+// its own goroutine while the slot keeps reading body, cancel and ping
+// frames. Complete requests that arrive while an exchange runs wait in a
+// queue (up to the pipelining depth the dispatcher announced) and run in
+// order, each as soon as the previous response has ended.
 type slot struct {
 	w  *worker
 	sc *ipc.ServerConn
 
-	mu  sync.Mutex
-	cur *exchange
+	mu    sync.Mutex
+	cur   *exchange
+	queue []queued
+}
+
+type queued struct {
+	ex  *exchange
+	req *ipc.Request
 }
 
 // exchange is one request in flight on a slot.
 type exchange struct {
 	id        uint64
 	requestID string
+	ctx       context.Context // the handler's; cancelled by a cancel frame or at the end
 	cancel    context.CancelFunc
 	body      *requestBody // nil when the request arrived whole
+	finishing bool         // its last frame is being written
 }
 
 func (s *slot) serve() {
@@ -74,6 +85,11 @@ func (s *slot) serve() {
 				if ex.body != nil {
 					ex.body.finish(context.Canceled, nil)
 				}
+			} else if s.dequeue(f.ID) {
+				if err := s.sc.WriteAbort(f.ID, "cancelled before it started"); err != nil {
+					s.abandon()
+					return
+				}
 			}
 		case ipc.KindPing:
 			s.w.restoreStdio()
@@ -85,19 +101,41 @@ func (s *slot) serve() {
 	}
 }
 
+// current returns the exchange id, running or queued (a request queued while
+// its predecessor writes its last frame may already get body frames).
 func (s *slot) current(id uint64) *exchange {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur != nil && s.cur.id == id {
 		return s.cur
 	}
+	for _, q := range s.queue {
+		if q.ex.id == id && q.ex.body != nil {
+			return q.ex
+		}
+	}
 	return nil
 }
 
-// abandon cancels the exchange in flight when the connection is gone.
+// dequeue removes a queued request; it reports whether it was queued.
+func (s *slot) dequeue(id uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, q := range s.queue {
+		if q.ex.id == id && q.ex.body == nil {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// abandon cancels the exchange in flight and drops the queued ones when the
+// connection is gone.
 func (s *slot) abandon() {
 	s.mu.Lock()
 	ex := s.cur
+	s.queue = nil
 	s.mu.Unlock()
 	if ex != nil {
 		ex.cancel()
@@ -107,41 +145,84 @@ func (s *slot) abandon() {
 	}
 }
 
+// start runs a request at once if the slot is idle, or queues it. It
+// reports false for a protocol violation: a request with a streamed body on
+// a busy slot, or more queued requests than the announced depth.
 func (s *slot) start(req *ipc.Request) bool {
+	// The frame buffer is reused by the next read: keep a copy.
+	req.Body = append([]byte(nil), req.Body...)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur != nil {
-		return false
+		room := s.w.depth - 1
+		finishing := s.cur.finishing && len(s.queue) == 0
+		if finishing {
+			room++ // the dispatcher may have seen its end already
+		}
+		if (!req.EOF && !finishing) || len(s.queue) >= room {
+			return false
+		}
+		s.queue = append(s.queue, queued{newExchange(s.sc, req), req})
+		return true
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ex := &exchange{id: req.ID, requestID: req.RequestID, cancel: cancel}
-	// The frame buffer is reused by the next read: keep a copy.
-	inline := append([]byte(nil), req.Body...)
-	req.Body = nil
-	if !req.EOF {
-		ex.body = newRequestBody(s.sc, req.ID, inline)
-	}
+	ex := newExchange(s.sc, req)
 	s.cur = ex
 	s.w.inflight.Add(1)
-	go s.run(context.WithValue(ctx, ctxKey{}, ex), ex, req, inline)
+	go s.loop(ex, req)
 	return true
 }
 
-// end clears the current exchange before its last frame goes out, so the
-// dispatcher's next request never finds the slot busy.
-func (s *slot) end(ex *exchange) {
+func newExchange(sc *ipc.ServerConn, req *ipc.Request) *exchange {
+	ex := &exchange{id: req.ID, requestID: req.RequestID}
+	ex.ctx, ex.cancel = context.WithCancel(context.WithValue(context.Background(), ctxKey{}, ex))
+	if !req.EOF {
+		ex.body = newRequestBody(sc, req.ID, req.Body)
+	}
+	return ex
+}
+
+// finishing marks the current exchange as writing its last frame, after
+// which the dispatcher may already send the next request.
+func (s *slot) finishing(ex *exchange) {
 	s.mu.Lock()
+	ex.finishing = true
+	s.mu.Unlock()
+}
+
+// advance ends ex (its last frame is out) and makes the next queued request
+// current, returning it, or nil.
+func (s *slot) advance(ex *exchange) (*exchange, *ipc.Request) {
+	ex.cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.cur == ex {
 		s.cur = nil
 	}
-	s.mu.Unlock()
-	ex.cancel()
+	if s.cur != nil || len(s.queue) == 0 {
+		return nil, nil
+	}
+	q := s.queue[0]
+	s.queue[0] = queued{}
+	s.queue = s.queue[1:]
+	s.cur = q.ex
+	return q.ex, q.req
 }
 
-func (s *slot) run(ctx context.Context, ex *exchange, req *ipc.Request, inline []byte) {
+// loop runs ex, then the requests queued behind it, in order, in this
+// goroutine: a busy worker goes from one to the next without waiting.
+func (s *slot) loop(ex *exchange, req *ipc.Request) {
 	defer s.w.inflight.Done()
+	for ex != nil {
+		s.run(ex, req)
+		ex, req = s.advance(ex)
+	}
+}
+
+func (s *slot) run(ex *exchange, req *ipc.Request) {
+	inline := req.Body
+	req.Body = nil
 	rw := &responseWriter{s: s, ex: ex, header: make(http.Header)}
-	r, err := newHTTPRequest(ctx, req, ex, inline)
+	r, err := newHTTPRequest(ex.ctx, req, ex, inline)
 	if err != nil {
 		rw.header.Set("Content-Type", "text/plain; charset=utf-8")
 		rw.WriteHeader(http.StatusBadRequest)
