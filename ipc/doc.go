@@ -67,6 +67,14 @@
 // acknowledged; the worker acknowledges bytes its handler consumed with
 // window frames, so its reader never blocks and always sees a cancel.
 //
+// With DISPATCHER_IPC_DEPTH=d (default 1) the dispatcher may send up to d
+// requests on a slot before the first ends; the worker runs them one at a
+// time in arrival order, each starting when the previous one's last frame is
+// written, so the dispatcher knows a queued request has not started until
+// the response before it ended. Only the running request, or one sent after
+// the end of the previous response was received, may have a streamed body.
+// A queued request that is cancelled is answered with an abort frame.
+//
 // The worker answers with a response frame. If eof is true it holds the whole
 // body and the trailers and the exchange is over. Otherwise body frames
 // follow (each one a flush point, relayed to the client at once), then an end
