@@ -32,18 +32,7 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "dispatcher-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	bins, err = testbin.Build(dir, append([]string{"cmd/dispatcher"}, testbin.Workers()...)...)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
+	return testbin.Run(m, &bins, append([]string{"cmd/dispatcher"}, testbin.Workers()...)...)
 }
 
 // bin returns the path of a built binary.

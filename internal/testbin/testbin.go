@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"testing"
 )
 
 // Module is this module's import path.
@@ -51,4 +52,21 @@ func Workers() []string {
 		}
 	}
 	return pkgs
+}
+
+// Run is the body of a TestMain: it builds pkgs into a temporary directory,
+// stores their paths in *bins, runs the tests, removes the directory and
+// returns the exit code for os.Exit.
+func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
+	dir, err := os.MkdirTemp("", "testbin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bins, err = Build(dir, pkgs...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
 }
