@@ -6,6 +6,8 @@
 #                     [--warmup Ns] [--pool-size N] [--out FILE]
 # The same settings can be given as environment variables: ROUNDS (3),
 # DURATION (8s), CONNS (32), THREADS (1), WARMUP (1s), POOL_SIZE (2), OUT.
+# DISPATCHER_FLAGS adds flags to the dispatcher's command line (for example
+# DISPATCHER_FLAGS="--pipeline 1" to measure without pipelining).
 #
 # The markdown report goes to stdout (and to FILE with --out); progress goes
 # to stderr. See bench/README.md.
@@ -21,7 +23,7 @@ OUT=${OUT:-}
 READY_TIMEOUT=${READY_TIMEOUT:-20}   # seconds for a server to answer
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}     # seconds for a server to exit on SIGTERM
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -175,7 +177,7 @@ start_server() {
 			;;
 		dispatcher)
 			setsid "$TMP/dispatcher" --workers "$worker" --listen "127.0.0.1:$PORT" \
-				--pool-size "$POOL_SIZE" --access-log=false --log-level warn >>"$TMP/server.log" 2>&1 &
+				--pool-size "$POOL_SIZE" --access-log=false --log-level warn ${DISPATCHER_FLAGS:-} >>"$TMP/server.log" 2>&1 &
 			;;
 		*) die "unknown server $server" ;;
 		esac

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -48,10 +49,19 @@ func (e *notDelivered) Unwrap() error        { return e.err }
 func (e *notDelivered) Is(target error) bool { return target == ErrNotDelivered }
 
 // Conn is the dispatcher's end of one slot: a stream connection to a worker
-// that carries one exchange (request and response) at a time.
+// that carries one exchange (request and response) at a time, and may hold
+// further complete requests queued behind it (pipelining, see the package
+// doc).
 //
-// RoundTrip and the returned Response.Body must be used by one goroutine at a
-// time; Cancel, SetDeadline and Close may be called from any goroutine.
+// Each exchange has a Ticket: its place in the connection's line. Only the
+// ticket at the head of the line (the one holding the turn) reads from the
+// connection; when its response has been read to the end, the turn passes to
+// the next ticket at once. After a failure the turn does not pass: the
+// caller makes sure the worker is dead and calls Discard, which tells each
+// queued ticket whether its request can be retried.
+//
+// A ticket's Head and Body must be used by one goroutine at a time; Send,
+// Cancel, Discard and Close may be called from any goroutine.
 type Conn struct {
 	nc  net.Conn
 	fr  *frameReader
@@ -59,14 +69,21 @@ type Conn struct {
 	wmu sync.Mutex
 	fw  *frameWriter
 
-	id     uint64
+	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
+	errp atomic.Pointer[error]
+
+	qmu   sync.Mutex
+	cur   *Ticket   // holder of the turn: it alone reads; nil when idle
+	queue []*Ticket // sent after cur, in order
+
+	// Owned by the holder of the turn.
+	id     uint64 // cur's id
 	state  connState
-	err    error // sticky: once set the connection is unusable
 	pump   *pump
 	pmu    sync.Mutex // guards pump for Close; held only to read or set it
-	body   Body
-	resp   Response
-	window int // credit granted by the worker, consumed by the pump
+	window int        // credit granted by the worker, consumed by the pump
+
+	own Ticket // RoundTrip's
 }
 
 type connState uint8
@@ -77,15 +94,26 @@ const (
 	stBody           // head received, reading body frames
 )
 
+// Ticket is one exchange's place in a connection's line. Its zero value is
+// ready for Send; a ticket is used for one exchange and may then be reused.
+type Ticket struct {
+	c      *Conn
+	id     uint64
+	single bool          // the request went out whole in one frame
+	turn   chan struct{} // closed when the ticket gets the turn; nil if it had it at once
+	err    error         // set by Discard before turn is closed
+	done   bool          // the exchange is over for this ticket
+	resp   Response
+	body   Body
+}
+
 // NewConn wraps the dispatcher's end of a slot connection. maxFrame bounds
 // every frame read (DefaultMaxFrame if 0).
 func NewConn(nc net.Conn, maxFrame int) *Conn {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
 	}
-	c := &Conn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
-	c.body.c = c
-	return c
+	return &Conn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
 }
 
 // SetDeadline bounds every read and write of the current exchange.
@@ -96,7 +124,8 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 // inside a frame breaks it.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
-// Close closes the connection. The worker sees end of stream.
+// Close closes the connection. The worker sees end of stream. Tickets queued
+// behind a failed exchange are released by Discard, not by Close.
 func (c *Conn) Close() error {
 	err := c.nc.Close()
 	// A body pump waiting for credit would wait forever: release it.
@@ -110,22 +139,45 @@ func (c *Conn) Close() error {
 }
 
 // Err returns the error that made the connection unusable, or nil.
-func (c *Conn) Err() error { return c.err }
+func (c *Conn) Err() error {
+	if p := c.errp.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
-// Idle reports whether no exchange is in progress and the connection is
-// usable.
-func (c *Conn) Idle() bool { return c.state == stIdle && c.err == nil }
+// Idle reports whether no exchange is in progress or queued and the
+// connection is usable.
+func (c *Conn) Idle() bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return c.cur == nil && c.Err() == nil
+}
+
+// Outstanding returns the number of exchanges in progress or queued.
+func (c *Conn) Outstanding() int {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.cur == nil {
+		return 0
+	}
+	return 1 + len(c.queue)
+}
 
 func (c *Conn) write(b []byte) error {
 	_, err := c.nc.Write(b)
 	return err
 }
 
+// fail makes the connection unusable; the first error sticks and is
+// returned.
 func (c *Conn) fail(err error) error {
-	if c.err == nil {
-		c.err = err
-		if c.pump != nil {
-			c.pump.abandon() // no more credit will be read for it
+	if c.errp.CompareAndSwap(nil, &err) {
+		c.pmu.Lock()
+		p := c.pump
+		c.pmu.Unlock()
+		if p != nil {
+			p.abandon() // no more credit will be read for it
 		}
 	}
 	return err
@@ -137,87 +189,155 @@ func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// RoundTrip sends req and returns the response head. If req.EOF is false,
-// the rest of the body is read from body and streamed to the worker with flow
-// control; body may be nil when req.EOF is true. The returned Response.Body
-// aliases connection buffers: read it to the end (or call Drain) before the
-// next RoundTrip.
+// Send writes req to the worker and gives t its place in line. If no
+// exchange is in progress, t holds the turn at once and, if req.EOF is false,
+// the rest of the body is read from body and streamed to the worker with
+// flow control. Otherwise req must be complete (req.EOF) and t waits behind
+// the exchanges before it: wait on t.Turn() before calling t.Head. The caller
+// keeps the number of outstanding exchanges within the depth the worker was
+// told.
 //
-// Errors wrapping ErrNotDelivered mean the worker read nothing of the
-// request. Other errors leave the connection broken (see Err), except
-// *BodyError, after which the caller must Drain.
-func (c *Conn) RoundTrip(req *Request, body io.Reader) (*Response, *Body, error) {
-	if c.err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrBroken, c.err)
+// An error wrapping ErrNotDelivered means the worker read nothing of the
+// request; t is then not in line.
+func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if err := c.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, err)
 	}
-	if c.state != stIdle {
-		return nil, nil, errors.New("ipc: RoundTrip during another exchange")
+	queued := c.cur != nil
+	if queued && !req.EOF {
+		return errors.New("ipc: a streamed request body on a busy connection")
 	}
-	c.id++
-	req.ID = c.id
+	*t = Ticket{c: c, single: req.EOF}
 	c.wmu.Lock()
+	t.id = c.sent.Add(1)
+	req.ID = t.id
 	err := c.write(c.fw.request(req))
 	c.wmu.Unlock()
 	if err != nil {
-		c.fail(err)
-		if isReset(err) {
-			return nil, nil, &notDelivered{err}
+		if queued {
+			// The holder is reading: break its read too, the stream may be
+			// torn.
+			c.fail(err)
+			c.nc.Close()
+		} else {
+			c.fail(err)
+			c.cur = t // holds a dead turn: nothing can queue behind it
 		}
-		return nil, nil, err
+		if isReset(err) {
+			return &notDelivered{err}
+		}
+		return err
 	}
-	c.state = stHead
+	if queued {
+		t.turn = make(chan struct{})
+		c.queue = append(c.queue, t)
+		return nil
+	}
+	c.take(t)
 	c.window = Window - len(req.Body)
 	if !req.EOF {
-		p := startPump(c, req.ID, body, req.Trailer, c.window)
+		p := startPump(c, t.id, body, req.Trailer, c.window)
 		c.pmu.Lock()
 		c.pump = p
 		c.pmu.Unlock()
 	}
-	resp, err := c.readHead(req.EOF)
-	if err != nil {
-		return nil, nil, err
-	}
-	return resp, &c.body, nil
+	return nil
 }
 
-// readHead reads frames until the response head arrives.
-func (c *Conn) readHead(single bool) (*Response, error) {
+// take gives t the turn. Called with qmu held.
+func (c *Conn) take(t *Ticket) {
+	c.cur = t
+	c.id = t.id
+	c.state = stHead
+}
+
+// Turn returns a channel that is closed when t holds the turn (or was
+// released by Discard), or nil if it held it from the start.
+func (t *Ticket) Turn() <-chan struct{} { return t.turn }
+
+// ID returns the exchange id of t's request.
+func (t *Ticket) ID() uint64 { return t.id }
+
+// Head reads the response head. t must hold the turn. The returned response
+// and body belong to t and stay valid while t is not reused; the body's
+// chunks alias connection buffers and are valid until the next read.
+//
+// Errors wrapping ErrNotDelivered mean the worker cannot have started the
+// request. Other errors leave the connection broken (see Err), except an
+// *AbortError, and a deadline that struck between frames, after which the
+// caller may Cancel and Drain.
+func (t *Ticket) Head() (*Response, *Body, error) {
+	if t.err != nil {
+		t.done = true
+		return nil, nil, t.err
+	}
+	c := t.c
+	if err := c.Err(); err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+	if err := c.readHead(t); err != nil {
+		return nil, nil, err
+	}
+	t.body.t = t
+	return &t.resp, &t.body, nil
+}
+
+// RoundTrip sends req on an idle connection and returns the response head
+// (Send and Head with the connection's own ticket). If req.EOF is false, the
+// rest of the body is read from body and streamed to the worker with flow
+// control; body may be nil when req.EOF is true. The returned Body aliases
+// connection buffers: read it to the end (or call Drain) before the next
+// RoundTrip.
+func (c *Conn) RoundTrip(req *Request, body io.Reader) (*Response, *Body, error) {
+	if c.Err() == nil && !c.Idle() {
+		return nil, nil, errors.New("ipc: RoundTrip during another exchange")
+	}
+	if err := c.Send(&c.own, req, body); err != nil {
+		return nil, nil, err
+	}
+	return c.own.Head()
+}
+
+// readHead reads frames until the response head of t arrives.
+func (c *Conn) readHead(t *Ticket) error {
 	for {
 		k, p, err := c.fr.next()
 		if err != nil {
-			return nil, c.readFailed(err, single)
+			return c.readFailed(t, err)
 		}
 		c.pd.reset(k, p)
 		switch k {
 		case KindResponse:
 			r, err := c.pd.response()
 			if err != nil {
-				return nil, c.fail(err)
+				return c.fail(err)
 			}
 			if r.ID != c.id {
-				return nil, c.fail(protoErr(k, "response for exchange %d during %d", r.ID, c.id))
+				return c.fail(protoErr(k, "response for exchange %d during %d", r.ID, c.id))
 			}
-			c.resp = *r
-			c.body.data = r.Body
+			t.resp = *r
+			t.body.data = r.Body
 			c.state = stBody
 			if r.EOF {
-				c.finish()
+				return c.finish(t)
 			}
-			return &c.resp, nil
+			return nil
 		case KindWindow:
 			if err := c.credit(); err != nil {
-				return nil, err
+				return err
 			}
 		case KindAbort:
-			return nil, c.aborted()
+			return c.aborted(t)
 		default:
-			return nil, c.fail(protoErr(k, "unexpected before the response head"))
+			return c.fail(protoErr(k, "unexpected before the response head"))
 		}
 	}
 }
 
 // aborted ends the exchange on an abort frame. The connection stays usable.
-func (c *Conn) aborted() error {
+func (c *Conn) aborted(t *Ticket) error {
 	id, reason, err := c.pd.idString()
 	if err != nil {
 		return c.fail(err)
@@ -225,22 +345,22 @@ func (c *Conn) aborted() error {
 	if id != c.id {
 		return c.fail(protoErr(KindAbort, "abort for exchange %d during %d", id, c.id))
 	}
-	c.finish()
-	if c.err != nil {
-		return c.err
+	if err := c.finish(t); err != nil {
+		return err
 	}
 	return &AbortError{Reason: reason}
 }
 
-// readFailed classifies a read error of the current exchange.
-func (c *Conn) readFailed(err error, single bool) error {
+// readFailed classifies a read error of t's exchange.
+func (c *Conn) readFailed(t *Ticket, err error) error {
 	var pe *ProtocolError
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded) && !c.fr.partial:
 		return err // between frames: the stream is intact
 	case errors.As(err, &pe):
-	case single && c.state == stHead && errors.Is(err, syscall.ECONNRESET):
-		// The worker closed with our only frame still unread.
+	case t.single && c.state == stHead && errors.Is(err, syscall.ECONNRESET) && t.id == c.sent.Load():
+		// The worker closed with our only frame, the last one sent, still
+		// unread.
 		err = &notDelivered{err}
 	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err):
 		err = fmt.Errorf("%w: %w", ErrPeerClosed, err)
@@ -260,31 +380,70 @@ func (c *Conn) credit() error {
 	return nil
 }
 
-// finish completes the exchange once the response is fully read: it stops
+// finish completes t's exchange once its response is fully read: it stops
 // the body pump and waits for it, so the connection carries nothing of this
-// exchange any more.
-func (c *Conn) finish() {
+// exchange any more, then passes the turn to the next ticket in line.
+func (c *Conn) finish(t *Ticket) error {
+	t.done = true
 	if c.pump != nil {
 		err := c.pump.stop()
 		c.pmu.Lock()
 		c.pump = nil
 		c.pmu.Unlock()
 		if err != nil {
-			c.fail(err)
 			c.state = stIdle
-			return
+			return c.fail(err)
 		}
 	}
 	c.state = stIdle
+	if len(t.body.data) == 0 {
+		c.pass(t)
+	}
+	return nil
+}
+
+// pass hands the turn from t, whose exchange is over and whose last chunk
+// was consumed (it aliases the read buffer the next holder reads into), to
+// the next ticket in line. Later calls do nothing.
+func (c *Conn) pass(t *Ticket) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.cur != t {
+		return
+	}
+	if len(c.queue) == 0 {
+		c.cur = nil
+	} else {
+		next := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		c.take(next)
+		close(next.turn)
+	}
+}
+
+// Interrupt makes t's pending read return os.ErrDeadlineExceeded at once
+// (between frames the stream stays intact), if t still holds the turn. Safe
+// to call from any goroutine.
+func (t *Ticket) Interrupt() {
+	c := t.c
+	c.qmu.Lock()
+	if c.cur == t && !t.done {
+		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+	c.qmu.Unlock()
 }
 
 // Trailer returns the response trailers, valid after the body reached EOF.
-func (c *Conn) Trailer() http.Header { return c.resp.Trailer }
+func (t *Ticket) Trailer() http.Header { return t.resp.Trailer }
 
-// Body reads the body of the current response. Its chunks alias the
-// connection's read buffer.
+// Trailer returns the trailers of RoundTrip's last response.
+func (c *Conn) Trailer() http.Header { return c.own.resp.Trailer }
+
+// Body reads the body of a response. Its chunks alias the connection's read
+// buffer.
 type Body struct {
-	c    *Conn
+	t    *Ticket
 	data []byte
 }
 
@@ -292,15 +451,8 @@ type Body struct {
 // needed, or io.EOF after the last one. The slice is valid until the next
 // call.
 func (b *Body) Next() ([]byte, error) {
-	c := b.c
 	for len(b.data) == 0 {
-		if c.state != stBody {
-			if c.err != nil {
-				return nil, c.err
-			}
-			return nil, io.EOF
-		}
-		if err := c.nextBodyFrame(); err != nil {
+		if err := b.t.more(); err != nil {
 			return nil, err
 		}
 	}
@@ -310,15 +462,8 @@ func (b *Body) Next() ([]byte, error) {
 }
 
 func (b *Body) Read(p []byte) (int, error) {
-	c := b.c
 	for len(b.data) == 0 {
-		if c.state != stBody {
-			if c.err != nil {
-				return 0, c.err
-			}
-			return 0, io.EOF
-		}
-		if err := c.nextBodyFrame(); err != nil {
+		if err := b.t.more(); err != nil {
 			return 0, err
 		}
 	}
@@ -327,10 +472,19 @@ func (b *Body) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *Conn) nextBodyFrame() error {
+// more reads the next body frame of t's exchange, or reports its end.
+func (t *Ticket) more() error {
+	if t.done {
+		t.c.pass(t)
+		return io.EOF
+	}
+	c := t.c
+	if err := c.Err(); err != nil {
+		return err
+	}
 	k, p, err := c.fr.next()
 	if err != nil {
-		return c.readFailed(err, false)
+		return c.readFailed(t, err)
 	}
 	c.pd.reset(k, p)
 	switch k {
@@ -342,7 +496,7 @@ func (c *Conn) nextBodyFrame() error {
 		if id != c.id {
 			return c.fail(protoErr(k, "body for exchange %d during %d", id, c.id))
 		}
-		c.body.data = data
+		t.body.data = data
 	case KindEnd:
 		id, tr, err := c.pd.idHeader()
 		if err != nil {
@@ -351,72 +505,148 @@ func (c *Conn) nextBodyFrame() error {
 		if id != c.id {
 			return c.fail(protoErr(k, "end for exchange %d during %d", id, c.id))
 		}
-		c.resp.Trailer = tr
-		c.finish()
+		t.resp.Trailer = tr
+		t.body.data = nil
+		if err := c.finish(t); err != nil {
+			return err
+		}
+		return io.EOF
 	case KindWindow:
 		return c.credit()
 	case KindAbort:
-		return c.aborted()
+		return c.aborted(t)
 	default:
 		return c.fail(protoErr(k, "unexpected in a response body"))
 	}
 	return nil
 }
 
-// Cancel tells the worker the dispatcher gave up on the current exchange.
-// The handler's context is cancelled; the worker still ends the response,
-// which the caller must Drain. Safe to call from any goroutine.
-func (c *Conn) Cancel() error {
+// Cancel tells the worker the dispatcher gave up on t's exchange, running
+// or queued. The handler's context is cancelled (a queued request never
+// starts); the worker still ends the response, which the holder of t must
+// Drain once t has the turn. Safe to call from any goroutine.
+func (t *Ticket) Cancel() error {
+	c := t.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.write(c.fw.idFrame(KindCancel, c.id))
+	return c.write(c.fw.idFrame(KindCancel, t.id))
 }
 
-// Drain reads and discards the rest of the current exchange, if any.
-func (c *Conn) Drain() error {
-	for c.err == nil && c.state != stIdle {
-		if c.state == stHead {
-			if _, err := c.readHead(false); err != nil {
-				return err
-			}
-			continue
+// Cancel cancels RoundTrip's exchange (see Ticket.Cancel).
+func (c *Conn) Cancel() error { return c.own.Cancel() }
+
+// Drain reads and discards the rest of t's exchange, which must hold the
+// turn.
+func (t *Ticket) Drain() error {
+	if t.err != nil {
+		t.done = true
+		return t.err
+	}
+	c := t.c
+	t.body.data = nil
+	for !t.done {
+		if err := c.Err(); err != nil {
+			return err
 		}
-		c.body.data = nil
-		if err := c.nextBodyFrame(); err != nil {
+		var err error
+		if c.state == stHead {
+			err = c.readHead(t)
+		} else {
+			err = t.more()
+		}
+		t.body.data = nil
+		var ae *AbortError
+		if err != nil && err != io.EOF && !errors.As(err, &ae) {
 			return err
 		}
 	}
-	c.body.data = nil
-	return c.err
+	c.pass(t)
+	return c.Err()
+}
+
+// Drain reads and discards the rest of RoundTrip's exchange.
+func (c *Conn) Drain() error {
+	c.qmu.Lock()
+	busy := c.cur == &c.own
+	c.qmu.Unlock()
+	if !busy {
+		return c.Err()
+	}
+	return c.own.Drain()
+}
+
+// Discard ends the use of a connection after a failure (the exchange
+// holding the turn failed, and the caller made sure the worker process is
+// dead), and releases every ticket queued behind it. A queued request gets
+// an error wrapping ErrNotDelivered if the worker cannot have started it:
+// the failure was the worker closing its end or a timeout, not a protocol
+// violation, and the worker wrote nothing after what was read (it starts a
+// queued request only after writing the last frame of the one before).
+// Otherwise it gets ErrPeerClosed. The connection is closed.
+func (c *Conn) Discard(cause error) {
+	c.fail(cause)
+	c.qmu.Lock()
+	queue := c.queue
+	c.queue = nil
+	c.qmu.Unlock()
+	if len(queue) > 0 {
+		var verdict error = &notDelivered{fmt.Errorf("queued behind a failed exchange: %w", c.Err())}
+		if c.wroteMore() {
+			verdict = fmt.Errorf("%w: queued behind a failed exchange: %w", ErrPeerClosed, c.Err())
+		}
+		for _, t := range queue {
+			t.err = verdict
+			close(t.turn)
+		}
+	}
+	c.Close()
+}
+
+// wroteMore reports whether the worker may have written anything the
+// holder of the turn did not read. Called after the worker died.
+func (c *Conn) wroteMore() bool {
+	var pe *ProtocolError
+	if errors.As(c.Err(), &pe) || c.fr.partial || c.fr.br.Buffered() > 0 {
+		return true
+	}
+	if err := c.nc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
+		return true
+	}
+	var b [1]byte
+	n, _ := c.nc.Read(b[:])
+	return n > 0
 }
 
 // Ping sends a ping on an idle connection and waits for the pong. The
 // caller bounds it with SetDeadline.
 func (c *Conn) Ping() error {
-	if !c.Idle() {
+	c.qmu.Lock()
+	if c.cur != nil || c.Err() != nil {
+		c.qmu.Unlock()
 		return errors.New("ipc: ping during an exchange")
 	}
-	c.id++
 	c.wmu.Lock()
-	err := c.write(c.fw.idFrame(KindPing, c.id))
+	id := c.sent.Add(1)
+	err := c.write(c.fw.idFrame(KindPing, id))
 	c.wmu.Unlock()
+	c.qmu.Unlock()
 	if err != nil {
 		return c.fail(err)
 	}
 	k, p, err := c.fr.next()
 	if err != nil {
-		return c.readFailed(err, false)
+		return c.readFailed(&Ticket{id: id}, err)
 	}
 	c.pd.reset(k, p)
 	if k != KindPong {
 		return c.fail(protoErr(k, "unexpected while waiting for a pong"))
 	}
-	id, err := c.pd.idOnly()
+	got, err := c.pd.idOnly()
 	if err != nil {
 		return c.fail(err)
 	}
-	if id != c.id {
-		return c.fail(protoErr(k, "pong %d for ping %d", id, c.id))
+	if got != id {
+		return c.fail(protoErr(k, "pong %d for ping %d", got, id))
 	}
 	return nil
 }

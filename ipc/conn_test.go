@@ -155,12 +155,12 @@ func TestConnSingleFrame(t *testing.T) {
 			if want := echoHeader(&req); !reflect.DeepEqual(resp.Header, want) {
 				t.Errorf("header %v, want %v", resp.Header, want)
 			}
-			if !c.Idle() {
-				t.Error("a whole response left the connection busy")
-			}
 			got, err := readAllNext(t, body)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !c.Idle() {
+				t.Error("a whole response read to its end left the connection busy")
 			}
 			if !bytes.Equal(got, tt.req.Body) {
 				t.Errorf("body of %d bytes, want %d", len(got), len(tt.req.Body))

@@ -73,7 +73,9 @@
 // written, so the dispatcher knows a queued request has not started until
 // the response before it ended. Only the running request, or one sent after
 // the end of the previous response was received, may have a streamed body.
-// A queued request that is cancelled is answered with an abort frame.
+// A queued request that is cancelled never starts: when its turn comes, the
+// worker answers it with an abort frame ("cancelled before it started"), so
+// that answers stay in request order.
 //
 // The worker answers with a response frame. If eof is true it holds the whole
 // body and the trailers and the exchange is over. Otherwise body frames

@@ -37,6 +37,9 @@ type LaunchConfig struct {
 	Slots int
 	// MaxFrame bounds frames read from the worker. If zero, DefaultMaxFrame.
 	MaxFrame int
+	// Depth is the pipelining depth announced to the worker: how many
+	// exchanges the dispatcher may have outstanding on one slot. If zero, 1.
+	Depth int
 	// StartTimeout bounds start, handshake and the first ping of every slot.
 	// If zero, 10s.
 	StartTimeout time.Duration
@@ -102,6 +105,12 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	if cfg.MaxFrame <= 0 {
 		cfg.MaxFrame = DefaultMaxFrame
 	}
+	if cfg.Depth <= 0 {
+		cfg.Depth = 1
+	}
+	if cfg.Depth > MaxDepth {
+		return nil, fmt.Errorf("ipc: Launch: depth %d above %d", cfg.Depth, MaxDepth)
+	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 10 * time.Second
 	}
@@ -130,6 +139,9 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	}
 	cmd.ExtraFiles = childFiles
 	cmd.Env = append(cmd.Env, EnvFDs+"="+strings.Join(fds, ","), EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame))
+	if cfg.Depth > 1 {
+		cmd.Env = append(cmd.Env, EnvDepth+"="+strconv.Itoa(cfg.Depth))
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}

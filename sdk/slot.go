@@ -85,11 +85,8 @@ func (s *slot) serve() {
 				if ex.body != nil {
 					ex.body.finish(context.Canceled, nil)
 				}
-			} else if s.dequeue(f.ID) {
-				if err := s.sc.WriteAbort(f.ID, "cancelled before it started"); err != nil {
-					s.abandon()
-					return
-				}
+			} else {
+				s.cancelQueued(f.ID)
 			}
 		case ipc.KindPing:
 			s.w.restoreStdio()
@@ -117,17 +114,17 @@ func (s *slot) current(id uint64) *exchange {
 	return nil
 }
 
-// dequeue removes a queued request; it reports whether it was queued.
-func (s *slot) dequeue(id uint64) bool {
+// cancelQueued cancels a queued request: when its turn comes it is
+// answered with an abort frame instead of running (answers stay in order).
+func (s *slot) cancelQueued(id uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, q := range s.queue {
+	for _, q := range s.queue {
 		if q.ex.id == id && q.ex.body == nil {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
-			return true
+			q.ex.cancel()
+			return
 		}
 	}
-	return false
 }
 
 // abandon cancels the exchange in flight and drops the queued ones when the
@@ -155,11 +152,13 @@ func (s *slot) start(req *ipc.Request) bool {
 	defer s.mu.Unlock()
 	if s.cur != nil {
 		room := s.w.depth - 1
-		finishing := s.cur.finishing && len(s.queue) == 0
-		if finishing {
+		if s.cur.finishing {
 			room++ // the dispatcher may have seen its end already
 		}
-		if (!req.EOF && !finishing) || len(s.queue) >= room {
+		// A streamed body may only follow an exchange whose end the
+		// dispatcher may have seen, with nothing queued between them.
+		streamOK := s.cur.finishing && len(s.queue) == 0
+		if (!req.EOF && !streamOK) || len(s.queue) >= room {
 			return false
 		}
 		s.queue = append(s.queue, queued{newExchange(s.sc, req), req})
@@ -219,6 +218,12 @@ func (s *slot) loop(ex *exchange, req *ipc.Request) {
 }
 
 func (s *slot) run(ex *exchange, req *ipc.Request) {
+	if ex.ctx.Err() != nil {
+		// Cancelled while queued: the handler never sees it.
+		s.finishing(ex)
+		_ = s.sc.WriteAbort(ex.id, "cancelled before it started")
+		return
+	}
 	inline := req.Body
 	req.Body = nil
 	rw := &responseWriter{s: s, ex: ex, header: make(http.Header)}

@@ -21,6 +21,7 @@ const (
 	DefaultStartTimeout = 10 * time.Second
 	DefaultStopTimeout  = 5 * time.Second
 	DefaultCancelGrace  = 5 * time.Second
+	DefaultPipeline     = 4
 )
 
 // Config describes one function: a worker binary and how many of its
@@ -45,6 +46,12 @@ type Config struct {
 	// Concurrency is the number of requests one worker serves at once. If
 	// zero, 1.
 	Concurrency int
+	// Pipeline is how many requests may be outstanding on one slot: when
+	// every slot is busy, a request whose body is complete is queued in a
+	// busy worker (the worker runs them one after the other) instead of
+	// waiting in the dispatcher, which saves the worker a wake-up per
+	// request under load. 1 disables pipelining. If zero, DefaultPipeline.
+	Pipeline int
 	// Timeout bounds a request from the moment a worker takes it until its
 	// response is complete; past it the worker's process group is killed.
 	// If zero, DefaultTimeout.
@@ -102,6 +109,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
 	}
+	if c.Pipeline == 0 {
+		c.Pipeline = DefaultPipeline
+	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
@@ -129,6 +139,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("workers: Size %d is negative", c.Size)
 	case c.Concurrency < 0 || c.Concurrency > 1024:
 		return c, fmt.Errorf("workers: Concurrency %d outside 1-1024", c.Concurrency)
+	case c.Pipeline < 1 || c.Pipeline > ipc.MaxDepth:
+		return c, fmt.Errorf("workers: Pipeline %d outside 1-%d", c.Pipeline, ipc.MaxDepth)
 	case c.Timeout < 0 || c.StartTimeout < 0 || c.StopTimeout < 0 || c.CancelGrace < 0:
 		return c, errors.New("workers: timeouts must not be negative")
 	case c.MaxFrame < ipc.MinMaxFrame:

@@ -37,8 +37,8 @@ type Pool struct {
 	log *logrus.Entry
 
 	mu       sync.Mutex
-	idle     []*slot
-	waiters  []chan *slot
+	idle     []*slot // slots with nothing outstanding
+	waiters  []*waiter
 	children map[*child]struct{}
 	closed   bool
 
@@ -64,6 +64,9 @@ type child struct {
 type slot struct {
 	c    *child
 	conn *ipc.Conn
+	// Guarded by Pool.mu.
+	n         int  // exchanges reserved on it: running, queued or being discarded
+	streaming bool // one of them streams its request body: nothing queues behind it
 }
 
 // NewPool validates cfg and returns a pool that runs nothing until Start.
@@ -135,7 +138,7 @@ func (p *Pool) Close(ctx context.Context) error {
 		p.mu.Lock()
 		p.closed = true
 		for _, w := range p.waiters {
-			w <- nil
+			w.ch <- nil
 		}
 		p.waiters = nil
 		p.idle = nil
@@ -200,6 +203,7 @@ func (p *Pool) spawn() (*child, error) {
 		Cmd:          cmd,
 		Slots:        p.cfg.Concurrency,
 		MaxFrame:     p.cfg.MaxFrame,
+		Depth:        p.cfg.Pipeline,
 		StartTimeout: p.cfg.StartTimeout,
 		SocketDir:    p.socketDir,
 		Logger:       p.cfg.Logger,
@@ -229,7 +233,10 @@ func (p *Pool) add(c *child) {
 	p.mu.Unlock()
 	go p.watch(c)
 	for _, s := range c.slots {
-		p.release(s)
+		p.mu.Lock()
+		s.n++
+		p.mu.Unlock()
+		p.done(s)
 	}
 }
 
@@ -342,14 +349,18 @@ func (c *child) kill(reason string) {
 	_ = c.proc.Signal(syscall.SIGKILL)
 }
 
-// acquire returns an idle slot of a live worker, waiting for one if needed.
-func (p *Pool) acquire(ctx context.Context) (*slot, error) {
+// acquire reserves a slot for one exchange: an idle slot of a live worker
+// if there is one; else, for a request that can be pipelined (its body is
+// complete), the least loaded busy slot with room below the pipelining
+// depth; else it waits for either.
+func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		s := p.idle[len(p.idle)-1]
 		p.idle[len(p.idle)-1] = nil
 		p.idle = p.idle[:len(p.idle)-1]
 		if !s.c.dead.Load() {
+			p.reserve(s, pipelinable)
 			p.mu.Unlock()
 			return s, nil
 		}
@@ -359,12 +370,30 @@ func (p *Pool) acquire(ctx context.Context) (*slot, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	w := make(chan *slot, 1)
+	if pipelinable && p.cfg.Pipeline > 1 {
+		var best *slot
+		for c := range p.children {
+			if c.dead.Load() {
+				continue
+			}
+			for _, s := range c.slots {
+				if s.n > 0 && s.n < p.cfg.Pipeline && !s.streaming && (best == nil || s.n < best.n) {
+					best = s
+				}
+			}
+		}
+		if best != nil {
+			p.reserve(best, pipelinable)
+			p.mu.Unlock()
+			return best, nil
+		}
+	}
+	w := &waiter{ch: make(chan *slot, 1), pipelinable: pipelinable}
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
 
 	select {
-	case s := <-w:
+	case s := <-w.ch:
 		if s == nil {
 			return nil, ErrClosed
 		}
@@ -380,46 +409,75 @@ func (p *Pool) acquire(ctx context.Context) (*slot, error) {
 		}
 		p.mu.Unlock()
 		// A slot was handed over as we gave up: pass it on.
-		if s := <-w; s != nil {
-			p.release(s)
+		if s := <-w.ch; s != nil {
+			p.done(s)
 		}
 		return nil, ctx.Err()
 	}
 }
 
-// release returns a slot to rotation: to the longest waiter, or to the idle
-// stack. A slot whose connection broke takes its worker out with it.
-func (p *Pool) release(s *slot) {
+// waiter is a request waiting for a slot.
+type waiter struct {
+	ch          chan *slot
+	pipelinable bool
+}
+
+// reserve counts one more exchange on s. Called with p.mu held.
+func (p *Pool) reserve(s *slot, pipelinable bool) {
+	s.n++
+	if !pipelinable {
+		s.streaming = true
+	}
+}
+
+// done ends one exchange's reservation of s and hands the slot on: to the
+// first waiter that can use it, or to the idle stack once nothing is
+// outstanding on it. A slot whose connection broke takes its worker out with
+// it.
+func (p *Pool) done(s *slot) {
 	if err := s.conn.Err(); err != nil && !s.c.dead.Load() {
 		s.c.kill("slot connection broken: " + err.Error())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	s.n--
+	if s.n == 0 {
+		s.streaming = false
+	}
 	if s.c.dead.Load() || p.closed {
-		s.conn.Close()
+		if s.n == 0 {
+			s.conn.Close()
+		}
 		return
 	}
-	for len(p.waiters) > 0 && !s.c.dead.Load() {
-		w := p.waiters[0]
-		p.waiters[0] = nil
-		p.waiters = p.waiters[1:]
-		w <- s
+	for i, w := range p.waiters {
+		if s.n > 0 && (!w.pipelinable || s.n >= p.cfg.Pipeline || s.streaming) {
+			continue
+		}
+		p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+		p.reserve(s, w.pipelinable)
+		w.ch <- s
 		return
 	}
-	p.idle = append(p.idle, s)
+	if s.n == 0 {
+		p.idle = append(p.idle, s)
+	}
 }
 
-// RoundTrip sends req to an idle worker and returns its response head. If
-// req.EOF is false, the rest of the request body is read from body while the
-// worker consumes it. The caller must Close the response.
+// RoundTrip sends req to a worker and returns its response head. If req.EOF
+// is false, the rest of the request body is read from body while the worker
+// consumes it. The caller must Close the response.
 //
+// A request goes to an idle worker slot; when there is none, a complete
+// request may be pipelined behind the exchange of a busy slot (up to
+// Config.Pipeline outstanding), and runs as soon as the one before it ends.
 // The request timeout counts from the moment a worker takes the request.
-// Waiting for an idle worker is bounded by ctx only.
+// Waiting for a worker is bounded by ctx only.
 func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
 	var err error
 	for range maxAttempts {
 		var s *slot
-		if s, err = p.acquire(ctx); err != nil {
+		if s, err = p.acquire(ctx, req.EOF); err != nil {
 			return nil, err
 		}
 		var resp *Response
@@ -429,7 +487,7 @@ func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) 
 		if !errors.Is(err, ipc.ErrNotDelivered) {
 			return nil, err
 		}
-		p.log.WithError(err).WithField("pid", s.c.proc.PID()).Debug("worker died before reading the request; retrying on another")
+		p.log.WithError(err).WithField("pid", s.c.proc.PID()).Debug("request did not reach its worker; retrying on another")
 	}
 	return nil, fmt.Errorf("%w: %w", ErrNoWorker, err)
 }
@@ -441,6 +499,7 @@ type Response struct {
 	PID       int  // the worker that answered
 	Streaming bool // the worker flushed or sent a large body: flush each chunk
 
+	t         ipc.Ticket
 	s         *slot
 	p         *Pool
 	body      *ipc.Body
@@ -453,17 +512,37 @@ type Response struct {
 
 func (p *Pool) exchange(ctx context.Context, s *slot, req *ipc.Request, body io.Reader) (*Response, error) {
 	r := &Response{s: s, p: p, PID: s.c.proc.PID()}
-	conn := s.conn
-	_ = conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
+	conn, t := s.conn, &r.t
+	if conn.Idle() {
+		// The write is bounded by this exchange's deadline; a queued one is
+		// bounded by the running exchange's.
+		_ = conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
+	}
+	if err := conn.Send(t, req, body); err != nil {
+		return nil, r.fail(err)
+	}
+	if turn := t.Turn(); turn != nil {
+		select {
+		case <-turn:
+		case <-ctx.Done():
+			// The worker skips a queued request it is told to cancel; its
+			// abort is read when its turn comes.
+			r.done, r.err = true, ctx.Err()
+			_ = t.Cancel()
+			p.cancelExchange(r)
+			return nil, ctx.Err()
+		}
+		_ = conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
+	}
 	if ctx.Done() != nil {
 		r.interrupt.Add(1)
 		r.stop = context.AfterFunc(ctx, func() {
 			defer r.interrupt.Done()
 			r.cancelled.Store(true)
-			_ = conn.SetReadDeadline(time.Unix(1, 0))
+			t.Interrupt()
 		})
 	}
-	head, rb, err := conn.RoundTrip(req, body)
+	head, rb, err := t.Head()
 	if err != nil {
 		return nil, r.fail(err)
 	}
@@ -494,7 +573,7 @@ func (r *Response) Next() ([]byte, error) {
 }
 
 // Trailer returns the response trailers, valid after Next returned io.EOF.
-func (r *Response) Trailer() http.Header { return r.s.conn.Trailer() }
+func (r *Response) Trailer() http.Header { return r.t.Trailer() }
 
 // Close ends the exchange. If the body was not read to the end (the client
 // went away), the worker is told to cancel the handler and the rest of its
@@ -506,7 +585,8 @@ func (r *Response) Close() {
 	r.done = true
 	r.err = context.Canceled
 	r.stopInterrupt()
-	r.p.cancelExchange(r.s)
+	_ = r.t.Cancel()
+	r.p.cancelExchange(r)
 }
 
 func (r *Response) stopInterrupt() {
@@ -516,35 +596,54 @@ func (r *Response) stopInterrupt() {
 	r.interrupt.Wait()
 }
 
-// finish completes a fully read exchange and returns its slot to rotation.
+// finish completes a fully read exchange and hands its slot on.
 func (r *Response) finish() {
 	r.done = true
 	r.stopInterrupt()
-	r.p.release(r.s)
+	r.p.done(r.s)
 }
 
 // fail classifies a failed exchange and disposes of its worker or slot.
 func (r *Response) fail(err error) error {
 	r.done = true
 	r.stopInterrupt()
-	s, c := r.s, r.s.c
+	p, s, c := r.p, r.s, r.s.c
 	var abort *ipc.AbortError
 	switch {
 	case errors.Is(err, ipc.ErrNotDelivered):
 		c.kill("died before reading a request")
+		p.discard(s, err)
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load() && s.conn.Err() == nil:
 		err = context.Canceled
-		r.p.cancelExchange(s)
+		_ = r.t.Cancel()
+		p.cancelExchange(r)
+		return err
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.kill("request timed out")
-		err = &TimeoutError{Path: r.p.cfg.Path, PID: c.proc.PID(), Timeout: r.p.cfg.Timeout}
+		err = &TimeoutError{Path: p.cfg.Path, PID: c.proc.PID(), Timeout: p.cfg.Timeout}
+		p.discard(s, err)
 	case errors.As(err, &abort) && s.conn.Err() == nil:
-		r.p.release(s)
 	default:
-		err = r.p.crashed(c, err)
+		err = p.crashed(c, err)
+		p.discard(s, err)
 	}
 	r.err = err
+	p.done(s)
 	return err
+}
+
+// discard gives up on the connection of s once its worker is dead, telling
+// the requests queued on it whether they can be retried.
+func (p *Pool) discard(s *slot, cause error) {
+	select {
+	case <-s.c.proc.Exited():
+		s.conn.Discard(cause)
+	default:
+		go func() {
+			<-s.c.proc.Exited()
+			s.conn.Discard(cause)
+		}()
+	}
 }
 
 // crashed builds the error of a worker that died or broke the protocol
@@ -572,10 +671,11 @@ func (p *Pool) crashed(c *child, err error) error {
 	}
 }
 
-// cancelExchange tells the worker to cancel the current exchange of s and
-// discards the rest of it in the background; the slot returns to rotation if
-// the handler finishes within CancelGrace, otherwise the worker is killed.
-func (p *Pool) cancelExchange(s *slot) {
+// cancelExchange discards the rest of r's exchange in the background, after
+// the worker was told to cancel it (and, if it is queued, once its turn
+// comes). The slot is handed on if the handler finishes within CancelGrace;
+// otherwise the worker is killed.
+func (p *Pool) cancelExchange(r *Response) {
 	p.mu.Lock()
 	if p.closed {
 		// Close stops every worker; nothing to hand the slot back to.
@@ -586,19 +686,26 @@ func (p *Pool) cancelExchange(s *slot) {
 	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
-		conn := s.conn
-		_ = conn.SetDeadline(time.Now().Add(p.cfg.CancelGrace))
-		err := conn.Cancel()
-		if err == nil {
-			err = conn.Drain()
-		}
-		if err != nil {
-			if !s.c.dead.Load() {
-				s.c.kill(fmt.Sprintf("handler did not return within %s of its client going away", p.cfg.CancelGrace))
+		s, t := r.s, &r.t
+		if turn := t.Turn(); turn != nil {
+			select {
+			case <-turn:
+			case <-p.ctx.Done():
+				return // Close stops every worker
 			}
-			return
 		}
-		p.release(s)
+		_ = s.conn.SetDeadline(time.Now().Add(p.cfg.CancelGrace))
+		if err := t.Drain(); err != nil && !errors.Is(err, ipc.ErrNotDelivered) {
+			if !s.c.dead.Load() {
+				reason := fmt.Sprintf("handler did not return within %s of its client going away", p.cfg.CancelGrace)
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					reason = "draining a cancelled exchange failed: " + err.Error()
+				}
+				s.c.kill(reason)
+			}
+			p.discard(s, err)
+		}
+		p.done(s)
 	}()
 }
 

@@ -57,6 +57,7 @@ type options struct {
 	listen          string
 	poolSize        int
 	concurrency     int
+	pipeline        int
 	timeout         time.Duration
 	startTimeout    time.Duration
 	shutdownTimeout time.Duration
@@ -73,6 +74,7 @@ func (m *Main) parse(args []string) (*options, error) {
 	fs.StringVar(&o.listen, "listen", ":8080", "`address` to serve HTTP on")
 	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running")
 	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once")
+	fs.IntVar(&o.pipeline, "pipeline", workers.DefaultPipeline, "requests that may be queued on one busy worker slot, counting the running one (1 disables pipelining)")
 	fs.DurationVar(&o.timeout, "timeout", workers.DefaultTimeout, "per-request limit from the moment a worker takes it; past it: 504 and the worker is killed")
 	fs.DurationVar(&o.startTimeout, "start-timeout", workers.DefaultStartTimeout, "limit for a worker to start and complete the handshake")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
@@ -104,6 +106,8 @@ func (m *Main) parse(args []string) (*options, error) {
 		return nil, usageErrorf("--pool-size %d: must be at least 1", o.poolSize)
 	case o.concurrency < 1 || o.concurrency > 1024:
 		return nil, usageErrorf("--concurrency %d: must be 1-1024", o.concurrency)
+	case o.pipeline < 1 || o.pipeline > ipc.MaxDepth:
+		return nil, usageErrorf("--pipeline %d: must be 1-%d", o.pipeline, ipc.MaxDepth)
 	case o.timeout <= 0:
 		return nil, usageErrorf("--timeout %s: must be positive", o.timeout)
 	case o.startTimeout <= 0:
@@ -174,6 +178,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		Args:         o.workerArgs,
 		Size:         o.poolSize,
 		Concurrency:  o.concurrency,
+		Pipeline:     o.pipeline,
 		Timeout:      o.timeout,
 		StartTimeout: o.startTimeout,
 		Logger:       log,
