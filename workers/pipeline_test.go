@@ -42,6 +42,7 @@ func countLines(p *testPool, s string) int {
 // retried on the replacement worker, not fail with its predecessor.
 func TestPipelinedRequestSurvivesTimeoutOfTheOneBefore(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4, Timeout: 500 * time.Millisecond})
+	p.stall = time.Hour // the first request hangs: queue behind it all the same
 	pid := p.Workers()[0]
 	first := make(chan error, 1)
 	go func() {
@@ -78,6 +79,7 @@ func TestPipelinedRequestSurvivesTimeoutOfTheOneBefore(t *testing.T) {
 // is retried.
 func TestPipelinedRequestSurvivesCrashOfTheOneBefore(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4})
+	p.stall = time.Hour // the first request hangs: queue behind it all the same
 	pid := p.Workers()[0]
 	first := make(chan error, 1)
 	go func() {
@@ -122,6 +124,7 @@ func (p *Pool) liveChildren() []*child {
 // leaves the worker serving.
 func TestPipelinedRequestCancelledBeforeItStarts(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4})
+	p.stall = time.Hour // the first request waits: queue behind it all the same
 	pid := p.Workers()[0]
 	ctxA, cancelA := context.WithCancel(context.Background())
 	defer cancelA()
@@ -165,6 +168,7 @@ func TestPipelinedRequestCancelledBeforeItStarts(t *testing.T) {
 // belongs to its own request.
 func TestPipelinedResponsesStayWithTheirRequests(t *testing.T) {
 	p := startPool(t, "echo", Config{Size: 1, Pipeline: 8})
+	p.stall = time.Hour // a loaded test machine must not turn pipelining off
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	maxOut := 0
@@ -212,4 +216,43 @@ func TestPipelinedResponsesStayWithTheirRequests(t *testing.T) {
 	}
 	t.Logf("at most %d exchanges outstanding on the one slot", maxOut)
 	waitFor(t, "the slot to be idle", func() bool { return outstanding(p.Pool) == 0 })
+}
+
+// A request is not queued behind an exchange that has been running for a
+// while: it waits in the dispatcher for whichever slot frees first.
+func TestNoPipeliningBehindASlowExchange(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4})
+	ctxA, cancelA := context.WithCancel(context.Background())
+	defer cancelA()
+	first := make(chan error, 1)
+	go func() {
+		_, _, _, err := get(ctxA, p.Pool, "/ctx")
+		first <- err
+	}()
+	waitFor(t, "the first handler to start", func() bool { return countLines(p, "hang: waiting") == 1 })
+	started := time.Now()
+	waitFor(t, "the first exchange to count as slow", func() bool { return time.Since(started) > 2*pipelineStall })
+	second := make(chan error, 1)
+	go func() {
+		status, _, _, err := get(context.Background(), p.Pool, "/")
+		if err == nil && status != 200 {
+			err = fmt.Errorf("status %d", status)
+		}
+		second <- err
+	}()
+	waitFor(t, "the second request to wait in the dispatcher", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.waiters) == 1
+	})
+	if n := outstanding(p.Pool); n != 1 {
+		t.Fatalf("%d exchanges on the slot, want 1: the request was queued behind a slow one", n)
+	}
+	cancelA()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first request: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second request: %v", err)
+	}
 }

@@ -48,6 +48,7 @@ type Pool struct {
 	exits     chan *child
 	socketDir string
 	backoff   Backoff
+	stall     time.Duration // pipelineStall; tests change it
 
 	closeOnce sync.Once
 	closeErr  error
@@ -65,9 +66,16 @@ type slot struct {
 	c    *child
 	conn *ipc.Conn
 	// Guarded by Pool.mu.
-	n         int  // exchanges reserved on it: running, queued or being discarded
-	streaming bool // one of them streams its request body: nothing queues behind it
+	n         int       // exchanges reserved on it: running, queued or being discarded
+	streaming bool      // one of them streams its request body: nothing queues behind it
+	progress  time.Time // when it last became busy or finished an exchange
 }
+
+// pipelineStall is how long a busy slot may go without finishing an
+// exchange and still be given more requests to queue: pipelining is for
+// fast handlers, and a request must not wait behind a slow one when it
+// could wait for whichever slot frees first.
+const pipelineStall = 10 * time.Millisecond
 
 // NewPool validates cfg and returns a pool that runs nothing until Start.
 func NewPool(cfg Config) (*Pool, error) {
@@ -80,6 +88,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		log:      cfg.Logger.WithField("worker", filepath.Base(cfg.Path)),
 		children: make(map[*child]struct{}),
 		exits:    make(chan *child, 64),
+		stall:    pipelineStall,
 		backoff:  cfg.Backoff,
 	}, nil
 }
@@ -372,12 +381,14 @@ func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
 	}
 	if pipelinable && p.cfg.Pipeline > 1 {
 		var best *slot
+		now := time.Now()
 		for c := range p.children {
 			if c.dead.Load() {
 				continue
 			}
 			for _, s := range c.slots {
-				if s.n > 0 && s.n < p.cfg.Pipeline && !s.streaming && (best == nil || s.n < best.n) {
+				if s.n > 0 && s.n < p.cfg.Pipeline && !s.streaming && now.Sub(s.progress) < p.stall &&
+					(best == nil || s.n < best.n) {
 					best = s
 				}
 			}
@@ -424,6 +435,9 @@ type waiter struct {
 
 // reserve counts one more exchange on s. Called with p.mu held.
 func (p *Pool) reserve(s *slot, pipelinable bool) {
+	if s.n == 0 {
+		s.progress = time.Now()
+	}
 	s.n++
 	if !pipelinable {
 		s.streaming = true
@@ -441,6 +455,7 @@ func (p *Pool) done(s *slot) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.n--
+	s.progress = time.Now()
 	if s.n == 0 {
 		s.streaming = false
 	}
@@ -451,6 +466,8 @@ func (p *Pool) done(s *slot) {
 		return
 	}
 	for i, w := range p.waiters {
+		// A slot that just finished an exchange is making progress: it may
+		// take a pipelinable waiter even if it is still busy.
 		if s.n > 0 && (!w.pipelinable || s.n >= p.cfg.Pipeline || s.streaming) {
 			continue
 		}
