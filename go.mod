@@ -3,6 +3,7 @@ module github.com/childproc/dispatcher
 go 1.26.8
 
 require (
+	github.com/go-chi/chi/v5 v5.5.0
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/go-plugin v1.8.0
 	github.com/sirupsen/logrus v1.10.2

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/workers"
@@ -25,20 +27,25 @@ func statusFor(err error) int {
 		protoErr *ipc.ProtocolError
 		abortErr *ipc.AbortError
 		badResp  *BadResponseError
+		tooLarge *ResponseTooLargeError
+		headers  *HeaderLimitError
 	)
 	switch {
 	case errors.Is(err, context.Canceled):
 		return StatusClientClosed
 	case errors.As(err, &maxBytes):
 		return http.StatusRequestEntityTooLarge
+	case errors.As(err, &headers):
+		return http.StatusRequestHeaderFieldsTooLarge
 	case errors.As(err, &bodyErr):
 		return http.StatusBadRequest
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
-	case errors.Is(err, workers.ErrClosed):
+	case errors.Is(err, workers.ErrClosed), errors.Is(err, workers.ErrOverloaded):
 		return http.StatusServiceUnavailable
 	case errors.As(err, &exitErr), errors.As(err, &startErr), errors.As(err, &protoErr),
-		errors.As(err, &abortErr), errors.As(err, &badResp), errors.Is(err, workers.ErrNoWorker):
+		errors.As(err, &abortErr), errors.As(err, &badResp), errors.As(err, &tooLarge),
+		errors.Is(err, workers.ErrNoWorker):
 		return http.StatusBadGateway
 	}
 	return http.StatusInternalServerError
@@ -47,8 +54,44 @@ func statusFor(err error) int {
 // fail answers a request that failed before a response head was relayed.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, in *info, err error) {
 	in.status = statusFor(err)
+	if in.status == http.StatusRequestEntityTooLarge {
+		// Read no more of a refused body: without this, net/http reads up
+		// to 256 KiB more of it after the handler, waiting on a client
+		// that may have stopped. What is left of it on an HTTP/1
+		// connection makes the connection unusable: close it after the
+		// answer. (An HTTP/2 stream is reset; the connection lives on.)
+		_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
+		if r.ProtoMajor == 1 {
+			w = &closingWriter{ResponseWriter: w}
+		}
+	}
 	s.onError(w, r, err)
 }
+
+// closingWriter adds Connection: close to the response head, whatever the
+// error handler does with the header before it writes.
+type closingWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *closingWriter) WriteHeader(code int) {
+	if !w.wrote && code >= 200 {
+		w.wrote = true
+		w.Header().Set("Connection", "close")
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *closingWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *closingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // defaultErrorHandler logs the failure once and writes a short plain-text
 // answer marked with HeaderError.
@@ -58,22 +101,35 @@ func (s *Server) defaultErrorHandler(w http.ResponseWriter, r *http.Request, err
 	var msg string
 	var exitErr *workers.ExitError
 	var te *workers.TimeoutError
+	var overload *workers.OverloadError
+	var tooLarge *ResponseTooLargeError
 	switch {
 	case status == StatusClientClosed:
 		e.Debug("client went away before the response")
 		return
+	case status == http.StatusRequestHeaderFieldsTooLarge:
+		e.Info("request refused: too many header fields")
+		msg = "too many request header fields"
+	case errors.As(err, &tooLarge):
+		e.WithField("pid", tooLarge.PID).Error("worker response refused: over the size limit")
+		msg = "the worker's response is too large"
 	case errors.As(err, &exitErr):
 		e.WithFields(logrus.Fields{"pid": exitErr.PID, "exit": exitErr.How(), "stderr": exitErr.Stderr}).Error("worker failed during the request")
 		msg = "the worker handling this request failed"
 	case errors.As(err, &te):
 		e.WithFields(logrus.Fields{"pid": te.PID, "timeout": te.Timeout.String()}).Error("request timed out; worker killed")
 		msg = fmt.Sprintf("the worker did not answer within %s", te.Timeout)
-	case status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge:
-		e.Info("bad request body")
+	case status == http.StatusRequestEntityTooLarge:
+		e.Info("request body refused: over the limit")
+		msg = "the request body is too large"
+	case status == http.StatusBadRequest:
+		e.Info("request body could not be read")
 		msg = "the request body could not be read"
-		if status == http.StatusRequestEntityTooLarge {
-			msg = "the request body is too large"
-		}
+	case errors.As(err, &overload):
+		// The pool logs refusals, at most once a second.
+		e.Debug("request refused: overloaded")
+		msg = "overloaded: " + overload.Reason
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((overload.RetryAfter+time.Second-1)/time.Second))))
 	case status == http.StatusServiceUnavailable:
 		e.Warn("no worker available")
 		msg = "no worker is available"
@@ -96,4 +152,27 @@ func (s *Server) defaultErrorHandler(w http.ResponseWriter, r *http.Request, err
 	h.Set(HeaderError, "true")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, "%d %s: %s\n", status, http.StatusText(status), msg)
+}
+
+// HeaderLimitError reports a request with more header fields than
+// Config.MaxHeaders allows. The client gets 431.
+type HeaderLimitError struct {
+	Count, Limit int
+}
+
+func (e *HeaderLimitError) Error() string {
+	return fmt.Sprintf("dispatcher: %d request header fields, more than the limit of %d", e.Count, e.Limit)
+}
+
+// ResponseTooLargeError reports a worker's response body larger than
+// Config.MaxResponse. Found from its Content-Length, the client gets 502;
+// found while relaying, the client's connection is cut.
+type ResponseTooLargeError struct {
+	PID   int
+	Limit int64
+	Size  int64 // the declared Content-Length, or the bytes relayed so far and the chunk that crossed the limit
+}
+
+func (e *ResponseTooLargeError) Error() string {
+	return fmt.Sprintf("worker pid %d sent a response body of at least %d bytes, more than the limit of %d", e.PID, e.Size, e.Limit)
 }

@@ -2,9 +2,12 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"testing"
 
 	"github.com/childproc/dispatcher/ipc"
@@ -20,6 +23,8 @@ func TestStatusFor(t *testing.T) {
 		{"client gone", context.Canceled, StatusClientClosed},
 		{"client gone, wrapped", fmt.Errorf("x: %w", context.Canceled), StatusClientClosed},
 		{"body over limit", &ipc.BodyError{Err: &http.MaxBytesError{Limit: 10}}, http.StatusRequestEntityTooLarge},
+		{"too many header fields", &HeaderLimitError{Count: 101, Limit: 100}, http.StatusRequestHeaderFieldsTooLarge},
+		{"response over limit", &ResponseTooLargeError{PID: 1, Limit: 10, Size: 11}, http.StatusBadGateway},
 		{"body unreadable", &ipc.BodyError{Err: io.ErrUnexpectedEOF}, http.StatusBadRequest},
 		{"timeout", &workers.TimeoutError{PID: 1}, http.StatusGatewayTimeout},
 		{"deadline", context.DeadlineExceeded, http.StatusGatewayTimeout},
@@ -41,17 +46,71 @@ func TestStatusFor(t *testing.T) {
 	}
 }
 
-func TestForwardHeaderCopiesOnlyWhenNeeded(t *testing.T) {
-	clean := http.Header{"Accept": {"*/*"}}
-	if got := forwardHeader(clean); fmt.Sprintf("%p", got) != fmt.Sprintf("%p", clean) {
-		t.Error("a header without hop-by-hop fields should be passed as is")
+func TestForwardHeader(t *testing.T) {
+	trusted := netip.MustParsePrefix("10.0.0.0/8")
+	srv := &Server{trustedProxies: []netip.Prefix{trusted}}
+	incoming := func() http.Header {
+		return http.Header{
+			"Accept":            {"*/*"},
+			"Connection":        {"close, X-Private"},
+			"X-Private":         {"1"},
+			"Te":                {"trailers"},
+			"X-Forwarded-For":   {"1.2.3.4", "5.6.7.8"},
+			"X-Forwarded-Proto": {"https"},
+			"X-Forwarded-Host":  {"public.example"},
+			"Forwarded":         {"for=1.2.3.4"},
+		}
 	}
-	hop := http.Header{"Accept": {"*/*"}, "Connection": {"close, X-Private"}, "X-Private": {"1"}, "Te": {"trailers"}}
-	got := forwardHeader(hop)
-	if len(got) != 1 || got.Get("Accept") != "*/*" {
-		t.Errorf("forwarded %v", got)
+	tests := []struct {
+		name   string
+		remote string
+		tls    bool
+		header http.Header
+		want   http.Header
+	}{
+		{"untrusted peer: its forwarding headers are replaced", "192.0.2.7:5555", false, incoming(), http.Header{
+			"Accept": {"*/*"}, "X-Forwarded-For": {"192.0.2.7"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"front.example"},
+		}},
+		{"trusted proxy: kept, its address appended", "10.1.2.3:5555", false, incoming(), http.Header{
+			"Accept": {"*/*"}, "X-Forwarded-For": {"1.2.3.4, 5.6.7.8, 10.1.2.3"}, "X-Forwarded-Proto": {"https"},
+			"X-Forwarded-Host": {"public.example"}, "Forwarded": {"for=1.2.3.4"},
+		}},
+		{"trusted proxy without forwarding headers", "10.1.2.3:5555", true, http.Header{"Accept": {"*/*"}}, http.Header{
+			"Accept": {"*/*"}, "X-Forwarded-For": {"10.1.2.3"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Host": {"front.example"},
+		}},
+		{"IPv4-mapped IPv6 peer in a trusted IPv4 network", "[::ffff:10.0.0.1]:5555", false, http.Header{"X-Forwarded-For": {"1.2.3.4"}}, http.Header{
+			"X-Forwarded-For": {"1.2.3.4, 10.0.0.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"front.example"},
+		}},
+		{"IPv6 peer", "[2001:db8::1]:5555", true, http.Header{"X-Forwarded-For": {"1.2.3.4"}}, http.Header{
+			"X-Forwarded-For": {"2001:db8::1"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Host": {"front.example"},
+		}},
+		{"not an ip:port", "@", false, nil, http.Header{
+			"X-Forwarded-For": {"@"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"front.example"},
+		}},
 	}
-	if len(hop) != 4 {
-		t.Error("the incoming header was modified")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.Host, r.RemoteAddr, r.Header = "front.example", tt.remote, tt.header
+			if !tt.tls {
+				r.TLS = nil
+			} else if r.TLS == nil {
+				r.TLS = &tls.ConnectionState{}
+			}
+			before := fmt.Sprint(tt.header)
+			got := srv.forwardHeader(r)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("forwarded\n%v\nwant\n%v", got, tt.want)
+			}
+			if fmt.Sprint(r.Header) != before {
+				t.Errorf("the incoming header was modified: %v", r.Header)
+			}
+		})
+	}
+}
+
+func TestHeaderFields(t *testing.T) {
+	if n := headerFields(http.Header{"A": {"1", "2"}, "B": {"3"}, "C": nil}); n != 3 {
+		t.Fatalf("headerFields = %d, want 3", n)
 	}
 }

@@ -1,8 +1,10 @@
 // Package dispatcher is the HTTP front: it turns each incoming request into
 // an ipc.Request, hands it to an Invoker (a *workers.Pool), relays the
 // worker's response, maps failures to status codes, and writes the access
-// log. It owns HTTP semantics (hop-by-hop headers, request IDs, response
-// validation); it does not own processes.
+// log. It owns HTTP semantics (hop-by-hop headers, forwarding headers,
+// request IDs, body and header limits, response validation); it does not
+// own processes, nor the listener and its protocols and timeouts (the
+// caller's http.Server).
 package dispatcher
 
 import (
@@ -10,8 +12,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,7 +48,38 @@ type Config struct {
 	// statusFor gives, a short plain-text body and the X-Dispatcher-Error
 	// header, and logs the failure once.
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
+
+	// MaxBody bounds a request body, in bytes. A request whose
+	// Content-Length exceeds it gets 413 before any of its body is read;
+	// one without a length (chunked) gets 413 as soon as it crosses it, or,
+	// if the worker's response has already started, a cut connection. The
+	// rest of the body is not read. If zero, DefaultMaxBody; if negative,
+	// no limit.
+	MaxBody int64
+	// MaxResponse bounds a response body relayed from a worker, in bytes.
+	// A response declaring a larger Content-Length gets 502; one that grows
+	// past it is cut (the client's connection is closed) and logged as an
+	// error. If zero or negative, no limit.
+	MaxResponse int64
+	// MaxHeaders bounds the number of request header fields (each value of
+	// a repeated field counts); past it the client gets 431. Their size is
+	// bounded by http.Server.MaxHeaderBytes, which answers 431 too. If zero,
+	// DefaultMaxHeaders; if negative, no limit.
+	MaxHeaders int
+	// TrustedProxies are the networks of proxies whose X-Forwarded-For,
+	// X-Forwarded-Proto, X-Forwarded-Host and Forwarded headers are passed
+	// on to the worker (with the peer's address appended to
+	// X-Forwarded-For). From any other peer they are replaced by the
+	// dispatcher's own view (Forwarded is dropped). If empty, no peer is
+	// trusted. The worker's RemoteAddr is always the real peer.
+	TrustedProxies []netip.Prefix
 }
+
+// Defaults for Config fields left at zero.
+const (
+	DefaultMaxBody    = 32 << 20
+	DefaultMaxHeaders = 100
+)
 
 // Server is the HTTP front. It is an http.Handler.
 type Server struct {
@@ -53,6 +89,11 @@ type Server struct {
 	onError   func(http.ResponseWriter, *http.Request, error)
 	idPrefix  string
 	idSeq     atomic.Uint64
+
+	maxBody        int64 // 0: no limit
+	maxResponse    int64 // 0: no limit
+	maxHeaders     int   // 0: no limit
+	trustedProxies []netip.Prefix
 }
 
 // New returns a Server for cfg.
@@ -68,16 +109,33 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		inv:       cfg.Invoker,
-		log:       cfg.Logger,
-		accessLog: cfg.AccessLog,
-		onError:   cfg.ErrorHandler,
-		idPrefix:  hex.EncodeToString(b[:]) + "-",
+		inv:            cfg.Invoker,
+		log:            cfg.Logger,
+		accessLog:      cfg.AccessLog,
+		onError:        cfg.ErrorHandler,
+		idPrefix:       hex.EncodeToString(b[:]) + "-",
+		maxBody:        max(orDefault(cfg.MaxBody, DefaultMaxBody), 0),
+		maxResponse:    max(cfg.MaxResponse, 0),
+		maxHeaders:     max(orDefault(cfg.MaxHeaders, DefaultMaxHeaders), 0),
+		trustedProxies: slices.Clone(cfg.TrustedProxies),
+	}
+	for i, p := range s.trustedProxies {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("dispatcher: Config.TrustedProxies[%d] is not a valid prefix", i)
+		}
+		s.trustedProxies[i] = p.Masked()
 	}
 	if s.onError == nil {
 		s.onError = s.defaultErrorHandler
 	}
 	return s, nil
+}
+
+func orDefault[T int | int64](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // HeaderRequestID carries the request ID to the worker and back to the
@@ -101,60 +159,95 @@ type info struct {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
 	in := &info{id: s.requestID(r)}
 	w.Header()[HeaderRequestID] = []string{in.id}
-	s.serve(w, r, in)
 	if s.accessLog {
-		s.log.WithFields(logrus.Fields{
-			"method":      r.Method,
-			"path":        r.URL.Path,
-			"status":      in.status,
-			"bytes":       in.bytes,
-			"duration_ms": float64(time.Since(start).Microseconds()) / 1000,
-			"pid":         in.pid,
-			"req_id":      in.id,
-		}).Info("request")
+		// Deferred: a response cut with http.ErrAbortHandler is logged too.
+		defer s.logAccess(r, in, time.Now())
 	}
+	s.serve(w, r, in)
+}
+
+func (s *Server) logAccess(r *http.Request, in *info, start time.Time) {
+	s.log.WithFields(logrus.Fields{
+		"method":      r.Method,
+		"path":        r.URL.Path,
+		"status":      in.status,
+		"bytes":       in.bytes,
+		"duration_ms": float64(time.Since(start).Microseconds()) / 1000,
+		"pid":         in.pid,
+		"req_id":      in.id,
+	}).Info("request")
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
+	if s.maxHeaders > 0 {
+		if n := headerFields(r.Header); n > s.maxHeaders {
+			s.fail(w, r, in, &HeaderLimitError{Count: n, Limit: s.maxHeaders})
+			return
+		}
+	}
+	if s.maxBody > 0 && r.ContentLength > s.maxBody {
+		// Refused before a byte of the body is read: net/http sends no
+		// 100 Continue and closes the connection rather than read the rest.
+		s.fail(w, r, in, &ipc.BodyError{Err: &http.MaxBytesError{Limit: s.maxBody}})
+		return
+	}
+	ctx := context.WithValue(r.Context(), ctxKey{}, in)
 	req := ipc.Request{
 		Method:        r.Method,
 		URI:           r.RequestURI,
 		Proto:         r.Proto,
-		Header:        forwardHeader(r.Header),
+		Header:        s.forwardHeader(r),
 		Host:          r.Host,
 		RemoteAddr:    r.RemoteAddr,
 		ContentLength: r.ContentLength,
 		RequestID:     in.id,
 		EOF:           true,
-		Trailer:       r.Trailer,
 	}
+	var body *requestBody
+	var bodyReader io.Reader // nil unless body is: no typed nil
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		// A body crossing MaxBody while the worker has it interrupts the
+		// exchange at once: RoundTrip or Next returns, and the cause tells
+		// why.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		body = newRequestBody(w, r, s.maxBody, func(err error) { cancel(&ipc.BodyError{Err: err}) })
+		defer body.release()
 		bp := chunkPool.Get().(*[]byte)
 		defer chunkPool.Put(bp)
-		n, err := io.ReadFull(r.Body, *bp)
-		switch {
-		case err == nil:
-			req.EOF = false
-		case err == io.EOF || err == io.ErrUnexpectedEOF:
-		default:
+		n, eof, err := body.first(*bp, r.ContentLength)
+		if err != nil {
 			s.fail(w, r, in, &ipc.BodyError{Err: err})
 			return
 		}
 		req.Body = (*bp)[:n]
+		// Trailers travel in the end frame: a body with trailers (declared
+		// or received) is streamed even when it fits in the first chunk.
+		req.EOF = eof && len(body.trailer) == 0 && len(r.Trailer) == 0
 		if !req.EOF {
+			req.Trailer = body.trailer
+			bodyReader = body
 			// The worker may answer while it still reads the body (an
 			// echo, a transform): without this, net/http's HTTP/1 server
 			// discards up to 256 KiB of unread body once the response
-			// head is out.
+			// head is out. (HTTP/2 is always full duplex.)
 			_ = http.NewResponseController(w).EnableFullDuplex()
 		}
 	}
-	ctx := context.WithValue(r.Context(), ctxKey{}, in)
-	resp, err := s.inv.RoundTrip(ctx, &req, r.Body)
+	resp, err := s.inv.RoundTrip(ctx, &req, bodyReader)
 	if err != nil {
+		var be *ipc.BodyError
+		switch {
+		case errors.As(context.Cause(ctx), &be):
+			err = be // interrupted because the body crossed MaxBody
+		case r.Context().Err() != nil && !errors.Is(err, context.Canceled):
+			// Interrupted because the client went away, whatever the
+			// interruption looked like.
+			err = fmt.Errorf("%w: %w", context.Canceled, err)
+		}
 		var xe *workers.ExitError
 		if errors.As(err, &xe) {
 			in.pid = xe.PID
@@ -168,6 +261,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 	}
 	defer resp.Close()
 	in.pid = resp.PID
+	if body != nil {
+		if err := body.overLimit(); err != nil {
+			s.fail(w, r, in, &ipc.BodyError{Err: err})
+			return
+		}
+	}
+	if err := s.checkHead(resp); err != nil {
+		s.fail(w, r, in, err)
+		return
+	}
 	if err := copyResponseHeader(w.Header(), resp.Header); err != nil {
 		s.fail(w, r, in, &BadResponseError{PID: resp.PID, Err: err})
 		return
@@ -187,12 +290,25 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 			break
 		}
 		if err != nil {
-			// The head is out: all we can do is cut the connection.
-			s.log.WithError(err).WithFields(logrus.Fields{"req_id": in.id, "pid": in.pid}).Error("response failed after its head was sent; connection cut")
-			panic(http.ErrAbortHandler)
+			// An interrupted exchange may fail in several ways (a read
+			// deadline that struck inside a frame looks like a timeout):
+			// what interrupted it is the cause.
+			var be *ipc.BodyError
+			if errors.As(context.Cause(ctx), &be) {
+				err = be
+			} else if r.Context().Err() != nil {
+				err = context.Canceled
+			}
+			s.cut(in, err)
+		}
+		if s.maxResponse > 0 && in.bytes+int64(len(b)) > s.maxResponse {
+			s.cut(in, &ResponseTooLargeError{PID: resp.PID, Limit: s.maxResponse, Size: in.bytes + int64(len(b))})
 		}
 		n, werr := w.Write(b)
 		in.bytes += int64(n)
+		if errors.Is(werr, http.ErrContentLength) {
+			s.cut(in, &BadResponseError{PID: resp.PID, Err: werr})
+		}
 		if werr != nil {
 			s.log.WithError(werr).WithField("req_id", in.id).Debug("client went away during the response")
 			return // deferred Close cancels the handler
@@ -201,9 +317,58 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 			flusher.Flush()
 		}
 	}
-	for k, vs := range resp.Trailer() {
+	if body != nil {
+		if err := body.overLimit(); err != nil {
+			// The handler ended its response normally after its body
+			// failed: the client must not take it for a whole answer.
+			s.cut(in, &ipc.BodyError{Err: err})
+		}
+	}
+	tr := resp.Trailer()
+	if err := validHeader("trailer", tr); err != nil {
+		s.cut(in, &BadResponseError{PID: resp.PID, Err: err})
+	}
+	for k, vs := range tr {
 		w.Header()[http.TrailerPrefix+k] = vs
 	}
+}
+
+// checkHead refuses a response head that cannot be relayed as is: status
+// 101 (a worker cannot take over the connection) or a Content-Length over
+// MaxResponse.
+func (s *Server) checkHead(resp *workers.Response) error {
+	if resp.Status == http.StatusSwitchingProtocols {
+		return &BadResponseError{PID: resp.PID, Err: errors.New("status 101 Switching Protocols: workers cannot upgrade the connection")}
+	}
+	if s.maxResponse > 0 {
+		if vs := resp.Header["Content-Length"]; len(vs) == 1 {
+			if n, err := strconv.ParseInt(vs[0], 10, 64); err == nil && n > s.maxResponse {
+				return &ResponseTooLargeError{PID: resp.PID, Limit: s.maxResponse, Size: n}
+			}
+		}
+	}
+	return nil
+}
+
+// cut ends a response whose head is already out: it logs why, once, and
+// aborts the handler so that net/http closes the client's connection (or
+// resets the HTTP/2 stream): the client cannot take a truncated body for a
+// whole one. The deferred Response.Close tells the worker to stop.
+func (s *Server) cut(in *info, err error) {
+	e := s.log.WithError(err).WithFields(logrus.Fields{"req_id": in.id, "pid": in.pid})
+	var be *ipc.BodyError
+	var tooLarge *ResponseTooLargeError
+	switch {
+	case errors.As(err, &be):
+		e.Info("request body refused after the response started; connection cut")
+	case errors.Is(err, context.Canceled):
+		e.Debug("client went away during the response")
+	case errors.As(err, &tooLarge):
+		e.WithField("limit", tooLarge.Limit).Error("response larger than the limit; connection cut")
+	default:
+		e.Error("response failed after its head was sent; connection cut")
+	}
+	panic(http.ErrAbortHandler)
 }
 
 // requestID returns the incoming X-Request-Id if acceptable, else a new ID.

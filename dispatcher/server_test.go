@@ -30,14 +30,28 @@ func TestMain(m *testing.M) {
 }
 
 type front struct {
-	url  string
-	pool *workers.Pool
-	hook *test.Hook
+	url    string
+	addr   string // host:port
+	pool   *workers.Pool
+	hook   *test.Hook
+	client *http.Client // speaks the front's protocol; no overall timeout
+}
+
+// frontOpts configures startFrontWith.
+type frontOpts struct {
+	workers workers.Config // Path, Logger and SocketDir are filled in
+	server  Config         // Invoker and Logger are filled in; AccessLog is forced on
+	http2   bool           // serve HTTP/2 over TLS (a test certificate) instead of HTTP/1.1
 }
 
 // startFront runs a real pool of the named test worker behind a Server on a
 // loopback listener.
 func startFront(tb testing.TB, worker string, cfg workers.Config) *front {
+	tb.Helper()
+	return startFrontWith(tb, worker, frontOpts{workers: cfg})
+}
+
+func startFrontWith(tb testing.TB, worker string, o frontOpts) *front {
 	tb.Helper()
 	logger, hook := test.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
@@ -47,6 +61,7 @@ func startFront(tb testing.TB, worker string, cfg workers.Config) *front {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(sockets) })
+	cfg := o.workers
 	cfg.Path, cfg.Logger, cfg.SocketDir = bins[worker], log, sockets
 	if cfg.Size == 0 {
 		cfg.Size = 1
@@ -58,18 +73,26 @@ func startFront(tb testing.TB, worker string, cfg workers.Config) *front {
 	if err := pool.Start(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
-	srv, err := New(Config{Invoker: pool, Logger: log, AccessLog: true})
+	scfg := o.server
+	scfg.Invoker, scfg.Logger, scfg.AccessLog = pool, log, true
+	srv, err := New(scfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ts := httptest.NewServer(srv)
+	ts := httptest.NewUnstartedServer(srv)
+	if o.http2 {
+		ts.EnableHTTP2 = true
+		ts.StartTLS()
+	} else {
+		ts.Start()
+	}
 	tb.Cleanup(func() {
 		ts.Close()
 		if err := pool.Close(context.Background()); err != nil {
 			tb.Errorf("pool.Close: %v", err)
 		}
 	})
-	return &front{url: ts.URL, pool: pool, hook: hook}
+	return &front{url: ts.URL, addr: ts.Listener.Addr().String(), pool: pool, hook: hook, client: ts.Client()}
 }
 
 func mustDo(tb testing.TB, req *http.Request) (*http.Response, string) {
@@ -112,6 +135,9 @@ func waitEntry(tb testing.TB, h *test.Hook, msg string) *logrus.Entry {
 			return e
 		}
 		if time.Now().After(deadline) {
+			for _, e := range h.AllEntries() {
+				tb.Logf("log: %s %q %v", e.Level, e.Message, e.Data)
+			}
 			tb.Fatalf("no log entry %q", msg)
 		}
 		time.Sleep(d)

@@ -49,6 +49,13 @@ type LaunchConfig struct {
 	// Logger receives the worker's output lines and go-plugin's messages
 	// (at debug level). If nil, logrus's standard logger.
 	Logger *logrus.Entry
+	// Name is the worker binary as logs and errors name it. If empty,
+	// Cmd.Path (set it when Cmd starts a wrapper such as a sandbox shim).
+	Name string
+	// OnExit, if set, is called once the process has exited and been
+	// reaped, or failed to start, before Exited is closed: the place to
+	// kill and remove what it leaves behind (its sandbox cell).
+	OnExit func()
 }
 
 // StartError reports a worker that could not be started or did not complete
@@ -120,6 +127,9 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	deadline := time.Now().Add(cfg.StartTimeout)
 	cmd := cfg.Cmd
 	path := cmd.Path
+	if cfg.Name != "" {
+		path = cfg.Name
+	}
 
 	hostConns, childFiles, err := socketpairs(cfg.Slots)
 	if err != nil {
@@ -155,7 +165,7 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	stderr := &workerLog{e: log, stream: "stderr"}
 	syncOut := &workerLog{e: log, stream: "stdout"}
 	syncErr := &workerLog{e: log, stream: "stderr"}
-	pr := &procRunner{cmd: cmd, name: path, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
+	pr := &procRunner{cmd: cmd, name: path, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
 		l := log.WithField("pid", pid)
 		stderr.e, syncOut.e, syncErr.e = l, l, l
 		closeChildFiles()
@@ -201,6 +211,11 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	// ping below.
 	if err := rpc.Ping(); err != nil {
 		return fail(fmt.Errorf("control connection: %w", err))
+	}
+	// Connected: unlink the control socket so that no other process (such
+	// as another worker) can ever connect to this worker's go-plugin server.
+	if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
+		_ = os.Remove(rc.Addr.String())
 	}
 	for i, conn := range c.conns {
 		conn.SetDeadline(deadline)
@@ -352,6 +367,7 @@ type procRunner struct {
 	name    string
 	pid     int
 	onStart func(pid int)
+	onExit  func() // LaunchConfig.OnExit
 
 	stdoutR    io.ReadCloser
 	stdoutSink io.Writer
@@ -384,7 +400,7 @@ func (r *procRunner) Start(context.Context) error {
 		outR.Close()
 		errR.Close()
 		r.waitErr = err
-		close(r.waitDone)
+		r.exited()
 		return err
 	}
 	r.pid = r.cmd.Process.Pid
@@ -394,9 +410,17 @@ func (r *procRunner) Start(context.Context) error {
 	r.onStart(r.pid)
 	go func() {
 		r.waitErr = r.cmd.Wait()
-		close(r.waitDone)
+		r.exited()
 	}()
 	return nil
+}
+
+// exited runs OnExit, then closes waitDone.
+func (r *procRunner) exited() {
+	if r.onExit != nil {
+		r.onExit()
+	}
+	close(r.waitDone)
 }
 
 func (r *procRunner) Diagnose(context.Context) string { return "" }

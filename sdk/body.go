@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
+	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 )
@@ -27,6 +29,8 @@ type requestBody struct {
 	closed   bool
 	trailer  http.Header
 	req      *http.Request
+	deadline time.Time   // reads fail once it has passed; zero: none
+	timer    *time.Timer // wakes blocked reads at the deadline
 }
 
 func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte) *requestBody {
@@ -72,14 +76,45 @@ func (b *requestBody) finish(err error, trailer http.Header) {
 	b.cond.Broadcast()
 }
 
+// setDeadline makes reads fail with os.ErrDeadlineExceeded from t on,
+// including one blocked at that moment. The zero time removes the deadline.
+func (b *requestBody) setDeadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.deadline = t
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
+	if t.IsZero() || b.closed {
+		return
+	}
+	if d := time.Until(t); d > 0 {
+		b.timer = time.AfterFunc(d, func() {
+			b.mu.Lock()
+			b.cond.Broadcast()
+			b.mu.Unlock()
+		})
+	}
+	b.cond.Broadcast()
+}
+
+func (b *requestBody) expired() bool {
+	return !b.deadline.IsZero() && !time.Now().Before(b.deadline)
+}
+
 func (b *requestBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
-	for len(b.chunks) == 0 && !b.done && !b.closed {
+	for len(b.chunks) == 0 && !b.done && !b.closed && !b.expired() {
 		b.cond.Wait()
 	}
 	if b.closed {
 		b.mu.Unlock()
 		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.expired() {
+		b.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
 	}
 	if len(b.chunks) == 0 {
 		err := b.err
@@ -117,6 +152,10 @@ func (b *requestBody) Close() error {
 	defer b.mu.Unlock()
 	b.closed = true
 	b.chunks = nil
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
 	b.cond.Broadcast()
 	return nil
 }

@@ -3,17 +3,20 @@ package sdk
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/sirupsen/logrus"
 )
 
-// responseWriter implements http.ResponseWriter and http.Flusher over a slot.
-// Small responses go out in a single frame when the handler returns; larger
-// ones, or flushed ones, as a head followed by body frames of at most
-// ipc.ChunkSize.
+// responseWriter implements http.ResponseWriter and http.Flusher over a slot,
+// and what http.ResponseController looks for: FlushError, SetReadDeadline,
+// SetWriteDeadline and EnableFullDuplex. Small responses go out in a single
+// frame when the handler returns; larger ones, or flushed ones, as a head
+// followed by body frames of at most ipc.ChunkSize.
 type responseWriter struct {
 	s      *slot
 	ex     *exchange
@@ -25,8 +28,11 @@ type responseWriter struct {
 	wroteHeader bool
 	headSent    bool
 	failed      bool // a write to the dispatcher failed: drop the rest
+	timedOut    bool // a flush came after the write deadline: abort the response
 	buf         []byte
 	written     int64
+
+	writeDeadline time.Time
 }
 
 var (
@@ -95,17 +101,51 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 }
 
 // Flush sends the head and whatever body is buffered.
-func (w *responseWriter) Flush() {
+func (w *responseWriter) Flush() { _ = w.FlushError() }
+
+// FlushError is Flush that reports a failure: the dispatcher is gone or the
+// write deadline passed. http.ResponseController.Flush calls it.
+func (w *responseWriter) FlushError() error {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	_ = w.flushChunk()
+	return w.flushChunk()
 }
+
+// SetReadDeadline bounds reads of the request body: a read blocked past the
+// deadline, or started after it, fails with os.ErrDeadlineExceeded. A body
+// that arrived whole with the request never blocks and is not affected.
+// The zero time means no deadline.
+func (w *responseWriter) SetReadDeadline(t time.Time) error {
+	if w.ex.body != nil {
+		w.ex.body.setDeadline(t)
+	}
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for writing the response: once it has
+// passed, Write still buffers but sending (a flush, or a full chunk) fails
+// with os.ErrDeadlineExceeded and the response is aborted (the client's
+// connection is cut, or it gets 502 if nothing was sent). A send already
+// blocked because the client reads slowly is not interrupted. The zero time
+// means no deadline.
+func (w *responseWriter) SetWriteDeadline(t time.Time) error {
+	w.writeDeadline = t
+	return nil
+}
+
+// EnableFullDuplex reports success: a handler may always read the request
+// body while it writes the response.
+func (w *responseWriter) EnableFullDuplex() error { return nil }
 
 // flushChunk sends the buffered bytes: with the head if it is not sent yet.
 func (w *responseWriter) flushChunk() error {
 	if w.failed {
 		return http.ErrHandlerTimeout
+	}
+	if w.timedOut || (!w.writeDeadline.IsZero() && !time.Now().Before(w.writeDeadline)) {
+		w.timedOut = true
+		return os.ErrDeadlineExceeded
 	}
 	var err error
 	if !w.headSent {
@@ -129,6 +169,13 @@ func (w *responseWriter) finish() {
 	trailer := w.trailers()
 	w.s.finishing(w.ex)
 	if w.failed {
+		return
+	}
+	if !w.writeDeadline.IsZero() && !time.Now().Before(w.writeDeadline) {
+		w.timedOut = true // what is still buffered cannot be sent in time
+	}
+	if w.timedOut {
+		_ = w.s.sc.WriteAbort(w.ex.id, "write deadline exceeded")
 		return
 	}
 	if !w.headSent {
@@ -192,7 +239,7 @@ func (w *responseWriter) panicked(v any, stack []byte) {
 	if w.failed {
 		return
 	}
-	if w.headSent {
+	if w.headSent || w.timedOut {
 		_ = w.s.sc.WriteAbort(w.ex.id, fmt.Sprintf("handler panic: %v", v))
 		return
 	}

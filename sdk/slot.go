@@ -283,7 +283,6 @@ func newHTTPRequest(ctx context.Context, req *ipc.Request, ex *exchange, inline 
 	}
 	switch {
 	case ex.body != nil:
-		ex.body.req = r
 		r.Body = ex.body
 	case len(inline) > 0:
 		r.Body = &inlineBody{data: inline}
@@ -293,7 +292,12 @@ func newHTTPRequest(ctx context.Context, req *ipc.Request, ex *exchange, inline 
 	if req.ContentLength < 0 {
 		r.TransferEncoding = []string{"chunked"}
 	}
-	return r.WithContext(ctx), nil
+	r = r.WithContext(ctx)
+	if ex.body != nil {
+		// The body sets the trailers at EOF on the request the handler gets.
+		ex.body.req = r
+	}
+	return r, nil
 }
 
 // inlineBody is a request body that arrived whole in the request frame.

@@ -40,9 +40,29 @@ type Config struct {
 	Env []string
 	// Dir is the worker's working directory. If empty, the dispatcher's.
 	Dir string
-	// Size is the number of worker processes kept running. If zero,
-	// runtime.NumCPU().
+	// Mode is how workers are run: a fixed pool (the default), on demand,
+	// or a fresh worker per request.
+	Mode Mode
+	// Size is the number of worker processes kept running in ModePool. If
+	// zero, runtime.NumCPU().
 	Size int
+	// MaxWorkers caps the workers running at once (busy, idle or starting)
+	// in ModeOnDemand and ModeOneShot. If zero, runtime.NumCPU().
+	MaxWorkers int
+	// IdleTimeout is how long a worker may stay idle in ModeOnDemand before
+	// it is stopped. If zero, DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// Spares is the number of started, unused workers ModeOneShot keeps
+	// ready (within MaxWorkers). If zero, runtime.NumCPU(); negative means
+	// none (every request waits for a spawn).
+	Spares int
+	// Queue bounds the requests waiting for a worker; past it a request is
+	// refused at once with an *OverloadError. If zero,
+	// DefaultQueuePerWorker per worker (Size, or MaxWorkers).
+	Queue int
+	// QueueTimeout bounds the wait for a worker; past it the request is
+	// refused with an *OverloadError. If zero, DefaultQueueTimeout.
+	QueueTimeout time.Duration
 	// Concurrency is the number of requests one worker serves at once. If
 	// zero, 1.
 	Concurrency int
@@ -74,9 +94,11 @@ type Config struct {
 	// SocketDir is where per-worker control socket directories are made. If
 	// empty, os.TempDir().
 	SocketDir string
-	// Sandbox, if set, adjusts each worker's command (identity, limits,
-	// namespaces) before it starts. An error fails that start.
-	Sandbox func(*exec.Cmd) error
+	// Sandbox, if set, confines each worker (identity, limits, namespaces,
+	// a cell whose processes all die with it); see workers/sandbox. If nil,
+	// workers run as the dispatcher's own children, contained by their
+	// process group only.
+	Sandbox Sandbox
 	// Logger receives pool events and worker output. If nil, logrus's
 	// standard logger.
 	Logger *logrus.Entry
@@ -106,6 +128,31 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Size == 0 {
 		c.Size = runtime.NumCPU()
 	}
+	if c.MaxWorkers == 0 {
+		c.MaxWorkers = runtime.NumCPU()
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.Spares == 0 {
+		c.Spares = runtime.NumCPU()
+	}
+	if c.Spares < 0 {
+		c.Spares = 0
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = DefaultQueueTimeout
+	}
+	if c.Mode == ModeOneShot {
+		// One request per process: nothing to pipeline or share.
+		if c.Concurrency > 1 {
+			return c, fmt.Errorf("workers: Concurrency %d with ModeOneShot: a oneshot worker serves one request", c.Concurrency)
+		}
+		if c.Pipeline > 1 {
+			return c, fmt.Errorf("workers: Pipeline %d with ModeOneShot: a oneshot worker serves one request", c.Pipeline)
+		}
+		c.Concurrency, c.Pipeline = 1, 1
+	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
 	}
@@ -134,9 +181,24 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = logrus.NewEntry(logrus.StandardLogger())
 	}
 	c.Backoff = c.Backoff.withDefaults()
+	if c.Queue == 0 {
+		n := c.Size
+		if c.Mode != ModePool {
+			n = c.MaxWorkers
+		}
+		c.Queue = DefaultQueuePerWorker * max(n, 1)
+	}
 	switch {
 	case c.Size < 0:
 		return c, fmt.Errorf("workers: Size %d is negative", c.Size)
+	case c.Mode < ModePool || c.Mode > ModeOneShot:
+		return c, fmt.Errorf("workers: unknown %v", c.Mode)
+	case c.MaxWorkers < 0:
+		return c, fmt.Errorf("workers: MaxWorkers %d is negative", c.MaxWorkers)
+	case c.Queue < 0:
+		return c, fmt.Errorf("workers: Queue %d is negative", c.Queue)
+	case c.IdleTimeout < 0 || c.QueueTimeout < 0:
+		return c, errors.New("workers: timeouts must not be negative")
 	case c.Concurrency < 0 || c.Concurrency > 1024:
 		return c, fmt.Errorf("workers: Concurrency %d outside 1-1024", c.Concurrency)
 	case c.Pipeline < 1 || c.Pipeline > ipc.MaxDepth:
@@ -149,18 +211,39 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// command builds the exec.Cmd of one worker.
-func (c *Config) command() (*exec.Cmd, error) {
+// command builds the exec.Cmd of one worker and, with a Sandbox, its Cell
+// (nil without one). socketDir is the pool's socket directory.
+func (c *Config) command(socketDir string) (*exec.Cmd, Cell, error) {
 	cmd := exec.Command(c.Path, c.Args...)
 	cmd.Env = append([]string(nil), c.Env...)
 	if !slices.ContainsFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
 		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(min(c.Concurrency, runtime.NumCPU())))
 	}
 	cmd.Dir = c.Dir
-	if c.Sandbox != nil {
-		if err := c.Sandbox(cmd); err != nil {
-			return nil, fmt.Errorf("sandbox %q: %w", c.Path, err)
-		}
+	if c.Sandbox == nil {
+		return cmd, nil, nil
 	}
-	return cmd, nil
+	cell, err := c.Sandbox.Prepare(cmd, socketDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox %q: %w", c.Path, err)
+	}
+	return cmd, cell, nil
+}
+
+// SetEnv returns env with KEY=value set, replacing any earlier KEY.
+func SetEnv(env []string, key, value string) []string {
+	env = slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, key+"=") })
+	return append(env, key+"="+value)
+}
+
+// CheckEnvKey reports whether key can name an environment variable: not
+// empty, no '=' and no NUL.
+func CheckEnvKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("empty variable name")
+	case strings.ContainsAny(key, "=\x00"):
+		return fmt.Errorf("variable name %q contains '=' or NUL", key)
+	}
+	return nil
 }

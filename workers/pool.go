@@ -41,6 +41,11 @@ type Pool struct {
 	waiters  []*waiter
 	children map[*child]struct{}
 	closed   bool
+	starting int // spawns in flight
+	// notBefore delays the next spawn after failures (Backoff).
+	notBefore time.Time
+	refused   int       // requests refused since the last log line about it
+	refusedAt time.Time // when that line was logged
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -49,6 +54,7 @@ type Pool struct {
 	socketDir string
 	backoff   Backoff
 	stall     time.Duration // pipelineStall; tests change it
+	kick      chan struct{} // wakes the supervisor: demand or supply changed
 
 	closeOnce sync.Once
 	closeErr  error
@@ -60,7 +66,16 @@ type child struct {
 	started time.Time
 	dead    atomic.Bool
 	reason  atomic.Pointer[string] // why the pool killed it, if it did
+	cell    Cell                   // its sandbox cell; nil without a Sandbox
+	// Guarded by Pool.mu.
+	busy      int       // exchanges reserved on its slots
+	idleSince time.Time // when busy last dropped to zero
+	used      bool      // it took a request (ModeOneShot: it is not a spare)
+	retired   bool      // taken out of rotation on purpose: its exit is no failure
 }
+
+// outOfMemory reports whether the worker's memory limit killed it.
+func (c *child) outOfMemory() bool { return c.cell != nil && c.cell.OutOfMemory() }
 
 type slot struct {
 	c    *child
@@ -89,6 +104,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		children: make(map[*child]struct{}),
 		exits:    make(chan *child, 64),
 		stall:    pipelineStall,
+		kick:     make(chan struct{}, 1),
 		backoff:  cfg.Backoff,
 	}, nil
 }
@@ -109,8 +125,15 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.socketDir = dir
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 
-	errs := make(chan error, p.cfg.Size)
-	for range p.cfg.Size {
+	initial := p.cfg.Size
+	switch p.cfg.Mode {
+	case ModeOnDemand:
+		initial = 0
+	case ModeOneShot:
+		initial = min(p.cfg.Spares, p.cfg.MaxWorkers)
+	}
+	errs := make(chan error, initial)
+	for range initial {
 		go func() {
 			c, err := p.spawn()
 			if err == nil {
@@ -120,7 +143,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		}()
 	}
 	var first error
-	for range p.cfg.Size {
+	for range initial {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
@@ -147,6 +170,7 @@ func (p *Pool) Close(ctx context.Context) error {
 		p.mu.Lock()
 		p.closed = true
 		for _, w := range p.waiters {
+			w.err = ErrClosed
 			w.ch <- nil
 		}
 		p.waiters = nil
@@ -203,13 +227,25 @@ func (p *Pool) Workers() []int {
 }
 
 func (p *Pool) spawn() (*child, error) {
-	cmd, err := p.cfg.command()
+	cmd, cell, err := p.cfg.command(p.socketDir)
 	if err != nil {
 		return nil, err
+	}
+	// Sandbox: the cell's processes (even those that left the worker's
+	// process group) die, and the cell goes, as soon as the worker is reaped.
+	var onExit func()
+	if cell != nil {
+		onExit = func() {
+			if err := cell.Release(); err != nil {
+				p.log.WithError(err).Warn("worker's sandbox cell not fully removed")
+			}
+		}
 	}
 	t0 := time.Now()
 	proc, err := ipc.Launch(ipc.LaunchConfig{
 		Cmd:          cmd,
+		Name:         p.cfg.Path,
+		OnExit:       onExit,
 		Slots:        p.cfg.Concurrency,
 		MaxFrame:     p.cfg.MaxFrame,
 		Depth:        p.cfg.Pipeline,
@@ -218,9 +254,12 @@ func (p *Pool) spawn() (*child, error) {
 		Logger:       p.cfg.Logger,
 	})
 	if err != nil {
+		if onExit != nil {
+			onExit() // Release is idempotent; a start that failed before exec did not call it
+		}
 		return nil, err
 	}
-	c := &child{proc: proc, started: time.Now()}
+	c := &child{proc: proc, started: time.Now(), cell: cell}
 	for _, conn := range proc.Conns() {
 		c.slots = append(c.slots, &slot{c: c, conn: conn})
 	}
@@ -241,10 +280,14 @@ func (p *Pool) add(c *child) {
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go p.watch(c)
+	p.mu.Lock()
+	c.idleSince = time.Now()
 	for _, s := range c.slots {
-		p.mu.Lock()
-		s.n++
-		p.mu.Unlock()
+		s.n++ // done hands it to a waiter or to the idle stack
+		c.busy++
+	}
+	p.mu.Unlock()
+	for _, s := range c.slots {
 		p.done(s)
 	}
 }
@@ -261,7 +304,6 @@ func (p *Pool) watch(c *child) {
 	c.dead.Store(true)
 	c.proc.Kill() // control connection, socket directory, stragglers in its group
 	p.mu.Lock()
-	delete(p.children, c)
 	live := p.idle[:0]
 	for _, s := range p.idle {
 		if s.c != c {
@@ -279,53 +321,191 @@ func (p *Pool) watch(c *child) {
 	}
 }
 
-// supervise replaces workers that exited, spacing restarts with Backoff.
+// supervise starts workers as the mode needs them: replacements in
+// ModePool, one per waiting request (up to MaxWorkers) in ModeOnDemand, and
+// spares in ModeOneShot. Failures space the starts with Backoff. In
+// ModeOnDemand it also stops workers idle for longer than IdleTimeout.
 func (p *Pool) supervise() {
 	defer p.wg.Done()
-	owed := 0
-	var timer *time.Timer
-	var due <-chan time.Time
-	schedule := func(d time.Duration) {
-		if timer == nil {
-			timer = time.NewTimer(d)
-		} else {
-			timer.Reset(d)
-		}
-		due = timer.C
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var reap <-chan time.Time
+	if p.cfg.Mode == ModeOnDemand {
+		t := time.NewTicker(min(max(p.cfg.IdleTimeout/4, 10*time.Millisecond), time.Second))
+		defer t.Stop()
+		reap = t.C
 	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
 	for {
+		if wait := p.scale(); wait > 0 {
+			timer.Reset(wait)
+		}
 		select {
 		case <-p.ctx.Done():
 			return
 		case c := <-p.exits:
 			lived := time.Since(c.started)
-			delay := p.backoff.Exited(lived)
-			p.logExit(c, lived, delay)
-			owed++
-			if due == nil {
-				schedule(delay)
+			p.mu.Lock()
+			// Removed here, with the backoff updated in the same step, so
+			// that no start sneaks in before the delay is known.
+			delete(p.children, c)
+			retired := c.retired
+			var delay time.Duration
+			if !retired {
+				delay = p.backoff.Exited(lived)
+				p.notBefore = time.Now().Add(delay)
 			}
-		case <-due:
-			due = nil
-			c, err := p.spawn()
-			if err != nil {
-				delay := p.backoff.Failed()
-				p.log.WithError(err).WithFields(logrus.Fields{
-					"failures": p.backoff.Failures(), "retry_in": delay.String(),
-				}).Error("worker failed to start")
-				schedule(delay)
-				continue
+			p.mu.Unlock()
+			if retired {
+				p.log.WithFields(logrus.Fields{"pid": c.proc.PID(), "uptime": lived.Round(time.Millisecond).String()}).Debug("worker retired")
+			} else {
+				p.logExit(c, lived, delay)
 			}
-			p.add(c)
-			owed--
-			if owed > 0 {
-				schedule(p.backoff.Delay())
-			}
+		case <-p.kick:
+		case <-timer.C:
+		case <-reap:
+			p.reapIdle()
+		}
+	}
+}
+
+// scale starts the workers the mode calls for, if Backoff allows, and
+// returns how long to wait before it may start more (0 if nothing waits).
+func (p *Pool) scale() time.Duration {
+	p.mu.Lock()
+	n := p.deficit()
+	if n <= 0 || p.closed {
+		p.mu.Unlock()
+		return 0
+	}
+	if d := time.Until(p.notBefore); d > 0 {
+		p.mu.Unlock()
+		return d
+	}
+	if p.backoff.Failures() > 1 {
+		n = 1 // a failing binary: probe with one start at a time
+	}
+	p.starting += n
+	p.wg.Add(n)
+	p.mu.Unlock()
+	for range n {
+		go p.startOne()
+	}
+	return 0
+}
+
+// deficit returns how many workers to start now. Called with p.mu held.
+//
+// A worker that died counts until the supervisor has seen its exit (and
+// its restart delay); a retired one only against MaxWorkers, which caps
+// the processes that exist at once.
+func (p *Pool) deficit() int {
+	kept, fresh := 0, 0
+	for c := range p.children {
+		if c.retired {
+			continue
+		}
+		kept++
+		if !c.used && c.busy == 0 && !c.dead.Load() {
+			fresh++
+		}
+	}
+	room := p.cfg.MaxWorkers - len(p.children) - p.starting
+	switch p.cfg.Mode {
+	case ModeOnDemand:
+		per := p.cfg.Concurrency
+		return min((len(p.waiters)+per-1)/per-p.starting, room)
+	case ModeOneShot:
+		return min(len(p.waiters)+p.cfg.Spares-fresh-p.starting, room)
+	}
+	return p.cfg.Size - kept - p.starting
+}
+
+// startOne spawns one worker for the supervisor. A failure delays the next
+// start; when no worker is left to serve them, the waiting requests get the
+// start error.
+func (p *Pool) startOne() {
+	defer p.wg.Done()
+	c, err := p.spawn()
+	p.mu.Lock()
+	p.starting--
+	if err != nil {
+		delay := p.backoff.Failed()
+		p.notBefore = time.Now().Add(delay)
+		failures := p.backoff.Failures()
+		var orphans []*waiter
+		if p.starting == 0 && p.liveLocked() == 0 {
+			orphans, p.waiters = p.waiters, nil
+		}
+		for _, w := range orphans {
+			w.err = err
+			w.ch <- nil
+		}
+		p.mu.Unlock()
+		p.log.WithError(err).WithFields(logrus.Fields{
+			"failures": failures, "retry_in": delay.String(), "requests_failed": len(orphans),
+		}).Error("worker failed to start")
+	} else {
+		p.mu.Unlock()
+		p.add(c)
+	}
+	p.wake()
+}
+
+// liveLocked counts the workers in rotation. Called with p.mu held.
+func (p *Pool) liveLocked() int {
+	n := 0
+	for c := range p.children {
+		if !c.dead.Load() && !c.retired {
+			n++
+		}
+	}
+	return n
+}
+
+// wake tells the supervisor that demand or supply changed.
+func (p *Pool) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// retire takes c out of rotation on purpose and stops it: at once with
+// SIGKILL (a used oneshot worker) or gracefully. Called with p.mu held.
+func (p *Pool) retire(c *child, graceful bool) {
+	c.retired = true
+	c.dead.Store(true)
+	live := p.idle[:0]
+	for _, s := range p.idle {
+		if s.c != c {
+			live = append(live, s)
+		}
+	}
+	clear(p.idle[len(live):])
+	p.idle = live
+	if !graceful {
+		_ = c.proc.Signal(syscall.SIGKILL)
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.StopTimeout)
+		defer cancel()
+		_ = c.proc.Stop(ctx)
+	}()
+}
+
+// reapIdle stops the workers idle for longer than IdleTimeout.
+func (p *Pool) reapIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	for c := range p.children {
+		if !c.dead.Load() && !c.retired && c.busy == 0 && now.Sub(c.idleSince) >= p.cfg.IdleTimeout {
+			p.log.WithFields(logrus.Fields{"pid": c.proc.PID(), "idle": now.Sub(c.idleSince).Round(time.Millisecond).String()}).Debug("stopping an idle worker")
+			p.retire(c, true)
 		}
 	}
 }
@@ -342,6 +522,11 @@ func (p *Pool) logExit(c *child, lived, delay time.Duration) {
 	if r := c.reason.Load(); r != nil {
 		f["reason"] = *r
 		p.log.WithFields(f).Warn("worker killed; replacing it")
+		return
+	}
+	if c.outOfMemory() {
+		f["reason"] = "out of memory"
+		p.log.WithFields(f).Warn("worker killed: out of memory (over its memory limit); replacing it")
 		return
 	}
 	if tail := c.proc.StderrTail(100 * time.Millisecond); len(tail) > 0 {
@@ -399,37 +584,64 @@ func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
 			return best, nil
 		}
 	}
+	if len(p.waiters) >= p.cfg.Queue {
+		err := &OverloadError{Reason: fmt.Sprintf("%d requests already wait for a worker", len(p.waiters)), RetryAfter: time.Second}
+		p.refusedLocked(err)
+		p.mu.Unlock()
+		return nil, err
+	}
 	w := &waiter{ch: make(chan *slot, 1), pipelinable: pipelinable}
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
+	p.wake()
 
+	timer := time.NewTimer(p.cfg.QueueTimeout)
+	defer timer.Stop()
+	var err error
 	select {
 	case s := <-w.ch:
 		if s == nil {
-			return nil, ErrClosed
+			return nil, w.err
 		}
 		return s, nil
 	case <-ctx.Done():
-		p.mu.Lock()
-		for i, x := range p.waiters {
-			if x == w {
-				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-				p.mu.Unlock()
-				return nil, ctx.Err()
+		err = ctx.Err()
+	case <-timer.C:
+		err = &OverloadError{Reason: fmt.Sprintf("no worker became free within %s", p.cfg.QueueTimeout), RetryAfter: time.Second}
+	}
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			if oe, ok := err.(*OverloadError); ok {
+				p.refusedLocked(oe)
 			}
+			p.mu.Unlock()
+			return nil, err
 		}
-		p.mu.Unlock()
-		// A slot was handed over as we gave up: pass it on.
-		if s := <-w.ch; s != nil {
-			p.done(s)
-		}
-		return nil, ctx.Err()
+	}
+	p.mu.Unlock()
+	// A slot (or a failure) was handed over as we gave up: pass it on.
+	if s := <-w.ch; s != nil {
+		p.done(s)
+	}
+	return nil, err
+}
+
+// refusedLocked counts a refused request and logs about refusals at most
+// once a second. Called with p.mu held.
+func (p *Pool) refusedLocked(err *OverloadError) {
+	p.refused++
+	if now := time.Now(); now.Sub(p.refusedAt) >= time.Second {
+		p.log.WithFields(logrus.Fields{"refused": p.refused, "reason": err.Reason}).Warn("overloaded: refusing requests")
+		p.refused, p.refusedAt = 0, now
 	}
 }
 
 // waiter is a request waiting for a slot.
 type waiter struct {
 	ch          chan *slot
+	err         error // why it gets no slot, sent with nil
 	pipelinable bool
 }
 
@@ -439,6 +651,8 @@ func (p *Pool) reserve(s *slot, pipelinable bool) {
 		s.progress = time.Now()
 	}
 	s.n++
+	s.c.busy++
+	s.c.used = true
 	if !pipelinable {
 		s.streaming = true
 	}
@@ -458,6 +672,15 @@ func (p *Pool) done(s *slot) {
 	s.progress = time.Now()
 	if s.n == 0 {
 		s.streaming = false
+	}
+	c := s.c
+	if c.busy--; c.busy == 0 {
+		c.idleSince = s.progress
+		if p.cfg.Mode == ModeOneShot && c.used && !c.retired && !c.dead.Load() && !p.closed {
+			// Its one request is over: discard it, and start a spare.
+			p.retire(c, false)
+			p.wake()
+		}
 	}
 	if s.c.dead.Load() || p.closed {
 		if s.n == 0 {
@@ -492,9 +715,10 @@ func (p *Pool) done(s *slot) {
 // Waiting for a worker is bounded by ctx only.
 func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
 	var err error
+	pipelinable := req.EOF
 	for range maxAttempts {
 		var s *slot
-		if s, err = p.acquire(ctx, req.EOF); err != nil {
+		if s, err = p.acquire(ctx, pipelinable); err != nil {
 			return nil, err
 		}
 		var resp *Response
@@ -504,6 +728,10 @@ func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) 
 		if !errors.Is(err, ipc.ErrNotDelivered) {
 			return nil, err
 		}
+		// It may have been queued behind a request that killed its worker:
+		// the retry waits for an idle slot, where only the worker's own
+		// death can stop it.
+		pipelinable = false
 		p.log.WithError(err).WithField("pid", s.c.proc.PID()).Debug("request did not reach its worker; retrying on another")
 	}
 	return nil, fmt.Errorf("%w: %w", ErrNoWorker, err)
@@ -635,6 +863,12 @@ func (r *Response) fail(err error) error {
 		_ = r.t.Cancel()
 		p.cancelExchange(r)
 		return err
+	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load():
+		// The client left while a frame was half read: the stream is torn
+		// and the worker cannot be told. It goes; the client is gone anyway.
+		c.kill("client went away in the middle of a frame")
+		p.discard(s, err)
+		err = context.Canceled
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.kill("request timed out")
 		err = &TimeoutError{Path: p.cfg.Path, PID: c.proc.PID(), Timeout: p.cfg.Timeout}
@@ -678,6 +912,9 @@ func (p *Pool) crashed(c *child, err error) error {
 	case <-t.C:
 		c.kill("closed its connection but did not exit")
 		<-c.proc.Exited()
+	}
+	if c.outOfMemory() {
+		err = fmt.Errorf("%w (%w)", ErrOutOfMemory, err)
 	}
 	return &ExitError{
 		Path:   p.cfg.Path,

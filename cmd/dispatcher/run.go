@@ -9,7 +9,6 @@ import (
 	"io"
 	stdlog "log"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -64,6 +63,9 @@ type options struct {
 	logFormat       string
 	logLevel        string
 	accessLog       bool
+	isolation       isolationFlags // flags_isolation.go
+	http            httpFlags      // flags_http.go
+	modes           modeFlags      // flags_modes.go
 }
 
 func (m *Main) parse(args []string) (*options, error) {
@@ -81,6 +83,9 @@ func (m *Main) parse(args []string) (*options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.accessLog, "access-log", true, "log one line per request")
+	o.isolation.register(fs)
+	o.http.register(fs)
+	o.modes.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dispatcher --workers BINARY [flags] [-- worker args...]\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -119,6 +124,17 @@ func (m *Main) parse(args []string) (*options, error) {
 	}
 	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
 		return nil, usageErrorf("--log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
+	if err := o.isolation.check(o.concurrency); err != nil {
+		return nil, err
+	}
+	if err := o.http.check(); err != nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := o.modes.check(o.concurrency, o.pipeline, set); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -173,7 +189,14 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		defer restore()
 	}
 
-	pool, err := workers.NewPool(workers.Config{
+	iso, err := o.isolation.setup(o.workers, log)
+	if err != nil {
+		return err
+	}
+	defer iso.close()
+	pool, err := workers.NewPool(o.modes.apply(workers.Config{
+		Env:          iso.env,
+		Sandbox:      iso.sandbox,
 		Path:         o.workers,
 		Args:         o.workerArgs,
 		Size:         o.poolSize,
@@ -182,7 +205,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		Timeout:      o.timeout,
 		StartTimeout: o.startTimeout,
 		Logger:       log,
-	})
+	}))
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
@@ -198,7 +221,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	srv, err := dispatcher.New(dispatcher.Config{Invoker: pool, Logger: log, AccessLog: o.accessLog})
+	srv, err := dispatcher.New(o.http.config(dispatcher.Config{Invoker: pool, Logger: log, AccessLog: o.accessLog}))
 	if err != nil {
 		_ = pool.Close(context.Background())
 		return err
@@ -210,14 +233,9 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	}
 	errWriter := logger.WriterLevel(logrus.WarnLevel)
 	defer errWriter.Close()
-	hs := &http.Server{
-		Handler:           srv,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          stdlog.New(errWriter, "", 0),
-	}
+	hs := o.http.server(srv, stdlog.New(errWriter, "", 0))
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- o.http.serve(hs, ln) }()
 	log.WithFields(logrus.Fields{
 		"addr": ln.Addr().String(), "workers": strings.Trim(fmt.Sprint(pool.Workers()), "[]"),
 		"binary": o.workers, "startup_ms": time.Since(t0).Milliseconds(),

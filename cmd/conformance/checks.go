@@ -1,0 +1,508 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// check is one conformance check. Each runs against a worker process of
+// its own, so that a check that breaks a slot or the process cannot affect
+// another.
+type check struct {
+	name    string
+	section string // of PROTOCOL.md
+	what    string // what a passing worker does
+	launch  launchOpts
+	noStart bool // the check starts the binary itself
+	// run drives the worker and returns a detail for the report, or why the
+	// worker failed the check.
+	run func(t *target, w *worker) (string, error)
+}
+
+var checks = []check{
+	{name: "handshake", section: "2", what: "completes go-plugin's handshake and answers a ping on each of 3 slots",
+		launch: launchOpts{slots: 3}, run: checkHandshake},
+	{name: "outside-dispatcher", section: "2.3", what: "started without the handshake environment, exits non-zero without a handshake line",
+		noStart: true, run: checkOutside},
+	{name: "ping", section: "5", what: "answers each ping with a pong echoing its id, in order, also when pings come back to back",
+		run: checkPing},
+	{name: "request", section: "4.1, 4.3", what: "answers a request with one complete response, twice on the same slot",
+		run: checkRequest},
+	{name: "request-fields", section: "3.4, 10", what: "accepts a request with every field set and extra fields appended",
+		run: checkRequestFields},
+	{name: "bin-strings", section: "3.2", what: "accepts every str field sent as bin",
+		run: checkBinStrings},
+	{name: "streamed-body", section: "4.2", what: "takes a 1 MiB request body in body frames within its window, then an end frame with trailers",
+		run: checkStreamedBody},
+	{name: "small-max-frame", section: "6", what: "keeps every frame within a DISPATCHER_IPC_MAX_FRAME of 128 KiB",
+		launch: launchOpts{maxFrame: minMaxFrame}, run: checkSmallMaxFrame},
+	{name: "body-abort", section: "4.2", what: "completes the response when the request body ends with an abort frame",
+		run: checkBodyAbort},
+	{name: "cancel", section: "4.6", what: "still completes the response of a cancelled request",
+		run: checkCancel},
+	{name: "cancel-streamed-body", section: "4.6", what: "completes a cancelled request whose body will never end, without waiting for it",
+		run: checkCancelStreamed},
+	{name: "late-frames", section: "4.7", what: "ignores body, end, cancel and abort frames for an exchange that is over",
+		run: checkLateFrames},
+	{name: "concurrent-slots", section: "3", what: "serves its slots independently",
+		launch: launchOpts{slots: 2}, run: checkConcurrentSlots},
+	{name: "pipelining", section: "4.5", what: "with DISPATCHER_IPC_DEPTH=4, answers 4 back-to-back requests in order, one at a time",
+		launch: launchOpts{depth: 4}, run: checkPipelining},
+	{name: "pipelined-cancel", section: "4.5, 4.6", what: "answers a cancelled queued request in its turn, after the requests before it",
+		launch: launchOpts{depth: 4}, run: checkPipelinedCancel},
+	{name: "oversized-frame", section: "7", what: "closes the slot on a frame longer than DISPATCHER_IPC_MAX_FRAME, without waiting for its payload",
+		run: malformed(func(t *target, s *slot) []byte {
+			return []byte{0, 0x10, 0, 1, kRequest} // 1 MiB + 1, announced limit 1 MiB
+		}, false)},
+	{name: "empty-frame", section: "7", what: "closes the slot on a frame of length 0",
+		run: malformed(func(t *target, s *slot) []byte { return []byte{0, 0, 0, 0} }, true)},
+	{name: "unknown-kind", section: "7", what: "closes the slot on a frame of an unknown kind",
+		run: malformed(func(t *target, s *slot) []byte { return frame(0x63, idPayload(s.nextID())) }, true)},
+	{name: "wrong-direction", section: "7", what: "closes the slot on a frame only a worker sends (a response)",
+		run: malformed(func(t *target, s *slot) []byte {
+			e := &enc{}
+			e.arrayLen(6)
+			e.uint(s.nextID())
+			e.int(200)
+			e.nil()
+			e.bin(nil)
+			e.bool(true)
+			e.nil()
+			return frame(kResponse, e.b)
+		}, true)},
+	{name: "malformed-msgpack", section: "7", what: "closes the slot on a payload that is not msgpack",
+		run: malformed(func(t *target, s *slot) []byte { return frame(kRequest, []byte{0xc1, 0xc1}) }, true)},
+	{name: "short-request", section: "7", what: "closes the slot on a request of 10 fields",
+		run: malformed(func(t *target, s *slot) []byte {
+			r := get(t.uri)
+			r.omitLast = true
+			return frame(kRequest, r.payload(s.nextID()))
+		}, true)},
+	{name: "wrong-type", section: "7", what: "closes the slot on a request whose method is an integer",
+		run: malformed(func(t *target, s *slot) []byte {
+			r := get(t.uri)
+			r.wrongTypes = true
+			return frame(kRequest, r.payload(s.nextID()))
+		}, true)},
+	{name: "trailing-bytes", section: "7", what: "closes the slot on a request with bytes after its payload array",
+		run: malformed(func(t *target, s *slot) []byte {
+			return frame(kRequest, append(get(t.uri).payload(s.nextID()), 0xc0))
+		}, true)},
+	{name: "huge-length", section: "7", what: "closes the slot on a header map declaring 4 billion entries in a small frame",
+		run: malformed(func(t *target, s *slot) []byte {
+			e := &enc{}
+			e.arrayLen(11)
+			e.uint(s.nextID())
+			e.str("GET")
+			e.str(t.uri)
+			e.str("HTTP/1.1")
+			e.b = append(e.b, 0xdf, 0xff, 0xff, 0xff, 0xff) // map32
+			return frame(kRequest, e.b)
+		}, true)},
+	{name: "slots-closed", section: "9", what: "exits once the dispatcher has closed every slot",
+		launch: launchOpts{slots: 2}, run: checkSlotsClosed},
+	{name: "quit", section: "9", what: "exits with status 0 within 2 s of Control.Quit",
+		run: checkQuit},
+}
+
+// get returns a plain GET request for uri.
+func get(uri string) *request {
+	return &request{method: "GET", uri: uri, proto: "HTTP/1.1", host: "conformance.test",
+		remoteAddr: "192.0.2.1:40000", requestID: "conformance", eof: true,
+		header: map[string][]string{"User-Agent": {"dispatcher-conformance"}}}
+}
+
+// post returns a POST with a body of n bytes, of which the first chunk goes
+// in the request frame.
+func post(uri string, n int) (*request, []byte) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), n/16+1)[:n]
+	r := get(uri)
+	r.method = "POST"
+	r.contentLength = int64(n)
+	r.header["Content-Type"] = []string{"application/octet-stream"}
+	first := min(n, chunkSize)
+	r.body, r.eof = body[:first], n <= chunkSize
+	return r, body[first:]
+}
+
+// exchange sends r and awaits its complete answer.
+func exchange(s *slot, r *request) (*result, error) {
+	id := s.nextID()
+	if err := s.send(kRequest, r.payload(id)); err != nil {
+		return nil, err
+	}
+	return s.await(id)
+}
+
+func checkHandshake(t *target, w *worker) (string, error) {
+	// Launch did it all: go-plugin's handshake line and protocol version,
+	// Control.Ping on the control connection, a ping on every slot.
+	if st := w.child.ExitState(); st != nil {
+		return "", fmt.Errorf("exited right after the handshake: %v", st)
+	}
+	return fmt.Sprintf("pid %d, 3 slots", w.child.PID()), nil
+}
+
+func checkOutside(t *target, _ *worker) (string, error) {
+	cmd := exec.Command(t.path, t.args...)
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, t.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	timer := time.NewTimer(t.timeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-done:
+	case <-timer.C:
+		_ = cmd.Process.Kill()
+		<-done
+		return "", fmt.Errorf("still running %s after being started without DISPATCHER_WORKER_COOKIE", t.timeout)
+	}
+	if line, _, _ := strings.Cut(stdout.String(), "\n"); strings.Count(line, "|") >= 3 {
+		return "", violated("printed a handshake line without the cookie: %q", line)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return "", violated("exited with status 0 without the cookie: it must refuse to run")
+	}
+	msg, _, _ := strings.Cut(strings.TrimSpace(stderr.String()), "\n")
+	return fmt.Sprintf("%v: %q", ee, msg), nil
+}
+
+func checkPing(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	for range 3 {
+		if err := s.ping(); err != nil {
+			return "", err
+		}
+	}
+	var ids []uint64
+	var burst []byte
+	for range 3 {
+		id := s.nextID()
+		ids = append(ids, id)
+		burst = append(burst, frame(kPing, idPayload(id))...)
+	}
+	if err := s.write(burst); err != nil {
+		return "", err
+	}
+	for _, id := range ids {
+		if err := s.expectPong(id); err != nil {
+			return "", err
+		}
+	}
+	return "6 pongs", nil
+}
+
+func checkRequest(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	var first *result
+	for i := range 2 {
+		r, err := exchange(s, get(t.uri))
+		if err != nil {
+			return "", fmt.Errorf("request %d: %w", i+1, err)
+		}
+		if first == nil {
+			first = r
+		}
+	}
+	return "GET " + t.uri + ": " + first.String(), nil
+}
+
+func checkRequestFields(t *target, w *worker) (string, error) {
+	r := get(t.uri + "?a=1&a=2&b=%20c")
+	r.header = map[string][]string{
+		"Accept":          {"text/plain", "application/json"},
+		"X-Empty":         {},
+		"X-Nil":           nil,
+		"X-Request-Id":    {"conformance-fields"},
+		"Accept-Encoding": {"identity"},
+	}
+	r.requestID = "conformance-fields"
+	r.proto = "HTTP/2.0"
+	r.extraCount = 4
+	r.extra = func(e *enc) {
+		e.float64(1.5)
+		e.mapLen(1)
+		e.str("future")
+		e.arrayLen(2)
+		e.nil()
+		e.int(-1 << 40)
+		e.b = append(e.b, 0xd6, 0x01, 1, 2, 3, 4) // fixext 4
+		e.str(strings.Repeat("x", 300))
+	}
+	res, err := exchange(w.slots[0], r)
+	if err != nil {
+		return "", err
+	}
+	return res.String(), w.slots[0].ping()
+}
+
+func checkBinStrings(t *target, w *worker) (string, error) {
+	r := get(t.uri)
+	r.asBin = true
+	res, err := exchange(w.slots[0], r)
+	if err != nil {
+		return "", err
+	}
+	return res.String(), w.slots[0].ping()
+}
+
+// streamed sends a POST whose body follows in body frames and awaits the
+// answer; it reports how much of the body was sent and acknowledged.
+func streamed(s *slot, uri string, n int, abort string) (*result, string, error) {
+	r, rest := post(uri, n)
+	id := s.nextID()
+	if err := s.send(kRequest, r.payload(id)); err != nil {
+		return nil, "", err
+	}
+	p := startPump(s, id, len(r.body), rest, map[string][]string{"X-Conformance": {"trailer"}}, abort)
+	res, err := s.await(id)
+	sent, granted := p.stop()
+	if err == nil && p.err != nil {
+		err = p.err
+	}
+	return res, fmt.Sprintf("%d of %d body bytes sent, %d acknowledged", sent, n, granted), err
+}
+
+func checkStreamedBody(t *target, w *worker) (string, error) {
+	res, detail, err := streamed(w.slots[0], t.uri, 1<<20, "")
+	if err != nil {
+		return "", err
+	}
+	return res.String() + "; " + detail, w.slots[0].ping()
+}
+
+func checkSmallMaxFrame(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	res, detail, err := streamed(s, t.uri, 512<<10, "")
+	if err != nil {
+		return "", err
+	}
+	if _, err := exchange(s, get(t.uri)); err != nil {
+		return "", err
+	}
+	return res.String() + "; " + detail, s.ping()
+}
+
+func checkBodyAbort(t *target, w *worker) (string, error) {
+	res, _, err := streamed(w.slots[0], t.uri, 3*chunkSize, "client body: connection reset by peer")
+	if err != nil {
+		return "", err
+	}
+	return res.String(), w.slots[0].ping()
+}
+
+func checkCancel(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	id := s.nextID()
+	msg := append(frame(kRequest, get(t.uri).payload(id)), frame(kCancel, idPayload(id))...)
+	if err := s.write(msg); err != nil {
+		return "", err
+	}
+	res, err := s.await(id)
+	if err != nil {
+		return "", err
+	}
+	return res.String(), s.ping()
+}
+
+func checkCancelStreamed(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	r, _ := post(t.uri, 4*chunkSize) // only the first chunk is ever sent
+	id := s.nextID()
+	if err := s.send(kRequest, r.payload(id)); err != nil {
+		return "", err
+	}
+	if err := s.send(kCancel, idPayload(id)); err != nil {
+		return "", err
+	}
+	s.credit = func(uint64, uint64) error { return nil }
+	res, err := s.await(id)
+	if err != nil {
+		return "", fmt.Errorf("after the cancel: %w", err)
+	}
+	return res.String(), s.ping()
+}
+
+func checkLateFrames(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	id := s.nextID()
+	if err := s.send(kRequest, get(t.uri).payload(id)); err != nil {
+		return "", err
+	}
+	if _, err := s.await(id); err != nil {
+		return "", err
+	}
+	var late []byte
+	late = append(late, frame(kBody, bodyPayload(id, []byte("late")))...)
+	late = append(late, frame(kEnd, endPayload(id, nil))...)
+	late = append(late, frame(kCancel, idPayload(id))...)
+	late = append(late, frame(kAbort, abortPayload(id, "late"))...)
+	if err := s.write(late); err != nil {
+		return "", err
+	}
+	if err := s.ping(); err != nil {
+		return "", err
+	}
+	res, err := exchange(s, get(t.uri))
+	if err != nil {
+		return "", fmt.Errorf("the next request: %w", err)
+	}
+	return "next request: " + res.String(), nil
+}
+
+func checkConcurrentSlots(t *target, w *worker) (string, error) {
+	a, b := w.slots[0], w.slots[1]
+	ida, idb := a.nextID(), b.nextID()
+	if err := a.send(kRequest, get(t.uri).payload(ida)); err != nil {
+		return "", err
+	}
+	if err := b.send(kRequest, get(t.uri).payload(idb)); err != nil {
+		return "", err
+	}
+	// Read the second slot first: neither may wait for the other.
+	if _, err := b.await(idb); err != nil {
+		return "", fmt.Errorf("slot 2: %w", err)
+	}
+	if _, err := a.await(ida); err != nil {
+		return "", fmt.Errorf("slot 1: %w", err)
+	}
+	return "", nil
+}
+
+func checkPipelining(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	var ids []uint64
+	var burst []byte
+	for range 4 {
+		id := s.nextID()
+		ids = append(ids, id)
+		burst = append(burst, frame(kRequest, get(t.uri).payload(id))...)
+	}
+	if err := s.write(burst); err != nil {
+		return "", err
+	}
+	for i, id := range ids {
+		if _, err := s.await(id); err != nil {
+			return "", fmt.Errorf("request %d of 4: %w", i+1, err)
+		}
+	}
+	// Once the last answer has ended, a request with a streamed body may
+	// follow at once.
+	res, _, err := streamed(s, t.uri, 3*chunkSize, "")
+	if err != nil {
+		return "", fmt.Errorf("streamed request after the pipelined ones: %w", err)
+	}
+	return "then a streamed POST: " + res.String(), s.ping()
+}
+
+// checkPipelinedCancel keeps a first request running by holding back the
+// rest of its body (a worker whose handler reads the body cannot answer
+// before it arrives; one whose handler does not may answer at once), queues
+// two complete requests behind it and cancels the last one. Whatever the
+// handler does, the answers must come in request order: the cancelled
+// request is answered in its turn, with an abort frame if it never started
+// or a full response if the cancel came too late.
+func checkPipelinedCancel(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	first, rest := post(t.uri, 3*chunkSize)
+	ids := []uint64{s.nextID(), s.nextID(), s.nextID()}
+	burst := frame(kRequest, first.payload(ids[0]))
+	for _, id := range ids[1:] {
+		burst = append(burst, frame(kRequest, get(t.uri).payload(id))...)
+	}
+	burst = append(burst, frame(kCancel, idPayload(ids[2]))...)
+	if err := s.write(burst); err != nil {
+		return "", err
+	}
+	// Only now the rest of the first body, within the worker's credit.
+	p := startPump(s, ids[0], len(first.body), rest, nil, "")
+	results := make([]*result, len(ids))
+	var err error
+	for i, id := range ids {
+		if results[i], err = s.await(id); err != nil {
+			break
+		}
+		if i == 0 {
+			p.stop() // as the dispatcher stops a body once its response ended
+		}
+	}
+	if err != nil {
+		p.stop()
+		var ooo *outOfOrder
+		if errors.As(err, &ooo) && ooo.got == ids[2] {
+			err = violated("%v; the cancelled request %d was answered ahead of the ones before it instead of in its turn", err, ids[2])
+		}
+		return "", err
+	}
+	last := results[2]
+	if !last.aborted {
+		return "cancelled third request: " + last.String() + " (the cancel came after it started)", s.ping()
+	}
+	return "cancelled third request, in its turn: " + last.String(), s.ping()
+}
+
+// malformed returns a check that sends the frame bad builds and expects the
+// worker to close the slot. If ping, a ping follows the bad frame, which a
+// worker that ignored the violation would answer.
+func malformed(bad func(t *target, s *slot) []byte, ping bool) func(t *target, w *worker) (string, error) {
+	return func(t *target, w *worker) (string, error) {
+		s := w.slots[0]
+		msg := bad(t, s)
+		if ping {
+			msg = append(msg, frame(kPing, idPayload(s.nextID()))...)
+		}
+		if err := s.write(msg); err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			return "", err
+		}
+		if err := s.expectClosed("the bad frame"); err != nil {
+			return "", err
+		}
+		how := "closed the slot"
+		if st, ok := w.waitExit(0); ok {
+			how += fmt.Sprintf(" (the process exited: %v)", st)
+		}
+		return how, nil
+	}
+}
+
+func checkSlotsClosed(t *target, w *worker) (string, error) {
+	for _, s := range w.slots {
+		s.nc.Close()
+	}
+	st, ok := w.waitExit(t.timeout)
+	if !ok {
+		return "", violated("still running %s after every slot was closed", t.timeout)
+	}
+	return st.String(), nil
+}
+
+func checkQuit(t *target, w *worker) (string, error) {
+	if err := w.slots[0].ping(); err != nil {
+		return "", err
+	}
+	st := w.stopGracefully(t.timeout)
+	if st == nil {
+		return "", fmt.Errorf("did not exit within %s", t.timeout)
+	}
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	switch {
+	case ok && ws.Signaled():
+		return "", violated("did not exit within 2 s of Control.Quit, so it was %v", ws.Signal())
+	case st.ExitCode() != 0:
+		return "", violated("exited with status %d after Control.Quit, want 0", st.ExitCode())
+	}
+	return st.String(), nil
+}

@@ -1,0 +1,194 @@
+package main
+
+// Flags that confine the workers (README, "Running untrusted handlers").
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/childproc/dispatcher/workers"
+	"github.com/childproc/dispatcher/workers/sandbox"
+	"github.com/sirupsen/logrus"
+)
+
+// Every worker starts through this binary in shim mode (sandbox.Main), which
+// confines itself and then executes the worker. It runs here, before main,
+// so that the shim does nothing else first; in shim mode it never returns.
+func init() { sandbox.Main() }
+
+// minNoFile is the fewest open files a worker gets on top of its slots:
+// stdio, the Go runtime's poller, go-plugin's socket and pipes.
+const minNoFile = 32
+
+type isolationFlags struct {
+	env          []string // KEY=VALUE, in order
+	passEnv      []string
+	user         string
+	memoryLimit  int64
+	pidsLimit    int64
+	cpuLimit     float64
+	nofile       uint64
+	sandbox      bool
+	allowNetwork bool
+	checksum     string
+}
+
+func (f *isolationFlags) register(fs *flag.FlagSet) {
+	fs.Func("env", "set `KEY=VALUE` in the workers' environment (repeatable)", func(s string) error {
+		k, _, ok := strings.Cut(s, "=")
+		if !ok {
+			return errors.New("want KEY=VALUE")
+		}
+		if err := workers.CheckEnvKey(k); err != nil {
+			return err
+		}
+		f.env = append(f.env, s)
+		return nil
+	})
+	fs.Func("pass-env", "pass the dispatcher's variable `KEY` to the workers (repeatable)", func(s string) error {
+		if err := workers.CheckEnvKey(s); err != nil {
+			return err
+		}
+		f.passEnv = append(f.passEnv, s)
+		return nil
+	})
+	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root)")
+	fs.Func("memory-limit", "memory cap of each worker and its descendants, e.g. 256M or 1G (`SIZE`; cgroup; default none)", func(s string) error {
+		n, err := parseSize(s)
+		if err != nil {
+			return err
+		}
+		f.memoryLimit = n
+		return nil
+	})
+	fs.Int64Var(&f.pidsLimit, "pids-limit", 0, "cap on the tasks (processes and threads) of each worker and its descendants (cgroup; 0: none)")
+	fs.Float64Var(&f.cpuLimit, "cpu-limit", 0, "CPU cap of each worker and its descendants, in `CPUS` (0.5: half a core; cgroup; 0: none)")
+	fs.Uint64Var(&f.nofile, "nofile", 0, "open files limit of each worker process (RLIMIT_NOFILE; 0: inherited)")
+	fs.BoolVar(&f.sandbox, "sandbox", false, "run each worker in its own PID, mount, IPC, UTS, cgroup and network namespaces with a private /tmp, a read-only file system, no capabilities and a seccomp filter (needs root)")
+	fs.BoolVar(&f.allowNetwork, "allow-network", false, "with --sandbox, keep the host's network")
+	fs.StringVar(&f.checksum, "checksum", "", "refuse to run a worker binary whose digest is not `sha256:HEX`")
+}
+
+// check validates the values that need no look at the machine.
+func (f *isolationFlags) check(concurrency int) error {
+	switch {
+	case f.pidsLimit < 0:
+		return usageErrorf("--pids-limit %d: must not be negative", f.pidsLimit)
+	case f.cpuLimit < 0 || math.IsNaN(f.cpuLimit) || math.IsInf(f.cpuLimit, 0) || f.cpuLimit > 4096:
+		return usageErrorf("--cpu-limit %v: must be a number of CPUs between 0 and 4096", f.cpuLimit)
+	case f.cpuLimit > 0 && f.cpuLimit < 0.01:
+		return usageErrorf("--cpu-limit %v: must be at least 0.01", f.cpuLimit)
+	case f.nofile > 0 && f.nofile < uint64(minNoFile+concurrency):
+		return usageErrorf("--nofile %d: must be at least %d (%d + --concurrency)", f.nofile, minNoFile+concurrency, minNoFile)
+	case f.allowNetwork && !f.sandbox:
+		return usageErrorf("--allow-network: only meaningful with --sandbox")
+	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
+		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
+	}
+	if f.checksum != "" {
+		if err := sandbox.ParseChecksum(f.checksum); err != nil {
+			return usageErrorf("--checksum %q: %v", f.checksum, err)
+		}
+	}
+	return nil
+}
+
+// parseSize reads a byte count with an optional binary suffix: 1048576,
+// 512K, 256M, 1G, 1.5G (also KiB, MB...; always powers of 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := 1.0
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
+			mult = math.Pow(1024, float64(i+1))
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 || math.IsInf(v, 0) || v*mult > math.MaxInt64/2 {
+		return 0, errors.New("want a positive size such as 268435456, 512K, 256M or 1G")
+	}
+	if n := int64(v * mult); n >= 1<<20 {
+		return n, nil
+	}
+	return 0, errors.New("must be at least 1M")
+}
+
+// isolation is what setup made: the workers' environment and sandbox.
+type isolation struct {
+	env     []string
+	sandbox workers.Sandbox
+	close   func()
+}
+
+// setup builds the workers' environment and sandbox. A combination the
+// machine cannot honour is a usage error naming the flag and what is
+// missing.
+func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, error) {
+	env := workers.MinimalEnv()
+	for _, k := range f.passEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			env = workers.SetEnv(env, k, v)
+		} else {
+			log.WithField("variable", k).Warn("--pass-env: the dispatcher has no such variable")
+		}
+	}
+	for _, kv := range f.env {
+		k, v, _ := strings.Cut(kv, "=")
+		env = workers.SetEnv(env, k, v)
+	}
+	sb, err := sandbox.New(path, sandbox.Options{
+		User:         f.user,
+		MemoryLimit:  f.memoryLimit,
+		PidsLimit:    f.pidsLimit,
+		CPULimit:     f.cpuLimit,
+		NoFile:       f.nofile,
+		Namespaces:   f.sandbox,
+		AllowNetwork: f.allowNetwork,
+		Checksum:     f.checksum,
+	})
+	if err != nil {
+		var ue *sandbox.UnsupportedError
+		var ce *sandbox.ChecksumError
+		switch {
+		case errors.As(err, &ue):
+			return nil, usageErrorf("%s: this machine cannot honour it: %s", flagOf(ue.Option), ue.Missing)
+		case errors.As(err, &ce):
+			return nil, usageErrorf("--checksum: %v", ce)
+		}
+		return nil, fmt.Errorf("workers' sandbox: %w", err)
+	}
+	for _, w := range sb.Warnings() {
+		log.Warn("workers' sandbox: " + w)
+	}
+	log.WithField("confinement", strings.Join(sb.Notes(), "; ")).Info("workers confined")
+	return &isolation{env: env, sandbox: sb, close: func() {
+		if err := sb.Close(); err != nil {
+			log.WithError(err).Warn("removing the workers' sandbox")
+		}
+	}}, nil
+}
+
+func flagOf(option string) string {
+	switch option {
+	case "User":
+		return "--user"
+	case "MemoryLimit":
+		return "--memory-limit"
+	case "PidsLimit":
+		return "--pids-limit"
+	case "CPULimit":
+		return "--cpu-limit"
+	case "NoFile":
+		return "--nofile"
+	case "Namespaces":
+		return "--sandbox"
+	}
+	return option
+}

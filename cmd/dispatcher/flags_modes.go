@@ -1,0 +1,79 @@
+package main
+
+// Flags of the serverless modes and of admission control (README,
+// "Modes").
+
+import (
+	"flag"
+	"runtime"
+	"time"
+
+	"github.com/childproc/dispatcher/workers"
+)
+
+type modeFlags struct {
+	mode         string
+	maxWorkers   int
+	idleTimeout  time.Duration
+	spares       int
+	queue        int
+	queueTimeout time.Duration
+
+	parsed workers.Mode
+}
+
+func (f *modeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.mode, "mode", "pool", "how workers run: pool (--pool-size kept running), ondemand (started by load, stopped when idle) or oneshot (a fresh worker per request)")
+	fs.IntVar(&f.maxWorkers, "max-workers", runtime.NumCPU(), "ondemand and oneshot: most workers running at once")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", workers.DefaultIdleTimeout, "ondemand: stop a worker idle for this long")
+	fs.IntVar(&f.spares, "spares", runtime.NumCPU(), "oneshot: started, unused workers kept ready (within --max-workers; 0: none)")
+	fs.IntVar(&f.queue, "queue", 0, "most requests waiting for a worker; more get 503 (0: 100 per worker)")
+	fs.DurationVar(&f.queueTimeout, "queue-timeout", workers.DefaultQueueTimeout, "longest wait for a worker; past it: 503")
+}
+
+// check validates the flags; errors name the flag. concurrency and pipeline
+// are the values of --concurrency and --pipeline, and set tells which flags
+// were given.
+func (f *modeFlags) check(concurrency, pipeline int, set map[string]bool) error {
+	m, err := workers.ParseMode(f.mode)
+	if err != nil {
+		return usageErrorf("--mode %q: must be pool, ondemand or oneshot", f.mode)
+	}
+	f.parsed = m
+	switch {
+	case f.maxWorkers < 1:
+		return usageErrorf("--max-workers %d: must be at least 1", f.maxWorkers)
+	case f.idleTimeout <= 0:
+		return usageErrorf("--idle-timeout %s: must be positive", f.idleTimeout)
+	case f.spares < 0:
+		return usageErrorf("--spares %d: must not be negative", f.spares)
+	case f.queue < 0:
+		return usageErrorf("--queue %d: must not be negative", f.queue)
+	case f.queueTimeout <= 0:
+		return usageErrorf("--queue-timeout %s: must be positive", f.queueTimeout)
+	case m == workers.ModeOneShot && concurrency > 1:
+		return usageErrorf("--concurrency %d: a oneshot worker serves one request", concurrency)
+	case m == workers.ModeOneShot && set["pipeline"] && pipeline > 1:
+		return usageErrorf("--pipeline %d: a oneshot worker serves one request", pipeline)
+	case m != workers.ModePool && set["pool-size"]:
+		return usageErrorf("--pool-size: only for --mode pool (use --max-workers)")
+	}
+	return nil
+}
+
+// apply sets the mode fields of cfg.
+func (f *modeFlags) apply(cfg workers.Config) workers.Config {
+	cfg.Mode = f.parsed
+	cfg.MaxWorkers = f.maxWorkers
+	cfg.IdleTimeout = f.idleTimeout
+	cfg.Spares = f.spares
+	if f.spares == 0 {
+		cfg.Spares = -1 // workers.Config: zero means the default
+	}
+	cfg.Queue = f.queue
+	cfg.QueueTimeout = f.queueTimeout
+	if cfg.Mode == workers.ModeOneShot {
+		cfg.Pipeline = 1
+	}
+	return cfg
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestModeUsageErrors(t *testing.T) {
+	t.Parallel()
+	hello := bin(t, "hello")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown mode", []string{"--mode", "lambda"}, `--mode "lambda": must be pool, ondemand or oneshot`},
+		{"oneshot concurrency", []string{"--mode", "oneshot", "--concurrency", "2"}, "--concurrency 2: a oneshot worker serves one request"},
+		{"oneshot pipeline", []string{"--mode", "oneshot", "--pipeline", "4"}, "--pipeline 4: a oneshot worker serves one request"},
+		{"pool size outside pool mode", []string{"--mode", "ondemand", "--pool-size", "3"}, "--pool-size: only for --mode pool"},
+		{"max workers", []string{"--mode", "ondemand", "--max-workers", "0"}, "--max-workers 0: must be at least 1"},
+		{"idle timeout", []string{"--idle-timeout", "0s"}, "--idle-timeout 0s: must be positive"},
+		{"spares", []string{"--spares", "-1"}, "--spares -1: must not be negative"},
+		{"queue", []string{"--queue", "-5"}, "--queue -5: must not be negative"},
+		{"queue timeout", []string{"--queue-timeout", "-1s"}, "--queue-timeout -1s: must be positive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stderr, _ := run(t, append([]string{"--workers", hello}, tc.args...)...)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// ondemand through the CLI: no worker at start, one after the first
+// request.
+func TestOnDemandMode(t *testing.T) {
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--mode", "ondemand", "--max-workers", "2")
+	if len(d.workers) != 0 || len(processesOf(bin(t, "hello"))) != 0 {
+		t.Fatalf("workers %v at start in ondemand mode", d.workers)
+	}
+	resp, body := d.get("/")
+	if resp.StatusCode != 200 || body != "hello world\n" {
+		t.Fatalf("cold request: %d %q", resp.StatusCode, body)
+	}
+}
+
+// oneshot through the CLI: a global counter reads 1 on every request, each
+// from its own process.
+func TestOneShotMode(t *testing.T) {
+	d := startDispatcher(t, "--workers", bin(t, "counter"), "--mode", "oneshot", "--spares", "1", "--max-workers", "3")
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := d.get("/")
+			mu.Lock()
+			defer mu.Unlock()
+			var n, pid int
+			if _, err := fmt.Sscanf(body, "%d %d", &n, &pid); err != nil || resp.StatusCode != 200 || n != 1 || seen[body] {
+				t.Errorf("%d %q (seen before: %v)", resp.StatusCode, body, seen[body])
+			}
+			seen[body] = true
+		}()
+	}
+	wg.Wait()
+}
+
+// A full queue answers 503 with Retry-After at once.
+func TestQueueOverflowIs503(t *testing.T) {
+	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1", "--pipeline", "1", "--queue", "1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	send := func() (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, d.url+"/ctx", nil)
+		resp, err := d.client.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	go send()
+	d.waitLog("hang: waiting for cancellation")
+	// Of two more, one waits in the queue and the other is refused at once.
+	refused := make(chan *http.Response, 2)
+	for range 2 {
+		go func() {
+			if resp, err := send(); err == nil {
+				refused <- resp
+			}
+		}()
+	}
+	select {
+	case resp := <-refused:
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request refused with the queue full")
+	}
+	d.waitLog("overloaded: refusing requests")
+}

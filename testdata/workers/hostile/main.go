@@ -1,0 +1,403 @@
+// Command hostile is an untrusted handler that tries to break out: each path
+// is one attack, answered with a plain-text report of what it achieved, so
+// that tests can assert that the sandbox contained it.
+//
+//	/whoami             identity, namespaces and limits as the worker sees them (key=value lines)
+//	/snoop?name=K       looks for variable K in its own environment and in every /proc/*/environ
+//	/read?path=P        reads a file
+//	/write?path=P       creates a file
+//	/escape?token=T     starts a setsid child and a double-forked grandchild ("escapee T") and answers
+//	/alloc?mb=N         allocates and touches N MiB, 1 MiB at a time
+//	/forkbomb?token=T   starts "sleep 3600.T" processes until fork fails (at most 300)
+//	/fds                opens files until it cannot
+//	/spin?ms=N&threads=K  spins K threads for N ms and reports the CPU time it got
+//	/ptrace?pid=P       PTRACE_SEIZE on P (default: its parent)
+//	/signal?pid=P       kill(P, 0) on P (default: its parent)
+//	/syscalls           tries mount, chroot, unshare, keyctl, bpf, init_module, perf_event_open, io_uring_setup
+//	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
+//	/dial?addr=A        opens a TCP connection to A
+//	/exit               exits with status 3
+//	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
+//
+// Started as "hostile escapee T" it sleeps forever (reporting its pid on
+// fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/childproc/dispatcher/sdk"
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if len(os.Args) > 2 {
+		switch os.Args[1] {
+		case "escapee":
+			if f := os.NewFile(3, "report"); f != nil {
+				fmt.Fprintf(f, "escapee %d\n", os.Getpid())
+				f.Close()
+			}
+			for {
+				time.Sleep(time.Hour)
+			}
+		case "fork1":
+			cmd := escapee(os.Args[2], os.NewFile(3, "report"))
+			if err := cmd.Start(); err != nil {
+				fmt.Fprintln(os.Stderr, "fork1:", err)
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/whoami", whoami)
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) { os.Exit(3) })
+	mux.HandleFunc("/junk", junk)
+	mux.HandleFunc("/snoop", snoop)
+	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile(r.URL.Query().Get("path"))
+		if err != nil {
+			fmt.Fprintf(w, "read: error: %v\n", err)
+			return
+		}
+		fmt.Fprintf(w, "read: ok %d bytes\n%s", len(b), b)
+	})
+	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
+		err := os.WriteFile(r.URL.Query().Get("path"), []byte("pwned\n"), 0o644)
+		fmt.Fprintf(w, "write: %s\n", result(err))
+	})
+	mux.HandleFunc("/escape", escape)
+	mux.HandleFunc("/alloc", alloc)
+	mux.HandleFunc("/forkbomb", forkbomb)
+	mux.HandleFunc("/fds", fds)
+	mux.HandleFunc("/spin", spin)
+	mux.HandleFunc("/ptrace", ptrace)
+	mux.HandleFunc("/signal", func(w http.ResponseWriter, r *http.Request) {
+		pid := targetPID(r)
+		fmt.Fprintf(w, "signal %d: %s\n", pid, result(syscall.Kill(pid, 0)))
+	})
+	mux.HandleFunc("/syscalls", syscalls)
+	mux.HandleFunc("/connect", connect)
+	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		fmt.Fprintf(w, "dial: %s\n", result(err))
+	})
+	sdk.Serve(mux)
+}
+
+// result is "ok" or "error: ..." for a report line.
+func result(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "error: " + err.Error()
+}
+
+func targetPID(r *http.Request) int {
+	if pid, err := strconv.Atoi(r.URL.Query().Get("pid")); err == nil {
+		return pid
+	}
+	return os.Getppid()
+}
+
+func whoami(w http.ResponseWriter, r *http.Request) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "pid=%d\nppid=%d\nuid=%d\ngid=%d\nhostname=%s\n", os.Getpid(), os.Getppid(), os.Getuid(), os.Getgid(), host)
+	if st, err := os.ReadFile("/proc/self/status"); err == nil {
+		for line := range strings.SplitSeq(string(st), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			switch k {
+			case "NoNewPrivs", "Seccomp", "CapEff", "CapBnd", "Groups":
+				fmt.Fprintf(w, "%s=%s\n", strings.ToLower(k), strings.TrimSpace(v))
+			}
+		}
+	}
+	var lim unix.Rlimit
+	_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+	fmt.Fprintf(w, "nofile=%d\n", lim.Cur)
+	if cg, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		fmt.Fprintf(w, "cgroup=%s\n", strings.Join(strings.Fields(string(cg)), " "))
+	}
+	for _, ns := range []string{"pid", "mnt", "net", "ipc", "uts"} {
+		l, _ := os.Readlink("/proc/self/ns/" + ns)
+		fmt.Fprintf(w, "ns_%s=%s\n", ns, l)
+	}
+	for _, kv := range os.Environ() {
+		fmt.Fprintf(w, "env %s\n", kv)
+	}
+}
+
+// snoop looks for a variable everywhere a handler could read one.
+func snoop(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("name")
+	if v, ok := os.LookupEnv(name); ok {
+		fmt.Fprintf(w, "found in own environment: %s\n", v)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	readable := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		readable++
+		for kv := range strings.SplitSeq(string(b), "\x00") {
+			if v, ok := strings.CutPrefix(kv, name+"="); ok {
+				fmt.Fprintf(w, "found in %s: %s\n", p, v)
+			}
+		}
+	}
+	fmt.Fprintf(w, "snoop: read %d of %d environments\n", readable, len(procs))
+}
+
+func escapee(token string, report *os.File) *exec.Cmd {
+	cmd := exec.Command("/proc/self/exe", "escapee", token)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Stderr = os.Stderr // holding the worker's stderr open, as a nasty escapee would
+	if report != nil {
+		cmd.ExtraFiles = []*os.File{report}
+	}
+	return cmd
+}
+
+// escape leaves two processes behind that are out of its process group:
+// one started with setsid, one double-forked (its parent exits at once).
+func escape(w http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("token")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		http.Error(w, err.Error(), 500)
+		return
+	}
+	defer pr.Close()
+	direct := escapee(token, pw)
+	double := exec.Command("/proc/self/exe", "fork1", token)
+	double.ExtraFiles = []*os.File{pw}
+	errs := []error{direct.Start(), double.Run()}
+	pw.Close()
+	if err := errors.Join(errs...); err != nil {
+		http.Error(w, "escape: "+err.Error(), 500)
+		return
+	}
+	go direct.Wait()
+	// Each escapee reports its pid and closes its end: EOF once both have.
+	sc := bufio.NewScanner(pr)
+	n := 0
+	for sc.Scan() {
+		fmt.Fprintln(w, sc.Text())
+		n++
+	}
+	fmt.Fprintf(w, "escape: %d escapees running\n", n)
+}
+
+func alloc(w http.ResponseWriter, r *http.Request) {
+	mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+	var keep [][]byte
+	for range mb {
+		b := make([]byte, 1<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		keep = append(keep, b)
+	}
+	fmt.Fprintf(w, "alloc: survived %d MiB\n", len(keep))
+}
+
+func forkbomb(w http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("token")
+	started := 0
+	var err error
+	for started < 300 {
+		cmd := exec.Command("sleep", "3600."+token)
+		if err = cmd.Start(); err != nil {
+			break
+		}
+		go cmd.Wait()
+		started++
+	}
+	fmt.Fprintf(w, "forkbomb: started %d: %s\n", started, result(err))
+}
+
+func fds(w http.ResponseWriter, r *http.Request) {
+	var open []int
+	var err error
+	for len(open) < 1<<20 {
+		var fd int
+		if fd, err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			break
+		}
+		open = append(open, fd)
+	}
+	for _, fd := range open {
+		unix.Close(fd)
+	}
+	fmt.Fprintf(w, "fds: opened %d: %s\n", len(open), result(err))
+}
+
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func spin(w http.ResponseWriter, r *http.Request) {
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	threads, _ := strconv.Atoi(r.URL.Query().Get("threads"))
+	threads = max(threads, 1)
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), threads))
+	c0, t0 := cpuTime(), time.Now()
+	deadline := t0.Add(time.Duration(ms) * time.Millisecond)
+	var wg sync.WaitGroup
+	for range threads {
+		wg.Go(func() {
+			x := 0
+			for time.Now().Before(deadline) {
+				for i := range 10000 {
+					x += i
+				}
+			}
+			_ = x
+		})
+	}
+	wg.Wait()
+	fmt.Fprintf(w, "spin: cpu_ms=%d wall_ms=%d\n", (cpuTime() - c0).Milliseconds(), time.Since(t0).Milliseconds())
+}
+
+// ptrace seizes the target from a thread that then exits, which detaches
+// it: a successful attack leaves the target running.
+func ptrace(w http.ResponseWriter, r *http.Request) {
+	pid := targetPID(r)
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(pid), 0, 0, 0, 0)
+		if e != 0 {
+			done <- e
+			return
+		}
+		done <- nil
+	}()
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+}
+
+// syscalls tries calls the sandbox denies, with arguments that do no harm
+// when they are allowed (they fail for another reason, or do nothing).
+func syscalls(w http.ResponseWriter, r *http.Request) {
+	empty, _ := unix.BytePtrFromString("")
+	try := func(name string, f func() error) {
+		fmt.Fprintf(w, "%s: %s\n", name, result(f()))
+	}
+	raw := func(nr uintptr, a ...uintptr) func() error {
+		return func() error {
+			var args [6]uintptr
+			copy(args[:], a)
+			_, _, e := unix.Syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5])
+			if e != 0 {
+				return e
+			}
+			return nil
+		}
+	}
+	try("mount", func() error { return unix.Mount("none", "/nonexistent-hostile", "tmpfs", 0, "") })
+	try("chroot", func() error { return unix.Chroot("/") })
+	try("unshare", func() error { return unix.Unshare(unix.CLONE_NEWUSER) })
+	try("keyctl", raw(unix.SYS_KEYCTL, unix.KEYCTL_GET_KEYRING_ID, uintptr(0xfffffffd) /* session keyring */, 0))
+	try("bpf", raw(unix.SYS_BPF, 9999, 0, 0))
+	try("init_module", raw(unix.SYS_INIT_MODULE, 0, 0, uintptr(unsafe.Pointer(empty))))
+	try("perf_event_open", raw(unix.SYS_PERF_EVENT_OPEN, 0, 0, ^uintptr(0), ^uintptr(0), 0))
+	try("io_uring_setup", raw(unix.SYS_IO_URING_SETUP, 0, 0))
+}
+
+// connect tries every unix socket it can find that is not its own.
+func connect(w http.ResponseWriter, r *http.Request) {
+	var paths []string
+	if dir := r.URL.Query().Get("dir"); dir != "" {
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				fmt.Fprintf(w, "walk %s: error: %v\n", p, err)
+				return nil
+			}
+			if d.Type()&os.ModeSocket != 0 {
+				paths = append(paths, p)
+			}
+			return nil
+		})
+		if err != nil {
+			fmt.Fprintf(w, "walk: error: %v\n", err)
+		}
+	}
+	if b, err := os.ReadFile("/proc/net/unix"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 8 && strings.Contains(f[7], "plugin") {
+				paths = append(paths, f[7])
+			}
+		}
+	}
+	own := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	connected := 0
+	for _, p := range paths {
+		if own != "" && strings.HasPrefix(p, own+"/") {
+			continue
+		}
+		c, err := net.DialTimeout("unix", p, time.Second)
+		if err == nil {
+			c.Close()
+			connected++
+		}
+		fmt.Fprintf(w, "connect %s: %s\n", p, result(err))
+	}
+	fmt.Fprintf(w, "connect: %d sockets tried, %d connected\n", len(paths), connected)
+}
+
+// junk writes on the slot connection itself, behind the sdk's back: the
+// socketpair among its descriptors is the unnamed, connected stream socket.
+func junk(w http.ResponseWriter, r *http.Request) {
+	msg := []byte("this is not a frame, this is junk\n")
+	if r.URL.Query().Get("giant") != "" {
+		msg = []byte{0x7f, 0xff, 0xff, 0xff, 0x81, 0xa1}
+	}
+	entries, _ := os.ReadDir("/proc/self/fd")
+	wrote := 0
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != "" && ua.Name != "@" { // unnamed
+			continue
+		}
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+			continue
+		}
+		if _, err := unix.Getpeername(fd); err != nil {
+			continue
+		}
+		if _, err := unix.Write(fd, msg); err == nil {
+			wrote++
+		}
+	}
+	fmt.Fprintf(w, "junk: wrote on %d connections\n", wrote)
+}

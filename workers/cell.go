@@ -1,0 +1,34 @@
+package workers
+
+import (
+	"errors"
+	"os/exec"
+)
+
+// ErrOutOfMemory marks the error of a request whose worker was killed for
+// going over its memory limit (an *ExitError wraps it).
+var ErrOutOfMemory = errors.New("out of memory: the worker went over its memory limit and was killed")
+
+// Sandbox confines worker processes: identity, limits, namespaces, and the
+// guarantee that whatever a worker starts dies with it. Package
+// workers/sandbox implements it.
+type Sandbox interface {
+	// Prepare adjusts the command of a worker about to start (it may
+	// replace Path and Args with a wrapper that confines the process and
+	// then runs the worker) and returns the worker's Cell. socketDir is the
+	// pool's directory in which each worker gets its private control
+	// socket directory. An error fails that start.
+	Prepare(cmd *exec.Cmd, socketDir string) (Cell, error)
+}
+
+// Cell is the confinement of one worker process.
+type Cell interface {
+	// Release kills every process left in the cell, including those that
+	// left the worker's process group (setsid, double fork), and removes
+	// the cell. The pool calls it once the worker has exited (or failed to
+	// start); later calls return the first result.
+	Release() error
+	// OutOfMemory reports whether the cell's memory limit killed one of its
+	// processes. It stays valid after Release.
+	OutOfMemory() bool
+}

@@ -1,0 +1,684 @@
+// Package sandbox confines worker processes: it implements workers.Sandbox.
+//
+// Every worker of a Sandbox starts through a shim: the executable that
+// started the dispatcher (/proc/self/exe), run again in a mode that confines
+// itself and then executes the worker, so that no untrusted instruction runs
+// before the confinement is complete. Programs that use a Sandbox must call
+// Main first thing in main (and in TestMain).
+//
+// What every worker gets, whatever the Options:
+//   - no_new_privs: neither it nor its descendants gain privileges through
+//     set-user-ID binaries or file capabilities;
+//   - a cell: a cgroup of its own (v2, or v1 where that is all the machine
+//     has), so that when the worker exits, is recycled or is killed, every
+//     process it started dies with it, even one that left its process group
+//     with setsid or a double fork. On a machine without a writable cgroup
+//     hierarchy, New says so in Warnings and workers fall back to their
+//     process group.
+//
+// The Options add an identity (User), limits (memory, processes, CPU, open
+// files), namespaces with a private /tmp, a read-only file system and a
+// seccomp filter (Namespaces), and a checksum of the worker binary. New
+// refuses options the machine cannot honour with an *UnsupportedError
+// naming what is missing; it never runs a worker less confined than asked.
+//
+// The sandbox does not own the worker's environment (workers.Config.Env) or
+// its control socket (package ipc unlinks it once connected, so no other
+// process can connect to it).
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/childproc/dispatcher/workers"
+	"golang.org/x/sys/unix"
+)
+
+// Options says how to confine workers. The zero value confines with what
+// every worker gets (see the package documentation).
+type Options struct {
+	// User is the identity workers run as: "USER[:GROUP]", names or
+	// numbers. Without GROUP, the user's primary group; supplementary
+	// groups are dropped. Requires running as root. If empty, the
+	// dispatcher's identity.
+	User string
+	// MemoryLimit caps the memory (bytes, page cache and kernel memory
+	// included, no swap) of each worker and everything it starts; past it
+	// the kernel kills a process of the cell (the pool logs "out of
+	// memory"). If zero, no limit.
+	MemoryLimit int64
+	// PidsLimit caps the number of tasks (processes and threads: a Go
+	// worker needs about ten) in each worker's cell. If zero, no limit.
+	PidsLimit int64
+	// CPULimit caps each cell's CPU time, in cores (0.5 is half of one
+	// core). If zero, no limit.
+	CPULimit float64
+	// NoFile is each worker process's limit on open files (RLIMIT_NOFILE,
+	// soft and hard). If zero, inherited.
+	NoFile uint64
+	// Namespaces runs each worker in new PID, mount, IPC, UTS, cgroup and
+	// network namespaces, with a private /tmp, the rest of the file system
+	// read-only, a fresh /proc, no capabilities, and a seccomp filter
+	// denying ptrace, mount, module, keyring, bpf and similar system calls.
+	// The worker cannot see or signal the dispatcher or other workers.
+	// Requires root.
+	Namespaces bool
+	// AllowNetwork keeps the host's network namespace when Namespaces is
+	// set. If false, a sandboxed worker has only its own loopback device.
+	AllowNetwork bool
+	// Checksum is the expected digest of the worker binary, "sha256:HEX".
+	// New refuses a binary that differs, and each worker start hashes the
+	// very file it then executes. If empty, no check.
+	Checksum string
+	// Shim is the executable that runs Main in shim mode. If empty,
+	// /proc/self/exe (this program, which must call Main).
+	Shim string
+}
+
+// UnsupportedError reports an option that this machine (or the dispatcher's
+// privileges) cannot honour.
+type UnsupportedError struct {
+	Option  string // the Options field: "MemoryLimit", "Namespaces", ...
+	Missing string // what is missing
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("sandbox: %s cannot be honoured here: %s", e.Option, e.Missing)
+}
+
+// ChecksumError reports a worker binary whose digest is not the expected
+// one.
+type ChecksumError struct {
+	Path      string
+	Want, Got string // "sha256:HEX"
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("worker binary %s has checksum %s, not the expected %s: refusing to run it", e.Path, e.Got, e.Want)
+}
+
+// Sandbox confines the workers of one binary. It implements
+// workers.Sandbox.
+type Sandbox struct {
+	path     string
+	opts     Options
+	shim     string
+	cred     *syscall.Credential
+	checksum string // hex, or empty
+	groups   []group
+	memory   *group // where the memory limit is set (for OOM detection)
+	canKill  bool   // some group kills escapees
+	seq      atomic.Int64
+	notes    []string
+	warnings []string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ workers.Sandbox = (*Sandbox)(nil)
+
+// New checks that the machine can honour opts for the worker binary at
+// path, creates the sandbox's cgroups, and runs the shim once to prove the
+// confinement works. Close removes what it made.
+func New(path string, opts Options) (*Sandbox, error) {
+	s := &Sandbox{path: path, opts: opts, shim: opts.Shim}
+	if s.shim == "" {
+		s.shim = "/proc/self/exe"
+	}
+	if err := s.checkOptions(); err != nil {
+		return nil, err
+	}
+	if err := s.verifyChecksum(); err != nil {
+		return nil, err
+	}
+	if err := s.makeCgroups(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.trial(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Sandbox) checkOptions() error {
+	o := s.opts
+	root := os.Geteuid() == 0
+	switch {
+	case o.MemoryLimit < 0, o.PidsLimit < 0, o.CPULimit < 0, math.IsNaN(o.CPULimit), math.IsInf(o.CPULimit, 0):
+		return errors.New("sandbox: limits must not be negative")
+	case o.AllowNetwork && !o.Namespaces:
+		return errors.New("sandbox: AllowNetwork only makes sense with Namespaces")
+	}
+	s.notes = append(s.notes, "no_new_privs")
+	if o.User != "" {
+		cred, err := lookupUser(o.User)
+		if err != nil {
+			return err
+		}
+		if !root && (int(cred.Uid) != os.Geteuid() || int(cred.Gid) != os.Getegid()) {
+			return &UnsupportedError{"User", "switching to another user needs the dispatcher to run as root"}
+		}
+		s.cred = cred
+		s.notes = append(s.notes, fmt.Sprintf("user %d:%d", cred.Uid, cred.Gid))
+	}
+	if o.NoFile > 0 {
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && o.NoFile > lim.Max && !root {
+			return &UnsupportedError{"NoFile", fmt.Sprintf("%d is above the dispatcher's own hard limit %d, which only root may raise", o.NoFile, lim.Max)}
+		}
+		s.notes = append(s.notes, fmt.Sprintf("nofile %d", o.NoFile))
+	}
+	if o.Namespaces {
+		if !root {
+			return &UnsupportedError{"Namespaces", "creating namespaces and mounts needs the dispatcher to run as root"}
+		}
+		for _, ns := range []string{"pid", "mnt", "ipc", "uts", "net", "cgroup"} {
+			if !fileExists("/proc/self/ns/" + ns) {
+				return &UnsupportedError{"Namespaces", "the kernel has no " + ns + " namespaces (/proc/self/ns/" + ns + ")"}
+			}
+		}
+		if auditArch == 0 {
+			return &UnsupportedError{"Namespaces", "no seccomp filter for GOARCH " + runtime.GOARCH}
+		}
+		if err := unix.MountSetattr(-1, "", 0, &unix.MountAttr{}); errors.Is(err, unix.ENOSYS) {
+			return &UnsupportedError{"Namespaces", "the kernel lacks mount_setattr (Linux 5.12) for the read-only file system"}
+		}
+		s.notes = append(s.notes, "namespaces pid,mount,ipc,uts,cgroup"+map[bool]string{false: ",net", true: " (host network)"}[o.AllowNetwork],
+			"private /tmp, read-only file system", "seccomp filter", "no capabilities")
+	}
+	if o.Checksum != "" {
+		if err := ParseChecksum(o.Checksum); err != nil {
+			return fmt.Errorf("sandbox: checksum %q: %w", o.Checksum, err)
+		}
+		s.checksum = strings.ToLower(strings.TrimPrefix(o.Checksum, "sha256:"))
+		s.notes = append(s.notes, "checksum sha256:"+s.checksum[:12]+"…")
+	}
+	return nil
+}
+
+// ParseChecksum checks the syntax of a "sha256:HEX" checksum.
+func ParseChecksum(s string) error {
+	hexSum, ok := strings.CutPrefix(s, "sha256:")
+	if b, err := hex.DecodeString(hexSum); !ok || err != nil || len(b) != sha256.Size {
+		return errors.New("want sha256: followed by 64 hex digits")
+	}
+	return nil
+}
+
+func (s *Sandbox) verifyChecksum() error {
+	if s.checksum == "" {
+		return nil
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return fmt.Errorf("sandbox: checksum: %w", err)
+	}
+	defer f.Close()
+	got, err := fileSHA256(f)
+	if err != nil {
+		return fmt.Errorf("sandbox: checksum of %s: %w", s.path, err)
+	}
+	if got != s.checksum {
+		return &ChecksumError{Path: s.path, Want: "sha256:" + s.checksum, Got: "sha256:" + got}
+	}
+	return nil
+}
+
+func fileSHA256(r io.Reader) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// lookupUser resolves "USER[:GROUP]".
+func lookupUser(spec string) (*syscall.Credential, error) {
+	name, grp, hasGroup := strings.Cut(spec, ":")
+	if name == "" || hasGroup && grp == "" {
+		return nil, fmt.Errorf("sandbox: user %q: want USER[:GROUP]", spec)
+	}
+	var uid, gid uint64
+	var err error
+	if uid, err = strconv.ParseUint(name, 10, 32); err != nil {
+		u, lerr := user.Lookup(name)
+		if lerr != nil {
+			return nil, &UnsupportedError{"User", lerr.Error()}
+		}
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	} else if u, lerr := user.LookupId(name); lerr == nil {
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	} else if !hasGroup {
+		return nil, &UnsupportedError{"User", fmt.Sprintf("user %s has no entry in the user database: give the group too (UID:GID)", name)}
+	}
+	if hasGroup {
+		if gid, err = strconv.ParseUint(grp, 10, 32); err != nil {
+			g, lerr := user.LookupGroup(grp)
+			if lerr != nil {
+				return nil, &UnsupportedError{"User", lerr.Error()}
+			}
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// makeCgroups creates the sandbox's cgroup in each hierarchy it needs,
+// and decides where each limit is set.
+func (s *Sandbox) makeCgroups() error {
+	m, err := probeCgroups()
+	if err != nil {
+		m = &cgroupMachine{v1: map[string]*hierarchy{}}
+	}
+	name := fmt.Sprintf("%s%d-%08x", poolPrefix, os.Getpid(), rand.Uint32())
+	made := map[*hierarchy]*group{}
+	failed := map[*hierarchy]string{}
+	var why []string // why hierarchies could not be used
+	mk := func(h *hierarchy) *group {
+		if g, ok := made[h]; ok {
+			return g
+		}
+		sweep(h)
+		dir := filepath.Join(h.base, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			failed[h] = fmt.Sprintf("cannot create a cgroup in %s (%v)", h.base, err)
+			why = append(why, failed[h])
+			made[h] = nil
+			return nil
+		}
+		g := &group{h: h, dir: dir}
+		s.groups = append(s.groups, *g)
+		made[h] = g
+		return g
+	}
+	var v2 *group
+	if m.v2 != nil {
+		v2 = mk(m.v2)
+		if v2 != nil && fileExists(filepath.Join(v2.dir, "cgroup.kill")) {
+			s.canKill = true
+		}
+	} else {
+		why = append(why, "no cgroup v2 hierarchy is mounted")
+	}
+	limits := []struct {
+		option, ctrl string
+		on           bool
+	}{
+		{"MemoryLimit", "memory", s.opts.MemoryLimit > 0},
+		{"PidsLimit", "pids", s.opts.PidsLimit > 0},
+		{"CPULimit", "cpu", s.opts.CPULimit > 0},
+	}
+	for _, l := range limits {
+		if !l.on {
+			continue
+		}
+		var reasons []string
+		var where *group
+		if v2 != nil && m.v2.has(l.ctrl) {
+			if err := enableController(m.v2.base, v2.dir, l.ctrl); err != nil {
+				reasons = append(reasons, err.Error())
+			} else {
+				where = v2
+			}
+		} else if m.v2 != nil {
+			reasons = append(reasons, fmt.Sprintf("cgroup v2 does not offer it in %s", m.v2.base))
+		} else {
+			reasons = append(reasons, "no cgroup v2 hierarchy is mounted")
+		}
+		if where == nil {
+			if h := m.v1[l.ctrl]; h != nil {
+				if where = mk(h); where == nil {
+					reasons = append(reasons, failed[h])
+				}
+			} else {
+				reasons = append(reasons, "no cgroup v1 hierarchy has it")
+			}
+		}
+		if where == nil {
+			return &UnsupportedError{l.option, fmt.Sprintf("it needs the %s cgroup controller: %s", l.ctrl, strings.Join(reasons, "; "))}
+		}
+		s.notes = append(s.notes, fmt.Sprintf("%s limit in %s", l.ctrl, where.h))
+		if l.ctrl == "memory" {
+			s.memory = where
+		}
+	}
+	if !s.canKill {
+		// Without cgroup.kill, a v1 hierarchy holds the cell: the freezer's
+		// if there is one, else any controller the limits already use.
+		if h := m.v1["freezer"]; h != nil {
+			mk(h)
+		}
+		for _, g := range s.groups {
+			if !g.h.v2 {
+				s.canKill = true
+			}
+		}
+		if !s.canKill {
+			for _, c := range []string{"pids", "memory", "cpu"} {
+				if h := m.v1[c]; h != nil && mk(h) != nil {
+					s.canKill = true
+					break
+				}
+			}
+		}
+	}
+	if s.canKill {
+		var where []string
+		for _, g := range s.groups {
+			where = append(where, g.h.String())
+		}
+		s.notes = append(s.notes, "cell cgroups in "+strings.Join(where, " and "))
+	} else {
+		s.warnings = append(s.warnings, "no cgroup can hold the workers ("+strings.Join(why, "; ")+
+			"): a process a worker detaches with setsid or a double fork may outlive it")
+	}
+	return nil
+}
+
+// enableController makes ctrl available to the children of pool (a cgroup
+// v2 directory below base).
+func enableController(base, pool, ctrl string) error {
+	has := func(dir string) bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
+		return strings.Contains(" "+string(bytes.TrimSpace(b))+" ", " "+ctrl+" ")
+	}
+	if !has(base) {
+		if err := os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
+			return fmt.Errorf("cgroup v2 cannot delegate it below %s, which also holds processes (run the dispatcher in a cgroup of its own, e.g. a systemd service with Delegate=yes): %v", base, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(pool, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
+		return fmt.Errorf("cgroup v2: enable it in %s: %v", pool, err)
+	}
+	return nil
+}
+
+// Dirs returns the sandbox's cgroup directories, one per hierarchy it uses.
+func (s *Sandbox) Dirs() []string {
+	var d []string
+	for _, g := range s.groups {
+		d = append(d, g.dir)
+	}
+	return d
+}
+
+// Notes describes the confinement, for the startup log.
+func (s *Sandbox) Notes() []string { return s.notes }
+
+// Warnings lists what the machine lacks for the default confinement.
+func (s *Sandbox) Warnings() []string { return s.warnings }
+
+// Close removes the sandbox's cgroups, killing anything left in them. Call
+// it after the pool using the sandbox is closed. Later calls return the
+// first result.
+func (s *Sandbox) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		for _, g := range s.groups {
+			errs = append(errs, g.remove(5*time.Second))
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// Cell is one worker's confinement: its cgroups. It implements
+// workers.Cell.
+type Cell struct {
+	groups []group
+	memory *group
+
+	once    sync.Once
+	err     error
+	oom     atomic.Bool
+	removed atomic.Bool
+}
+
+var _ workers.Cell = (*Cell)(nil)
+
+// Prepare implements workers.Sandbox: it makes the worker's cell and turns
+// cmd into a command that starts the shim, which confines itself and runs
+// the original command.
+func (s *Sandbox) Prepare(cmd *exec.Cmd, socketDir string) (workers.Cell, error) {
+	return s.prepare(cmd, socketDir, false)
+}
+
+func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, error) {
+	name := "w" + strconv.FormatInt(s.seq.Add(1), 10)
+	if trial {
+		name = "trial"
+	}
+	c := &Cell{}
+	sp := &spec{
+		Path: cmd.Path, Args: cmd.Args, NoFile: s.opts.NoFile,
+		Namespaces: s.opts.Namespaces, Network: s.opts.AllowNetwork || !s.opts.Namespaces,
+		Checksum: s.checksum, PoolDir: socketDir, Trial: trial,
+	}
+	if s.cred != nil {
+		sp.User, sp.UID, sp.GID = true, s.cred.Uid, s.cred.Gid
+		if socketDir != "" {
+			// The worker must reach its own socket directory (go-plugin
+			// makes it 0700 and the shim gives it to the worker); it still
+			// cannot list the others.
+			if err := os.Chmod(socketDir, 0o711); err != nil {
+				return nil, err
+			}
+			if err := searchable(filepath.Dir(socketDir), s.cred.Uid, s.cred.Gid); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, pg := range s.groups {
+		g := group{h: pg.h, dir: filepath.Join(pg.dir, name)}
+		if err := os.Mkdir(g.dir, 0o755); err != nil {
+			c.Release()
+			return nil, fmt.Errorf("cgroup: %w", err)
+		}
+		c.groups = append(c.groups, g)
+		if err := s.setLimits(g); err != nil {
+			c.Release()
+			return nil, err
+		}
+		if s.memory != nil && pg.dir == s.memory.dir {
+			c.memory = &c.groups[len(c.groups)-1]
+		}
+		sp.Cgroups = append(sp.Cgroups, g.dir)
+	}
+	b, err := json.Marshal(sp)
+	if err != nil {
+		c.Release()
+		return nil, err
+	}
+	cmd.Path = s.shim
+	cmd.Args = []string{s.shim, ShimArg, sp.Path}
+	cmd.Env = append(cmd.Env, envSpec+"="+string(b))
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if s.opts.Namespaces {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+		if !s.opts.AllowNetwork {
+			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+		}
+	}
+	return c, nil
+}
+
+// searchable checks that uid:gid may traverse dir and its ancestors.
+func searchable(dir string, uid, gid uint32) error {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		m := fi.Mode().Perm()
+		ok := m&0o001 != 0 || st.Uid == uid && m&0o100 != 0 || st.Gid == gid && m&0o010 != 0
+		if !ok {
+			return fmt.Errorf("user %d cannot reach the socket directory: %s is not searchable by it (owner %d, mode %#o)", uid, d, st.Uid, m)
+		}
+		if d == "/" {
+			return nil
+		}
+	}
+}
+
+// setLimits writes the limits whose controller g's hierarchy has.
+func (s *Sandbox) setLimits(g group) error {
+	o := s.opts
+	has := func(ctrl string) bool {
+		if g.h.v2 {
+			b, _ := os.ReadFile(filepath.Join(filepath.Dir(g.dir), "cgroup.subtree_control"))
+			return strings.Contains(" "+strings.TrimSpace(string(b))+" ", " "+ctrl+" ")
+		}
+		return g.h.has(ctrl)
+	}
+	var err error
+	set := func(file, value string) {
+		if err == nil {
+			err = g.write(file, value)
+		}
+	}
+	if o.MemoryLimit > 0 && has("memory") {
+		limit := strconv.FormatInt(o.MemoryLimit, 10)
+		if g.h.v2 {
+			set("memory.max", limit)
+			if fileExists(filepath.Join(g.dir, "memory.swap.max")) {
+				set("memory.swap.max", "0")
+			}
+			set("memory.oom.group", "1")
+		} else {
+			set("memory.limit_in_bytes", limit)
+			if fileExists(filepath.Join(g.dir, "memory.memsw.limit_in_bytes")) {
+				set("memory.memsw.limit_in_bytes", limit)
+			}
+		}
+	}
+	if o.PidsLimit > 0 && has("pids") {
+		set("pids.max", strconv.FormatInt(o.PidsLimit, 10))
+	}
+	if o.CPULimit > 0 && has("cpu") {
+		const period = 100000
+		quota := max(1000, int64(math.Round(o.CPULimit*period)))
+		if g.h.v2 {
+			set("cpu.max", fmt.Sprintf("%d %d", quota, period))
+		} else {
+			set("cpu.cfs_period_us", strconv.Itoa(period))
+			set("cpu.cfs_quota_us", strconv.FormatInt(quota, 10))
+		}
+	}
+	return err
+}
+
+// Release implements workers.Cell.
+func (c *Cell) Release() error {
+	c.once.Do(func() {
+		c.oom.Store(c.readOOM())
+		var errs []error
+		for _, g := range c.groups {
+			errs = append(errs, g.remove(5*time.Second))
+		}
+		c.removed.Store(true)
+		c.err = errors.Join(errs...)
+	})
+	return c.err
+}
+
+// OutOfMemory implements workers.Cell.
+func (c *Cell) OutOfMemory() bool {
+	if c.removed.Load() {
+		return c.oom.Load()
+	}
+	return c.readOOM()
+}
+
+func (c *Cell) readOOM() bool {
+	if c.memory == nil {
+		return false
+	}
+	if c.memory.h.v2 {
+		return c.memory.statField("memory.events", "oom_kill") > 0 || c.memory.statField("memory.events", "oom_group_kill") > 0
+	}
+	return c.memory.statField("memory.oom_control", "oom_kill") > 0
+}
+
+// trial starts the shim once through the whole confinement, stopping just
+// before it would execute the worker, so that New fails with the shim's
+// reason rather than every worker start.
+func (s *Sandbox) trial() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "sandbox-trial-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "plugin-dir-trial")
+	if err := os.Mkdir(sock, 0o700); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, s.path)
+	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + sock}
+	c, err := s.prepare(cmd, dir, true)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr.Setpgid = true
+	runErr := cmd.Run()
+	if runErr == nil && strings.TrimSpace(stdout.String()) == trialOK {
+		return c.Release()
+	}
+	msg := strings.TrimSpace(stderr.String())
+	if i := strings.LastIndex(msg, "sandbox: "); i >= 0 {
+		msg = msg[i+len("sandbox: "):]
+	} else {
+		msg = fmt.Sprintf("%v (is Main called first thing in %s's main?)", runErr, s.shim)
+	}
+	var ce *ChecksumError
+	if strings.Contains(msg, "checksum") && errors.As(s.verifyChecksum(), &ce) {
+		return ce
+	}
+	return &UnsupportedError{Option: s.failedOption(), Missing: "the shim failed: " + msg}
+}
+
+// failedOption guesses which option a trial failure is about, for the
+// error: the most demanding one set.
+func (s *Sandbox) failedOption() string {
+	switch {
+	case s.opts.Namespaces:
+		return "Namespaces"
+	case s.opts.User != "":
+		return "User"
+	case s.opts.NoFile > 0:
+		return "NoFile"
+	}
+	return "the default confinement"
+}

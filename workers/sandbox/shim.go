@@ -1,0 +1,373 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ShimArg, as the first argument, starts a program that calls Main in shim
+// mode. The shim's instructions come in an environment variable, never on
+// the command line (which any local user can read).
+const ShimArg = "--internal-exec"
+
+const (
+	envSpec    = "DISPATCHER_SANDBOX_SPEC"
+	envSockDir = "PLUGIN_UNIX_SOCKET_DIR" // set by go-plugin: the worker's own socket directory
+	trialOK    = "sandbox: trial ok"
+	shimFailed = 125 // exit status of a shim that could not confine or start the worker
+)
+
+// spec is what the shim is asked to do.
+type spec struct {
+	Path       string   // the worker binary
+	Args       []string // its argv, argv[0] included
+	Cgroups    []string // cgroup directories to join
+	NoFile     uint64   `json:",omitempty"`
+	User       bool     `json:",omitempty"`
+	UID, GID   uint32   `json:",omitempty"`
+	Namespaces bool     `json:",omitempty"`
+	Network    bool     `json:",omitempty"` // keep the host network (without Namespaces, always)
+	Checksum   string   `json:",omitempty"` // sha256 hex
+	PoolDir    string   `json:",omitempty"` // the pool's socket directory
+	Trial      bool     `json:",omitempty"` // stop before executing the worker
+}
+
+// Main runs the shim if the program was started as one (by a Sandbox), and
+// then never returns: it confines the process and executes the worker, or
+// reports why it could not on stderr and exits with status 125. Otherwise
+// it returns at once. Call it first thing in main, and in TestMain of tests
+// that start sandboxed workers.
+func Main() {
+	if len(os.Args) < 2 || os.Args[1] != ShimArg {
+		return
+	}
+	// Thread attributes (no_new_privs, the parent-death signal) are set on
+	// this thread and carried by the execve or fork it makes.
+	runtime.LockOSThread()
+	err := shim()
+	fmt.Fprintf(os.Stderr, "sandbox: %v\n", err)
+	os.Exit(shimFailed)
+}
+
+func shim() error {
+	raw, ok := os.LookupEnv(envSpec)
+	if !ok {
+		return errors.New(ShimArg + " is for the dispatcher's own use: no instructions")
+	}
+	var sp spec
+	if err := json.Unmarshal([]byte(raw), &sp); err != nil {
+		return fmt.Errorf("bad instructions: %w", err)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envSpec+"=") {
+			env = append(env, kv)
+		}
+	}
+	inherited := inheritedFDs()
+	ppid := os.Getppid()
+
+	// The cell first: whatever happens next happens inside it.
+	for _, dir := range sp.Cgroups {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", dir, err)
+		}
+	}
+	sockDir := os.Getenv(envSockDir)
+	if sockDir != "" && (sp.PoolDir == "" || filepath.Dir(filepath.Clean(sockDir)) != filepath.Clean(sp.PoolDir)) {
+		sockDir = "" // not one the pool made: leave it alone
+	}
+	if sp.User && sockDir != "" {
+		if err := os.Chown(sockDir, int(sp.UID), int(sp.GID)); err != nil {
+			return fmt.Errorf("give the socket directory to the worker: %w", err)
+		}
+	}
+
+	// The binary is opened before the mounts hide its directory (and while
+	// the shim may still reach it, whatever the user can), checked, and
+	// executed through this very descriptor: what was hashed is what runs,
+	// whatever happens to the path meanwhile.
+	exe := sp.Path
+	if sp.Checksum != "" || sp.Namespaces || sp.User {
+		// A raw descriptor (an *os.File could be closed by its finalizer).
+		fd, err := unix.Open(sp.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open worker binary %s: %w", sp.Path, err)
+		}
+		if sp.Checksum != "" {
+			got, err := fileSHA256(fdReader(fd))
+			if err != nil {
+				return fmt.Errorf("checksum of %s: %w", sp.Path, err)
+			}
+			if got != sp.Checksum {
+				return fmt.Errorf("checksum of %s is sha256:%s, not the expected sha256:%s: refusing to run it", sp.Path, got, sp.Checksum)
+			}
+		}
+		exe = "/proc/self/fd/" + strconv.Itoa(fd)
+	}
+
+	if sp.Namespaces {
+		if err := enterSandbox(&sp, sockDir); err != nil {
+			return err
+		}
+	}
+	if sp.NoFile > 0 {
+		lim := unix.Rlimit{Cur: sp.NoFile, Max: sp.NoFile}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("set the open files limit to %d: %w", sp.NoFile, err)
+		}
+	}
+	if sp.User && !sp.Namespaces {
+		// Direct execution: become the user now. (A sandbox's init stays
+		// root and starts the worker as the user.)
+		if err := becomeUser(sp.UID, sp.GID); err != nil {
+			return err
+		}
+		// A change of identity clears the parent-death signal.
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+			return fmt.Errorf("parent-death signal: %w", err)
+		}
+		if os.Getppid() != ppid {
+			return errors.New("the dispatcher died")
+		}
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if sp.Namespaces {
+		if err := loadSeccomp(); err != nil {
+			return fmt.Errorf("seccomp filter: %w", err)
+		}
+	}
+	if sp.Trial {
+		if sp.User && !sp.Namespaces {
+			if err := unix.Access(exe, unix.X_OK); err != nil {
+				return fmt.Errorf("user %d cannot execute %s: %w", sp.UID, sp.Path, err)
+			}
+		}
+		fmt.Println(trialOK)
+		os.Exit(0)
+	}
+	if !sp.Namespaces {
+		err := syscall.Exec(exe, sp.Args, env)
+		return fmt.Errorf("execute %s: %w", sp.Path, err)
+	}
+	return runInit(&sp, exe, env, inherited)
+}
+
+type fdReader int
+
+func (fd fdReader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(fd), p)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+// inheritedFDs lists the descriptors above stderr that the shim inherited
+// for the worker (those without close-on-exec).
+func inheritedFDs() []int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+func becomeUser(uid, gid uint32) error {
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("drop supplementary groups: %w", err)
+	}
+	if err := syscall.Setgid(int(gid)); err != nil {
+		return fmt.Errorf("set group %d: %w", gid, err)
+	}
+	if err := syscall.Setuid(int(uid)); err != nil {
+		return fmt.Errorf("set user %d: %w", uid, err)
+	}
+	return nil
+}
+
+// enterSandbox sets up the new mount, UTS and network namespaces the shim
+// was started in, and drops the capabilities its children would get.
+func enterSandbox(sp *spec, sockDir string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	// A cgroup namespace rooted at the cell (joined already): the worker
+	// sees its cgroup as "/", not where the dispatcher put it. This thread
+	// only, the one that starts the worker.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("cgroup namespace: %w", err)
+	}
+	sockFD := -1
+	if sockDir != "" {
+		fd, err := unix.Open(sockDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open socket directory: %w", err)
+		}
+		sockFD = fd
+		defer unix.Close(fd)
+	}
+	if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return fmt.Errorf("mount a private /tmp: %w", err)
+	}
+	// The pool's socket directory holds every worker's: hide it, and bring
+	// back this worker's own.
+	if pool := filepath.Clean(sp.PoolDir); sp.PoolDir != "" && pool != "/tmp" && !strings.HasPrefix(pool, "/tmp/") {
+		if err := unix.Mount("tmpfs", pool, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711"); err != nil {
+			return fmt.Errorf("hide the other workers' sockets: %w", err)
+		}
+	}
+	if sockFD >= 0 {
+		// On the private tmpfs; the last one is covered by the bind mount.
+		if err := os.MkdirAll(sockDir, 0o711); err != nil {
+			return fmt.Errorf("socket directory: %w", err)
+		}
+		if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(sockFD), sockDir, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind the socket directory: %w", err)
+		}
+	}
+	lastCap, err := readLastCap()
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if err := unix.Sethostname([]byte("sandbox")); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	if !sp.Network {
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("bring up the loopback device: %w", err)
+		}
+	}
+	// Everything read-only, down to /proc/sys and the cgroup file systems,
+	// but the private /tmp and the socket directory.
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		return fmt.Errorf("make the file system read-only: %w", err)
+	}
+	writable := []string{"/tmp"}
+	if sockFD >= 0 {
+		writable = append(writable, sockDir)
+	}
+	for _, p := range writable {
+		if err := unix.MountSetattr(unix.AT_FDCWD, p, 0, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make %s writable: %w", p, err)
+		}
+	}
+	// No capabilities for the worker, even as root: empty its bounding
+	// and ambient sets (the init keeps its own to start it).
+	for c := 0; c <= lastCap; c++ {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	return nil
+}
+
+func readLastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// runInit is the sandbox's PID 1: it starts the worker, forwards signals to
+// it, reaps every orphan, and exits as the worker did (128+N for a signal,
+// which it also reports on stderr). Its exit takes the whole PID namespace
+// down.
+func runInit(sp *spec, exe string, env []string, inherited []int) error {
+	attr := &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{0, 1, 2}, // and the inherited descriptors, which stay where they are
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	}
+	if sp.User {
+		attr.Sys.Credential = &syscall.Credential{Uid: sp.UID, Gid: sp.GID, Groups: []uint32{}}
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	pid, err := syscall.ForkExec(exe, sp.Args, attr)
+	if err != nil {
+		return fmt.Errorf("execute %s: %w", sp.Path, err)
+	}
+	for _, fd := range inherited {
+		_ = syscall.Close(fd) // the worker's alone now
+	}
+	go func() {
+		for s := range sigs {
+			_ = syscall.Kill(pid, s.(syscall.Signal))
+		}
+	}()
+	var ws syscall.WaitStatus
+	for {
+		wpid, err := syscall.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("wait for the worker: %w", err)
+		}
+		if wpid == pid {
+			break
+		}
+	}
+	_ = syscall.Kill(-1, syscall.SIGKILL) // whatever else runs in the namespace
+	if ws.Signaled() {
+		fmt.Fprintf(os.Stderr, "sandbox: worker killed by signal %d (%v)\n", int(ws.Signal()), ws.Signal())
+		os.Exit(128 + int(ws.Signal()))
+	}
+	os.Exit(ws.ExitStatus())
+	return nil
+}
