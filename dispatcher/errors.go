@@ -128,7 +128,7 @@ func (s *Server) defaultErrorHandler(w http.ResponseWriter, r *http.Request, err
 	case errors.As(err, &overload):
 		// The pool logs refusals, at most once a second.
 		e.Debug("request refused: overloaded")
-		msg = "overloaded: " + overload.Reason
+		msg = overload.Reason
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((overload.RetryAfter+time.Second-1)/time.Second))))
 	case status == http.StatusServiceUnavailable:
 		e.Warn("no worker available")

@@ -72,6 +72,29 @@ type Config struct {
 	// waiting in the dispatcher, which saves the worker a wake-up per
 	// request under load. 1 disables pipelining. If zero, DefaultPipeline.
 	Pipeline int
+	// MaxRequests recycles a worker after it served that many requests,
+	// plus up to 10% of random jitter (0: never). It finishes what it has and
+	// stops once its replacement runs.
+	MaxRequests int
+	// MaxRSS recycles a worker whose resident memory exceeds it, in bytes,
+	// checked every RSSInterval (0: never).
+	MaxRSS int64
+	// RSSInterval is how often MaxRSS is checked. If zero,
+	// DefaultRSSInterval.
+	RSSInterval time.Duration
+	// PingInterval is how long a slot may stay idle before a health ping
+	// checks it; a worker that does not answer within PingTimeout is
+	// quarantined. If zero, DefaultPingInterval; negative disables pings.
+	PingInterval time.Duration
+	// PingTimeout bounds a health ping. If zero, DefaultPingTimeout.
+	PingTimeout time.Duration
+	// QuarantineGrace is how long a quarantined worker (hung, timed out or
+	// unhealthy) has to dump its goroutines after SIGQUIT before it is
+	// killed. If zero, DefaultQuarantineGrace.
+	QuarantineGrace time.Duration
+	// Breaker stops starting a binary that keeps crashing or failing its
+	// handshake. Zero fields take the defaults documented on Breaker.
+	Breaker Breaker
 	// Timeout bounds a request from the moment a worker takes it until its
 	// response is complete; past it the worker's process group is killed.
 	// If zero, DefaultTimeout.
@@ -143,6 +166,19 @@ func (c Config) withDefaults() (Config, error) {
 	if c.QueueTimeout == 0 {
 		c.QueueTimeout = DefaultQueueTimeout
 	}
+	if c.RSSInterval == 0 {
+		c.RSSInterval = DefaultRSSInterval
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = DefaultPingTimeout
+	}
+	if c.QuarantineGrace == 0 {
+		c.QuarantineGrace = DefaultQuarantineGrace
+	}
+	c.Breaker = c.Breaker.withDefaults()
 	if c.Mode == ModeOneShot {
 		// One request per process: nothing to pipeline or share.
 		if c.Concurrency > 1 {
@@ -197,6 +233,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("workers: MaxWorkers %d is negative", c.MaxWorkers)
 	case c.Queue < 0:
 		return c, fmt.Errorf("workers: Queue %d is negative", c.Queue)
+	case c.MaxRequests < 0 || c.MaxRSS < 0:
+		return c, errors.New("workers: MaxRequests and MaxRSS must not be negative")
+	case c.RSSInterval < 0 || c.PingTimeout < 0 || c.QuarantineGrace < 0:
+		return c, errors.New("workers: intervals and timeouts must not be negative")
 	case c.IdleTimeout < 0 || c.QueueTimeout < 0:
 		return c, errors.New("workers: timeouts must not be negative")
 	case c.Concurrency < 0 || c.Concurrency > 1024:

@@ -46,6 +46,7 @@ type Pool struct {
 	notBefore time.Time
 	refused   int       // requests refused since the last log line about it
 	refusedAt time.Time // when that line was logged
+	breaker   breaker
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -72,6 +73,11 @@ type child struct {
 	idleSince time.Time // when busy last dropped to zero
 	used      bool      // it took a request (ModeOneShot: it is not a spare)
 	retired   bool      // taken out of rotation on purpose: its exit is no failure
+	stopping  bool      // retired, and its graceful stop began
+	recycling bool      // to be retired once its replacement runs
+	served    int       // requests it completed
+	// maxRequests recycles it after that many requests (0: never).
+	maxRequests int
 }
 
 // outOfMemory reports whether the worker's memory limit killed it.
@@ -282,6 +288,8 @@ func (p *Pool) add(c *child) {
 	go p.watch(c)
 	p.mu.Lock()
 	c.idleSince = time.Now()
+	c.maxRequests = p.maxRequestsFor()
+	p.replaceRecycled()
 	for _, s := range c.slots {
 		s.n++ // done hands it to a waiter or to the idle stack
 		c.busy++
@@ -330,11 +338,26 @@ func (p *Pool) supervise() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var reap <-chan time.Time
+	var tickers []*time.Ticker
+	defer func() {
+		for _, t := range tickers {
+			t.Stop()
+		}
+	}()
+	every := func(d time.Duration) <-chan time.Time {
+		t := time.NewTicker(min(max(d, 10*time.Millisecond), time.Second))
+		tickers = append(tickers, t)
+		return t.C
+	}
+	var reap, ping, rss <-chan time.Time
 	if p.cfg.Mode == ModeOnDemand {
-		t := time.NewTicker(min(max(p.cfg.IdleTimeout/4, 10*time.Millisecond), time.Second))
-		defer t.Stop()
-		reap = t.C
+		reap = every(p.cfg.IdleTimeout / 4)
+	}
+	if p.cfg.PingInterval > 0 {
+		ping = every(p.cfg.PingInterval / 2)
+	}
+	if p.cfg.MaxRSS > 0 {
+		rss = every(p.cfg.RSSInterval)
 	}
 	for {
 		if wait := p.scale(); wait > 0 {
@@ -354,6 +377,9 @@ func (p *Pool) supervise() {
 			if !retired {
 				delay = p.backoff.Exited(lived)
 				p.notBefore = time.Now().Add(delay)
+				if c.reason.Load() == nil {
+					p.failed(time.Now()) // a crash, not a kill of ours
+				}
 			}
 			p.mu.Unlock()
 			if retired {
@@ -365,6 +391,10 @@ func (p *Pool) supervise() {
 		case <-timer.C:
 		case <-reap:
 			p.reapIdle()
+		case <-ping:
+			p.pingIdle()
+		case <-rss:
+			p.checkRSS()
 		}
 	}
 }
@@ -373,17 +403,26 @@ func (p *Pool) supervise() {
 // returns how long to wait before it may start more (0 if nothing waits).
 func (p *Pool) scale() time.Duration {
 	p.mu.Lock()
+	now := time.Now()
 	n := p.deficit()
-	if n <= 0 || p.closed {
+	switch b := &p.breaker; {
+	case n <= 0 || p.closed:
 		p.mu.Unlock()
 		return 0
-	}
-	if d := time.Until(p.notBefore); d > 0 {
+	case b.open && b.probing:
 		p.mu.Unlock()
-		return d
-	}
-	if p.backoff.Failures() > 1 {
-		n = 1 // a failing binary: probe with one start at a time
+		return 0
+	case b.open && now.Before(b.until):
+		p.mu.Unlock()
+		return b.until.Sub(now)
+	case b.open:
+		b.probing, n = true, 1
+		p.log.Info("worker binary quarantine over: starting a probe worker")
+	case now.Before(p.notBefore):
+		p.mu.Unlock()
+		return p.notBefore.Sub(now)
+	case p.backoff.Failures() > 1:
+		n = 1 // a failing binary: one start at a time
 	}
 	p.starting += n
 	p.wg.Add(n)
@@ -402,8 +441,8 @@ func (p *Pool) scale() time.Duration {
 func (p *Pool) deficit() int {
 	kept, fresh := 0, 0
 	for c := range p.children {
-		if c.retired {
-			continue
+		if c.retired || c.recycling {
+			continue // a recycled worker is replaced before it goes
 		}
 		kept++
 		if !c.used && c.busy == 0 && !c.dead.Load() {
@@ -433,6 +472,7 @@ func (p *Pool) startOne() {
 		delay := p.backoff.Failed()
 		p.notBefore = time.Now().Add(delay)
 		failures := p.backoff.Failures()
+		p.failed(time.Now())
 		var orphans []*waiter
 		if p.starting == 0 && p.liveLocked() == 0 {
 			orphans, p.waiters = p.waiters, nil
@@ -446,6 +486,7 @@ func (p *Pool) startOne() {
 			"failures": failures, "retry_in": delay.String(), "requests_failed": len(orphans),
 		}).Error("worker failed to start")
 	} else {
+		p.startedLocked(time.Now())
 		p.mu.Unlock()
 		p.add(c)
 	}
@@ -485,16 +526,11 @@ func (p *Pool) retire(c *child, graceful bool) {
 	clear(p.idle[len(live):])
 	p.idle = live
 	if !graceful {
+		c.stopping = true
 		_ = c.proc.Signal(syscall.SIGKILL)
 		return
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.StopTimeout)
-		defer cancel()
-		_ = c.proc.Stop(ctx)
-	}()
+	p.stopWhenIdle(c)
 }
 
 // reapIdle stops the workers idle for longer than IdleTimeout.
@@ -584,6 +620,11 @@ func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
 			return best, nil
 		}
 	}
+	if b := &p.breaker; b.open && time.Now().Before(b.until) {
+		err := p.quarantinedLocked(time.Now())
+		p.mu.Unlock()
+		return nil, err
+	}
 	if len(p.waiters) >= p.cfg.Queue {
 		err := &OverloadError{Reason: fmt.Sprintf("%d requests already wait for a worker", len(p.waiters)), RetryAfter: time.Second}
 		p.refusedLocked(err)
@@ -662,7 +703,11 @@ func (p *Pool) reserve(s *slot, pipelinable bool) {
 // first waiter that can use it, or to the idle stack once nothing is
 // outstanding on it. A slot whose connection broke takes its worker out with
 // it.
-func (p *Pool) done(s *slot) {
+func (p *Pool) done(s *slot) { p.release(s, false) }
+
+// release is done; served tells that the exchange completed (it counts
+// towards MaxRequests).
+func (p *Pool) release(s *slot, served bool) {
 	if err := s.conn.Err(); err != nil && !s.c.dead.Load() {
 		s.c.kill("slot connection broken: " + err.Error())
 	}
@@ -674,8 +719,12 @@ func (p *Pool) done(s *slot) {
 		s.streaming = false
 	}
 	c := s.c
+	if served && p.servedLocked(c) {
+		p.recycleLocked(c, fmt.Sprintf("served %d requests", c.served))
+	}
 	if c.busy--; c.busy == 0 {
 		c.idleSince = s.progress
+		p.stopWhenIdle(c)
 		if p.cfg.Mode == ModeOneShot && c.used && !c.retired && !c.dead.Load() && !p.closed {
 			// Its one request is over: discard it, and start a spare.
 			p.retire(c, false)
@@ -845,7 +894,7 @@ func (r *Response) stopInterrupt() {
 func (r *Response) finish() {
 	r.done = true
 	r.stopInterrupt()
-	r.p.done(r.s)
+	r.p.release(r.s, true)
 }
 
 // fail classifies a failed exchange and disposes of its worker or slot.
@@ -870,7 +919,7 @@ func (r *Response) fail(err error) error {
 		p.discard(s, err)
 		err = context.Canceled
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		c.kill("request timed out")
+		p.quarantine(c, "request timed out")
 		err = &TimeoutError{Path: p.cfg.Path, PID: c.proc.PID(), Timeout: p.cfg.Timeout}
 		p.discard(s, err)
 	case errors.As(err, &abort) && s.conn.Err() == nil:
@@ -955,7 +1004,7 @@ func (p *Pool) cancelExchange(r *Response) {
 				if !errors.Is(err, os.ErrDeadlineExceeded) {
 					reason = "draining a cancelled exchange failed: " + err.Error()
 				}
-				s.c.kill(reason)
+				p.quarantine(s.c, reason)
 			}
 			p.discard(s, err)
 		}

@@ -19,6 +19,13 @@ type modeFlags struct {
 	queue        int
 	queueTimeout time.Duration
 
+	maxRequests     int
+	maxRSS          byteSize
+	pingInterval    time.Duration
+	pingTimeout     time.Duration
+	breakerFailures int
+	breakerWindow   time.Duration
+
 	parsed workers.Mode
 }
 
@@ -29,6 +36,12 @@ func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.spares, "spares", runtime.NumCPU(), "oneshot: started, unused workers kept ready (within --max-workers; 0: none)")
 	fs.IntVar(&f.queue, "queue", 0, "most requests waiting for a worker; more get 503 (0: 100 per worker)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", workers.DefaultQueueTimeout, "longest wait for a worker; past it: 503")
+	fs.IntVar(&f.maxRequests, "max-requests", 0, "recycle a worker after this many requests, plus up to 10% jitter (0: never)")
+	fs.Var(&f.maxRSS, "max-rss", "recycle a worker whose resident memory exceeds `SIZE`, e.g. 256M (0: never)")
+	fs.DurationVar(&f.pingInterval, "ping-interval", workers.DefaultPingInterval, "health-ping a worker slot idle for this long (0: never)")
+	fs.DurationVar(&f.pingTimeout, "ping-timeout", workers.DefaultPingTimeout, "a worker that does not answer a health ping within this is quarantined")
+	fs.IntVar(&f.breakerFailures, "breaker-failures", 5, "crashes or failed starts of the worker binary within --breaker-window that quarantine it (0: never)")
+	fs.DurationVar(&f.breakerWindow, "breaker-window", 30*time.Second, "window in which --breaker-failures count")
 }
 
 // check validates the flags; errors name the flag. concurrency and pipeline
@@ -51,6 +64,16 @@ func (f *modeFlags) check(concurrency, pipeline int, set map[string]bool) error 
 		return usageErrorf("--queue %d: must not be negative", f.queue)
 	case f.queueTimeout <= 0:
 		return usageErrorf("--queue-timeout %s: must be positive", f.queueTimeout)
+	case f.maxRequests < 0:
+		return usageErrorf("--max-requests %d: must not be negative", f.maxRequests)
+	case f.pingInterval < 0:
+		return usageErrorf("--ping-interval %s: must not be negative", f.pingInterval)
+	case f.pingTimeout <= 0:
+		return usageErrorf("--ping-timeout %s: must be positive", f.pingTimeout)
+	case f.breakerFailures < 0:
+		return usageErrorf("--breaker-failures %d: must not be negative", f.breakerFailures)
+	case f.breakerWindow <= 0:
+		return usageErrorf("--breaker-window %s: must be positive", f.breakerWindow)
 	case m == workers.ModeOneShot && concurrency > 1:
 		return usageErrorf("--concurrency %d: a oneshot worker serves one request", concurrency)
 	case m == workers.ModeOneShot && set["pipeline"] && pipeline > 1:
@@ -71,6 +94,18 @@ func (f *modeFlags) apply(cfg workers.Config) workers.Config {
 		cfg.Spares = -1 // workers.Config: zero means the default
 	}
 	cfg.Queue = f.queue
+	cfg.MaxRequests = f.maxRequests
+	cfg.MaxRSS = int64(f.maxRSS)
+	cfg.PingInterval = f.pingInterval
+	if f.pingInterval == 0 {
+		cfg.PingInterval = -1 // workers.Config: zero means the default
+	}
+	cfg.PingTimeout = f.pingTimeout
+	cfg.Breaker.Failures = f.breakerFailures
+	if f.breakerFailures == 0 {
+		cfg.Breaker.Failures = -1
+	}
+	cfg.Breaker.Window = f.breakerWindow
 	cfg.QueueTimeout = f.queueTimeout
 	if cfg.Mode == workers.ModeOneShot {
 		cfg.Pipeline = 1

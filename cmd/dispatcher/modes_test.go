@@ -28,6 +28,11 @@ func TestModeUsageErrors(t *testing.T) {
 		{"spares", []string{"--spares", "-1"}, "--spares -1: must not be negative"},
 		{"queue", []string{"--queue", "-5"}, "--queue -5: must not be negative"},
 		{"queue timeout", []string{"--queue-timeout", "-1s"}, "--queue-timeout -1s: must be positive"},
+		{"max requests", []string{"--max-requests", "-1"}, "--max-requests -1: must not be negative"},
+		{"max rss", []string{"--max-rss", "lots"}, `invalid value "lots" for flag -max-rss`},
+		{"ping timeout", []string{"--ping-timeout", "0s"}, "--ping-timeout 0s: must be positive"},
+		{"breaker failures", []string{"--breaker-failures", "-2"}, "--breaker-failures -2: must not be negative"},
+		{"breaker window", []string{"--breaker-window", "0s"}, "--breaker-window 0s: must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stderr, _ := run(t, append([]string{"--workers", hello}, tc.args...)...)
