@@ -5,6 +5,10 @@
 // machine of one connection; it does not own process policy (package workers)
 // or HTTP semantics (packages dispatcher and sdk).
 //
+// PROTOCOL.md in this directory is the complete, standalone specification
+// for implementers of workers in other languages (with example frames in
+// hex and a conformance kit, cmd/conformance); this comment summarises it.
+//
 // # Transport
 //
 // go-plugin starts the worker and performs its handshake: the worker must
@@ -19,8 +23,9 @@
 // the worker as an inherited descriptor. DISPATCHER_IPC_FDS lists them
 // ("3,4,5"), DISPATCHER_IPC_MAX_FRAME gives the largest frame the dispatcher
 // accepts. A worker should mark them close-on-exec at once so its own children
-// do not inherit them. One slot carries one exchange (a request and its
-// response) at a time. This transport was chosen by measurement: frames on
+// do not inherit them. One slot runs one exchange (a request and its
+// response) at a time; complete requests may wait queued on it (see
+// Exchanges). This transport was chosen by measurement: frames on
 // inherited socketpairs ran at the bare-socket floor (43 µs per small round
 // trip, 41-44k round trips/s 32-way on 2 cores), where go-plugin's MuxBroker
 // streams cost 2.5x and net/rpc or gRPC 3-4x (see ../shared/GO-PLUGIN.md and
@@ -88,8 +93,9 @@
 // A cancel frame tells the worker the dispatcher gave up on the exchange
 // (client gone): the handler's context is cancelled and the worker still ends
 // the response as usual; the dispatcher discards it. Frames for an exchange
-// that already ended are ignored. A ping is answered with a pong when the
-// slot is idle.
+// that already ended are ignored. A ping is answered with a pong at once,
+// whatever the slot is doing (the dispatcher sends health pings on idle
+// slots only).
 //
 // # Limits and failures
 //

@@ -51,6 +51,8 @@ var checks = []check{
 		run: checkLateFrames},
 	{name: "concurrent-slots", section: "3", what: "serves its slots independently",
 		launch: launchOpts{slots: 2}, run: checkConcurrentSlots},
+	{name: "ping-while-busy", section: "5", what: "answers a ping on one slot while another slot's request waits for the rest of its body",
+		launch: launchOpts{slots: 2}, run: checkPingWhileBusy},
 	{name: "pipelining", section: "4.5", what: "with DISPATCHER_IPC_DEPTH=4, answers 4 back-to-back requests in order, one at a time",
 		launch: launchOpts{depth: 4}, run: checkPipelining},
 	{name: "pipelined-cancel", section: "4.5, 4.6", what: "answers a cancelled queued request in its turn, after the requests before it",
@@ -380,6 +382,37 @@ func checkConcurrentSlots(t *target, w *worker) (string, error) {
 		return "", fmt.Errorf("slot 1: %w", err)
 	}
 	return "", nil
+}
+
+// checkPingWhileBusy holds back the body of a request on one slot (a
+// handler that reads its body waits for it) and, once the worker shows it
+// has the request (a window frame for its first chunk, or an answer),
+// pings the other slot, as the dispatcher's health pings do.
+func checkPingWhileBusy(t *target, w *worker) (string, error) {
+	busy, idle := w.slots[0], w.slots[1]
+	r, rest := post(t.uri, 3*chunkSize)
+	id := busy.nextID()
+	if err := busy.send(kRequest, r.payload(id)); err != nil {
+		return "", err
+	}
+	first, err := busy.read()
+	if err != nil {
+		return "", fmt.Errorf("slot 1, waiting for a window frame or an answer to a request whose body is held back: %w", err)
+	}
+	busy.unread(first)
+	if err := idle.ping(); err != nil {
+		return "", fmt.Errorf("slot 2, while the request on slot 1 waits for its body: %w", err)
+	}
+	p := startPump(busy, id, len(r.body), rest, nil, "")
+	res, err := busy.await(id)
+	p.stop()
+	if err != nil {
+		return "", fmt.Errorf("slot 1, once its body was sent: %w", err)
+	}
+	if first.kind != kWindow {
+		return "slot 1 answered without waiting for its body: " + res.String(), nil
+	}
+	return "then slot 1: " + res.String(), nil
 }
 
 func checkPipelining(t *target, w *worker) (string, error) {

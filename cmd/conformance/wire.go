@@ -246,6 +246,7 @@ type slot struct {
 	wmu     sync.Mutex
 	lastID  uint64 // the last id sent; Launch used 1 for its ping
 	credit  func(id, n uint64) error
+	pending *wframe // a frame read ahead, returned by the next read
 }
 
 func newSlot(nc net.Conn, max int, timeout time.Duration) *slot {
@@ -270,8 +271,15 @@ func (s *slot) write(b []byte) error {
 
 func (s *slot) send(kind byte, payload []byte) error { return s.write(frame(kind, payload)) }
 
+// unread makes f the next frame read returns.
+func (s *slot) unread(f wframe) { s.pending = &f }
+
 // read returns the next frame from the worker, waiting up to the timeout.
 func (s *slot) read() (wframe, error) {
+	if f := s.pending; f != nil {
+		s.pending = nil
+		return *f, nil
+	}
 	_ = s.nc.SetReadDeadline(time.Now().Add(s.timeout))
 	var hdr [5]byte
 	if _, err := io.ReadFull(s.br, hdr[:4]); err != nil {

@@ -6,6 +6,7 @@ import (
 	"log"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/childproc/dispatcher/sdk/sdktest"
 )
@@ -87,4 +88,28 @@ func ExampleServer_Log() {
 	}
 	// Output:
 	// GET /some/path 200
+}
+
+// The production failure mapping applies: a handler still busy after
+// Options.Timeout costs its client a 504 from the dispatcher (marked with
+// X-Dispatcher-Error), and its worker is killed and replaced.
+func ExampleOptions_timeout() {
+	bin, err := sdktest.Binary("./testdata/probe") // its /sleep never answers
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv, err := sdktest.NewServer(bin, sdktest.Options{Timeout: 300 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL + "/sleep")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println(resp.Status, resp.Header.Get("X-Dispatcher-Error"))
+	// Output:
+	// 504 Gateway Timeout true
 }

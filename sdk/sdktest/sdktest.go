@@ -62,6 +62,11 @@ type Options struct {
 	// Concurrency is the number of requests one worker serves at once
 	// (1-1024). If zero, 1.
 	Concurrency int
+	// Pipeline is how many requests may be outstanding on one busy slot,
+	// counting the running one, as the dispatcher's --pipeline flag says
+	// (1-64; 1 disables pipelining). If zero, workers.DefaultPipeline, the
+	// dispatcher's default.
+	Pipeline int
 	// Timeout bounds each request from the moment a worker takes it; past
 	// it the client gets a 504 and the worker is killed and replaced. If
 	// zero, workers.DefaultTimeout.
@@ -165,6 +170,7 @@ func NewServer(binary string, opts Options) (*Server, error) {
 		Dir:          opts.Dir,
 		Size:         opts.Size,
 		Concurrency:  opts.Concurrency,
+		Pipeline:     opts.Pipeline,
 		Timeout:      opts.Timeout,
 		StartTimeout: opts.StartTimeout,
 		SocketDir:    sockets,

@@ -96,9 +96,12 @@ func TestOptionsReachTheWorkers(t *testing.T) {
 	if !slices.Equal(r.Args, []string{"-flag", "value"}) {
 		t.Errorf("args %q", r.Args)
 	}
-	wantDir, _ := filepath.EvalSymlinks(dir)
-	if gotDir, _ := filepath.EvalSymlinks(r.Dir); gotDir != wantDir {
-		t.Errorf("working directory %q, want %q", r.Dir, dir)
+	wantDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotDir, err := filepath.EvalSymlinks(r.Dir); err != nil || gotDir != wantDir {
+		t.Errorf("working directory %q (%v), want %q", r.Dir, err, dir)
 	}
 }
 
@@ -238,6 +241,31 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 }
 
+// Options reach the pool's configuration, which validates them.
+func TestInvalidOptions(t *testing.T) {
+	bin := sdktest.Build(t, workers+"hello")
+	tests := []struct {
+		name string
+		opts sdktest.Options
+		want string
+	}{
+		{"concurrency", sdktest.Options{Concurrency: 2000}, "Concurrency 2000"},
+		{"pipeline", sdktest.Options{Pipeline: 65}, "Pipeline 65 outside 1-64"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := sdktest.NewServer(bin, tc.opts)
+			if err == nil {
+				srv.Close()
+				t.Fatal("NewServer accepted the options")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q lacks %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestStartFailureNamesTheCause(t *testing.T) {
 	_, err := sdktest.NewServer(sdktest.Build(t, workers+"stdoutjunk"), sdktest.Options{StartTimeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "is it a worker built with the sdk?") {
@@ -253,18 +281,19 @@ func TestBuild(t *testing.T) {
 			t.Fatal(err)
 		}
 		paths := make([]string, 4)
+		errs := make([]error, len(paths))
 		var wg sync.WaitGroup
 		for i := range paths {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				paths[i], _ = sdktest.Binary(workers + "hello")
+				paths[i], errs[i] = sdktest.Binary(workers + "hello")
 			}()
 		}
 		wg.Wait()
-		for _, p := range paths {
-			if p != first {
-				t.Errorf("Binary gave %q, then %q", first, p)
+		for i, p := range paths {
+			if p != first || errs[i] != nil {
+				t.Errorf("Binary gave %q, then %q (%v)", first, p, errs[i])
 			}
 		}
 		st2, err := os.Stat(first)

@@ -10,6 +10,9 @@
 //     ended: a cancel frame does not stop the wait (PROTOCOL.md §4.6);
 //   - a cancelled queued request is answered at once with an abort frame,
 //     ahead of the requests before it, instead of in its turn (§4.5);
+//   - while a request's body streams on one slot, pings on the other slots
+//     wait for it to end, as in a worker whose one thread blocks on a body
+//     read (§5);
 //   - a malformed, oversized or unexpected frame is skipped instead of
 //     closing the slot (§7);
 //   - asked to quit, it exits with status 3 instead of 0 (§9).
@@ -48,6 +51,10 @@ func main() {
 	os.Exit(3) // bug: a worker asked to quit must exit with status 0
 }
 
+// streaming is held while a request's body streams on some slot. Bug: pongs
+// wait for it.
+var streaming sync.Mutex
+
 func serve(sc *ipc.ServerConn) {
 	defer sc.Close()
 	var (
@@ -66,6 +73,10 @@ func serve(sc *ipc.ServerConn) {
 		}
 		switch f.Kind {
 		case ipc.KindPing:
+			if running == 0 {
+				streaming.Lock() // wait for the streams of other slots
+				streaming.Unlock()
+			}
 			if sc.WritePong(f.ID) != nil {
 				return
 			}
@@ -77,6 +88,8 @@ func serve(sc *ipc.ServerConn) {
 				answer(sc, f.ID)
 			default:
 				running = f.ID // bug: answered only at the end of the body
+				streaming.Lock()
+				_ = sc.WriteWindow(f.ID, len(f.Request.Body))
 			}
 		case ipc.KindBody:
 			if f.ID == running {
@@ -85,6 +98,7 @@ func serve(sc *ipc.ServerConn) {
 		case ipc.KindEnd, ipc.KindAbort:
 			if f.ID == running {
 				running = 0
+				streaming.Unlock()
 				answer(sc, f.ID)
 				for _, id := range queue {
 					answer(sc, id)

@@ -2,7 +2,7 @@
 // package sdktest: GET / answers JSON with its pid, arguments, working
 // directory and environment; /barrier?n=N answers only once N requests are
 // inside the handler at the same time; /log logs a warning through
-// sdk.Logger.
+// sdk.Logger; /sleep answers only when its request is cancelled.
 package main
 
 import (
@@ -49,6 +49,9 @@ func main() {
 				w.Write([]byte("all arrived\n"))
 			case <-r.Context().Done():
 			}
+			return
+		case "/sleep":
+			<-r.Context().Done()
 			return
 		case "/log":
 			sdk.Logger(r.Context()).WithField("probe", "yes").Warn("probe warning")
