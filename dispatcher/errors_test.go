@@ -87,6 +87,12 @@ func TestForwardHeader(t *testing.T) {
 		{"not an ip:port", "@", false, nil, http.Header{
 			"X-Forwarded-For": {"@"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"front.example"},
 		}},
+		{"untrusted peer, forwarding headers but no Forwarded", "192.0.2.7:5555", true,
+			http.Header{"X-Forwarded-For": {"1.1.1.1"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"evil.example"}, "Connection-Less": {"x"}},
+			http.Header{"Connection-Less": {"x"}, "X-Forwarded-For": {"192.0.2.7"}, "X-Forwarded-Proto": {"https"}, "X-Forwarded-Host": {"front.example"}}},
+		{"hop-by-hop fields", "192.0.2.7:5555", false,
+			http.Header{"Connection": {"X-Drop"}, "X-Drop": {"1"}, "Keep-Alive": {"5"}, "Accept": {"*/*"}},
+			http.Header{"Accept": {"*/*"}, "X-Forwarded-For": {"192.0.2.7"}, "X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"front.example"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +107,19 @@ func TestForwardHeader(t *testing.T) {
 			got := srv.forwardHeader(r)
 			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 				t.Errorf("forwarded\n%v\nwant\n%v", got, tt.want)
+			}
+			// The no-copy path sends the same fields.
+			var buf [3]ipc.HeaderField
+			h, set := srv.forwarding(r, &buf)
+			eff := http.Header{}
+			for k, vs := range h {
+				eff[k] = vs
+			}
+			for _, f := range set {
+				eff[f.Name] = []string{f.Value}
+			}
+			if fmt.Sprint(eff) != fmt.Sprint(tt.want) {
+				t.Errorf("forwarding (no copy)\n%v\nwant\n%v", eff, tt.want)
 			}
 			if fmt.Sprint(r.Header) != before {
 				t.Errorf("the incoming header was modified: %v", r.Header)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/childproc/dispatcher/ipc"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -98,6 +99,39 @@ func (s *Server) forwardHeader(r *http.Request) http.Header {
 		h[headerXFHost] = vals[2:3:3]
 	}
 	return h
+}
+
+// forwarding returns what forwardHeader does, in the common case without a
+// copy: r.Header as is, and the forwarding fields to send in place of its
+// own (in buf). It falls back to forwardHeader when fields must be removed.
+func (s *Server) forwarding(r *http.Request, buf *[3]ipc.HeaderField) (http.Header, []ipc.HeaderField) {
+	h := r.Header
+	if hasHop(h) {
+		return s.forwardHeader(r), nil
+	}
+	peer, xff := peerAddr(r.RemoteAddr)
+	trusted := s.trusted(peer)
+	_, hasProto := h[headerXFProto]
+	_, hasHost := h[headerXFHost]
+	if !trusted {
+		if _, ok := h[headerForwarded]; ok || (hasHost && r.Host == "") {
+			return s.forwardHeader(r), nil // fields to drop
+		}
+	} else if prior := joinNonEmpty(h[headerXFF]); prior != "" {
+		xff = prior + ", " + xff
+	}
+	set := append(buf[:0], ipc.HeaderField{Name: headerXFF, Value: xff})
+	if !trusted || !hasProto {
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		set = append(set, ipc.HeaderField{Name: headerXFProto, Value: proto})
+	}
+	if (!trusted || !hasHost) && r.Host != "" {
+		set = append(set, ipc.HeaderField{Name: headerXFHost, Value: r.Host})
+	}
+	return h, set
 }
 
 // trusted reports whether addr is in one of the trusted proxy networks.

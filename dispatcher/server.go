@@ -152,6 +152,7 @@ type ctxKey struct{}
 
 // info is what the access log and error handler need to know of a request.
 type info struct {
+	set    [3]ipc.HeaderField // forwarding fields sent to the worker
 	id     string
 	pid    int
 	status int
@@ -198,13 +199,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 		Method:        r.Method,
 		URI:           r.RequestURI,
 		Proto:         r.Proto,
-		Header:        s.forwardHeader(r),
 		Host:          r.Host,
 		RemoteAddr:    r.RemoteAddr,
 		ContentLength: r.ContentLength,
 		RequestID:     in.id,
 		EOF:           true,
 	}
+	req.Header, req.Set = s.forwarding(r, &in.set)
 	var body *requestBody
 	var bodyReader io.Reader // nil unless body is: no typed nil
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {

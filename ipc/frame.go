@@ -352,6 +352,45 @@ func (d *payloadDecoder) skip(n int) error {
 	return nil
 }
 
+// encodeHeaderSet encodes h with the fields of set in place of h's fields of
+// the same names.
+func encodeHeaderSet(enc *msgpack.Encoder, h map[string][]string, set []HeaderField) {
+	replaced := func(k string) bool {
+		for _, f := range set {
+			if f.Name == k {
+				return true
+			}
+		}
+		return false
+	}
+	n := len(set)
+	for k := range h {
+		if !replaced(k) {
+			n++
+		}
+	}
+	_ = enc.EncodeMapLen(n)
+	for k, vs := range h {
+		if replaced(k) {
+			continue
+		}
+		_ = enc.EncodeString(k)
+		if vs == nil {
+			_ = enc.EncodeNil()
+			continue
+		}
+		_ = enc.EncodeArrayLen(len(vs))
+		for _, v := range vs {
+			_ = enc.EncodeString(v)
+		}
+	}
+	for _, f := range set {
+		_ = enc.EncodeString(f.Name)
+		_ = enc.EncodeArrayLen(1)
+		_ = enc.EncodeString(f.Value)
+	}
+}
+
 func encodeHeader(enc *msgpack.Encoder, h map[string][]string) {
 	if h == nil {
 		_ = enc.EncodeNil()

@@ -17,10 +17,21 @@ type Request struct {
 	Body          []byte      // the whole body if EOF, else its first chunk
 	EOF           bool        // true: Body is complete, no body frames follow
 
+	// Set lists header fields sent in place of Header's fields of the same
+	// name (one value each, distinct names): a sender adds or replaces a few
+	// fields without copying Header. On the wire they are part of the header
+	// map.
+	Set []HeaderField
+
 	// Trailer, if non-nil, is read after the body reached EOF and sent in the
 	// end frame. It is not part of the request frame. The dispatcher passes
 	// http.Request.Trailer, which net/http fills as the body is read.
 	Trailer http.Header
+}
+
+// HeaderField is one header field with one value.
+type HeaderField struct {
+	Name, Value string // Name in canonical form
 }
 
 // Response is the head of a worker's response.
@@ -46,7 +57,11 @@ func (fw *frameWriter) request(r *Request) []byte {
 	_ = e.EncodeString(r.Method)
 	_ = e.EncodeString(r.URI)
 	_ = e.EncodeString(r.Proto)
-	encodeHeader(e, r.Header)
+	if len(r.Set) == 0 {
+		encodeHeader(e, r.Header)
+	} else {
+		encodeHeaderSet(e, r.Header, r.Set)
+	}
 	_ = e.EncodeString(r.Host)
 	_ = e.EncodeString(r.RemoteAddr)
 	_ = e.EncodeInt(r.ContentLength)

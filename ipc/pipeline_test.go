@@ -355,3 +355,33 @@ func TestConnPipelineDiscard(t *testing.T) {
 		})
 	}
 }
+
+// Request.Set replaces or adds header fields on the wire without touching
+// Request.Header.
+func TestRequestSetFields(t *testing.T) {
+	c, sc := connPair(t)
+	got := make(chan http.Header, 1)
+	goWorker(t, func() error {
+		r := nextRequest(t, sc)
+		if r == nil {
+			return errors.New("missing request")
+		}
+		got <- r.Header
+		return sc.WriteResponse(&Response{ID: r.ID, Status: 204, EOF: true})
+	}, c)
+	h := http.Header{"Accept": {"*/*"}, "X-Forwarded-For": {"spoofed"}, "Multi": {"a", "b"}}
+	req := &Request{Method: "GET", URI: "/", Header: h, EOF: true,
+		Set: []HeaderField{{Name: "X-Forwarded-For", Value: "192.0.2.1"}, {Name: "X-Forwarded-Proto", Value: "http"}}}
+	if _, b, err := c.RoundTrip(req, nil); err != nil {
+		t.Fatal(err)
+	} else if _, err := readAllNext(t, b); err != nil {
+		t.Fatal(err)
+	}
+	want := http.Header{"Accept": {"*/*"}, "Multi": {"a", "b"}, "X-Forwarded-For": {"192.0.2.1"}, "X-Forwarded-Proto": {"http"}}
+	if g := recvOrFail(t, got, "the request"); !reflect.DeepEqual(g, want) {
+		t.Fatalf("worker saw %v, want %v", g, want)
+	}
+	if h.Get("X-Forwarded-For") != "spoofed" || len(h) != 3 {
+		t.Fatalf("Request.Header was modified: %v", h)
+	}
+}

@@ -21,7 +21,7 @@ const (
 	DefaultStartTimeout = 10 * time.Second
 	DefaultStopTimeout  = 5 * time.Second
 	DefaultCancelGrace  = 5 * time.Second
-	DefaultPipeline     = 4
+	DefaultPipeline     = 8
 )
 
 // Config describes one function: a worker binary and how many of its
