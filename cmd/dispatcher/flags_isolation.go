@@ -1,6 +1,6 @@
 package main
 
-// Flags that confine the workers (README, "Running untrusted handlers").
+// Flags that confine the workers (README, "Security model").
 
 import (
 	"errors"
