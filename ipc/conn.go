@@ -103,8 +103,10 @@ type Ticket struct {
 	turn   chan struct{} // closed when the ticket gets the turn; nil if it had it at once
 	err    error         // set by Discard before turn is closed
 	done   bool          // the exchange is over for this ticket
-	resp   Response
-	body   Body
+	// interrupted is set by Interrupt; guarded by the connection's qmu.
+	interrupted bool
+	resp        Response
+	body        Body
 }
 
 // NewConn wraps the dispatcher's end of a slot connection. maxFrame bounds
@@ -428,8 +430,21 @@ func (c *Conn) pass(t *Ticket) {
 func (t *Ticket) Interrupt() {
 	c := t.c
 	c.qmu.Lock()
+	t.interrupted = true
 	if c.cur == t && !t.done {
 		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+	c.qmu.Unlock()
+}
+
+// Extend moves the read deadline of t's exchange to d, if t holds the turn
+// and was not interrupted (an interrupt is never undone). Safe to call from
+// any goroutine.
+func (t *Ticket) Extend(d time.Time) {
+	c := t.c
+	c.qmu.Lock()
+	if c.cur == t && !t.done && !t.interrupted {
+		_ = c.nc.SetReadDeadline(d)
 	}
 	c.qmu.Unlock()
 }

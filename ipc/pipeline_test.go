@@ -385,3 +385,20 @@ func TestRequestSetFields(t *testing.T) {
 		t.Fatalf("Request.Header was modified: %v", h)
 	}
 }
+
+// Extend never undoes an Interrupt.
+func TestExtendAfterInterrupt(t *testing.T) {
+	c, sc := connPair(t)
+	goWorker(t, func() error {
+		if nextRequest(t, sc) == nil {
+			return errors.New("missing request")
+		}
+		return nil
+	}, c)
+	t1 := sendQueued(t, c, "/1")
+	t1.Interrupt()
+	t1.Extend(time.Now().Add(testTimeout))
+	if _, _, err := t1.Head(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("head after Interrupt then Extend: %v, want a deadline error", err)
+	}
+}

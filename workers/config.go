@@ -96,7 +96,9 @@ type Config struct {
 	// handshake. Zero fields take the defaults documented on Breaker.
 	Breaker Breaker
 	// Timeout bounds a request from the moment a worker takes it until its
-	// response is complete; past it the worker's process group is killed.
+	// response head arrives, and then each wait for the next chunk of a
+	// streamed response body (a stream lives as long as it makes progress);
+	// past it the worker is quarantined and killed with its process group.
 	// If zero, DefaultTimeout.
 	Timeout time.Duration
 	// StartTimeout bounds a worker's start and handshake. If zero,

@@ -256,3 +256,18 @@ func TestNoPipeliningBehindASlowExchange(t *testing.T) {
 		t.Fatalf("second request: %v", err)
 	}
 }
+
+// A streamed response lives as long as it makes progress: Timeout bounds
+// each wait for a chunk, not the whole stream; a stream that stalls is cut.
+func TestStreamOutlivesTimeoutWhileItFlows(t *testing.T) {
+	p := startPool(t, "drip", Config{Size: 1, Timeout: time.Second})
+	status, body, _, err := get(context.Background(), p.Pool, "/?n=25&every=100ms")
+	if err != nil || status != 200 || !strings.HasSuffix(body, "chunk 25\n") {
+		t.Fatalf("2.5 s stream with a 1 s timeout: %d, %d bytes, %v", status, len(body), err)
+	}
+	status, body, _, err = get(context.Background(), p.Pool, "/?n=3&every=3s")
+	var te *TimeoutError
+	if !errors.As(err, &te) || !strings.HasPrefix(body, "chunk 1\n") {
+		t.Fatalf("stalled stream: %d %q %v, want the first chunk then a *TimeoutError", status, body, err)
+	}
+}

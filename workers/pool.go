@@ -863,6 +863,11 @@ func (r *Response) Next() ([]byte, error) {
 	if err != nil {
 		return nil, r.fail(err)
 	}
+	if r.Streaming {
+		// A stream (server-sent events, a long download) lives as long as it
+		// makes progress: Timeout bounds each wait for the next chunk.
+		r.t.Extend(time.Now().Add(r.p.cfg.Timeout))
+	}
 	return b, nil
 }
 
