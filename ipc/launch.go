@@ -475,6 +475,9 @@ func (t *stdoutTee) Read(p []byte) (int, error) {
 	if !t.passed {
 		i := bytes.IndexByte(out, '\n')
 		if i < 0 {
+			if err != nil {
+				t.r.Close()
+			}
 			return n, err
 		}
 		t.passed = true
@@ -483,12 +486,17 @@ func (t *stdoutTee) Read(p []byte) (int, error) {
 	if len(out) > 0 {
 		_, _ = t.sink.Write(out)
 	}
+	if err != nil {
+		// go-plugin reads to the end but never closes: release the pipe.
+		t.r.Close()
+	}
 	return n, err
 }
 
 func (t *stdoutTee) Close() error { return t.r.Close() }
 
-// eofReader closes done when the underlying reader reaches end of file.
+// eofReader closes done, and the underlying reader (go-plugin never closes
+// it), when the underlying reader reaches end of file.
 type eofReader struct {
 	r    io.ReadCloser
 	done chan struct{}
@@ -498,7 +506,10 @@ type eofReader struct {
 func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
 	if err != nil {
-		e.once.Do(func() { close(e.done) })
+		e.once.Do(func() {
+			e.r.Close()
+			close(e.done)
+		})
 	}
 	return n, err
 }

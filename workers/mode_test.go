@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -181,4 +182,29 @@ func TestOnDemandStartFailureReachesTheRequest(t *testing.T) {
 	if !errors.As(err, &se) {
 		t.Fatalf("request: %v, want an *ipc.StartError", err)
 	}
+}
+
+// Workers stopped after an idle period leave no descriptor behind: neither
+// their slot connections nor their stdout and stderr pipes.
+func TestStoppedWorkersLeaveNoDescriptors(t *testing.T) {
+	p := startPool(t, "hello", Config{Mode: ModeOnDemand, MaxWorkers: 1, IdleTimeout: 50 * time.Millisecond})
+	fds := func() int {
+		e, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(e)
+	}
+	cycle := func() {
+		if status, _, _, err := get(context.Background(), p.Pool, "/"); err != nil || status != 200 {
+			t.Fatalf("request: %d %v", status, err)
+		}
+		waitFor(t, "the idle worker to stop", func() bool { return len(p.Workers()) == 0 })
+	}
+	cycle()
+	base := fds()
+	for range 5 {
+		cycle()
+	}
+	waitFor(t, fmt.Sprintf("descriptors back to %d", base), func() bool { return fds() <= base })
 }

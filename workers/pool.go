@@ -312,16 +312,7 @@ func (p *Pool) watch(c *child) {
 	c.dead.Store(true)
 	c.proc.Kill() // control connection, socket directory, stragglers in its group
 	p.mu.Lock()
-	live := p.idle[:0]
-	for _, s := range p.idle {
-		if s.c != c {
-			live = append(live, s)
-		} else {
-			s.conn.Close()
-		}
-	}
-	clear(p.idle[len(live):])
-	p.idle = live
+	p.dropIdle(c)
 	p.mu.Unlock()
 	select {
 	case p.exits <- c:
@@ -517,20 +508,29 @@ func (p *Pool) wake() {
 func (p *Pool) retire(c *child, graceful bool) {
 	c.retired = true
 	c.dead.Store(true)
-	live := p.idle[:0]
-	for _, s := range p.idle {
-		if s.c != c {
-			live = append(live, s)
-		}
-	}
-	clear(p.idle[len(live):])
-	p.idle = live
+	p.dropIdle(c)
 	if !graceful {
 		c.stopping = true
 		_ = c.proc.Signal(syscall.SIGKILL)
 		return
 	}
 	p.stopWhenIdle(c)
+}
+
+// dropIdle takes c's idle slots out of rotation and closes their
+// connections (its busy ones are closed as their exchanges end). Called with
+// p.mu held.
+func (p *Pool) dropIdle(c *child) {
+	live := p.idle[:0]
+	for _, s := range p.idle {
+		if s.c != c {
+			live = append(live, s)
+		} else {
+			s.conn.Close()
+		}
+	}
+	clear(p.idle[len(live):])
+	p.idle = live
 }
 
 // reapIdle stops the workers idle for longer than IdleTimeout.
