@@ -371,17 +371,8 @@ func encodeHeaderSet(enc *msgpack.Encoder, h map[string][]string, set []HeaderFi
 	}
 	_ = enc.EncodeMapLen(n)
 	for k, vs := range h {
-		if replaced(k) {
-			continue
-		}
-		_ = enc.EncodeString(k)
-		if vs == nil {
-			_ = enc.EncodeNil()
-			continue
-		}
-		_ = enc.EncodeArrayLen(len(vs))
-		for _, v := range vs {
-			_ = enc.EncodeString(v)
+		if !replaced(k) {
+			encodeField(enc, k, vs)
 		}
 	}
 	for _, f := range set {
@@ -398,14 +389,20 @@ func encodeHeader(enc *msgpack.Encoder, h map[string][]string) {
 	}
 	_ = enc.EncodeMapLen(len(h))
 	for k, vs := range h {
-		_ = enc.EncodeString(k)
-		if vs == nil {
-			_ = enc.EncodeNil()
-			continue
-		}
-		_ = enc.EncodeArrayLen(len(vs))
-		for _, v := range vs {
-			_ = enc.EncodeString(v)
-		}
+		encodeField(enc, k, vs)
+	}
+}
+
+// encodeField encodes one entry of a header map: the name, then its values
+// (nil stays nil).
+func encodeField(enc *msgpack.Encoder, k string, vs []string) {
+	_ = enc.EncodeString(k)
+	if vs == nil {
+		_ = enc.EncodeNil()
+		return
+	}
+	_ = enc.EncodeArrayLen(len(vs))
+	for _, v := range vs {
+		_ = enc.EncodeString(v)
 	}
 }

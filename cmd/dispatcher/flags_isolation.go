@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/childproc/dispatcher/workers"
@@ -98,26 +97,17 @@ func (f *isolationFlags) check(concurrency int) error {
 	return nil
 }
 
-// parseSize reads a byte count with an optional binary suffix: 1048576,
-// 512K, 256M, 1G, 1.5G (also KiB, MB...; always powers of 1024).
+// parseSize reads a --memory-limit: a SIZE as parseByteSize reads it, at
+// least 1M.
 func parseSize(s string) (int64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	mult := 1.0
-	if n := len(t); n > 0 {
-		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
-			mult = math.Pow(1024, float64(i+1))
-			t = t[:n-1]
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v <= 0 || math.IsInf(v, 0) || v*mult > math.MaxInt64/2 {
+	n, err := parseByteSize(s) // the syntax of every SIZE flag
+	if err != nil || n <= 0 {
 		return 0, errors.New("want a positive size such as 268435456, 512K, 256M or 1G")
 	}
-	if n := int64(v * mult); n >= 1<<20 {
-		return n, nil
+	if n < 1<<20 {
+		return 0, errors.New("must be at least 1M")
 	}
-	return 0, errors.New("must be at least 1M")
+	return n, nil
 }
 
 // isolation is what setup made: the workers' environment and sandbox.
