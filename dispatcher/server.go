@@ -43,6 +43,9 @@ type Config struct {
 	Logger *logrus.Entry
 	// AccessLog, if false, turns the per-request access log entry off.
 	AccessLog bool
+	// Observer, if set, is told each request's status and duration
+	// (metrics).
+	Observer Observer
 	// ErrorHandler answers a request that failed before the worker's
 	// response head was relayed. If nil, the default writes the status
 	// statusFor gives, a short plain-text body and the X-Dispatcher-Error
@@ -81,11 +84,19 @@ const (
 	DefaultMaxHeaders = 100
 )
 
+// Observer receives the outcome of each request a Server handles. Served
+// is called once the response is complete (or cut), on the request's
+// goroutine; it must be fast.
+type Observer interface {
+	Served(status int, d time.Duration)
+}
+
 // Server is the HTTP front. It is an http.Handler.
 type Server struct {
 	inv       Invoker
 	log       *logrus.Entry
 	accessLog bool
+	obs       Observer
 	onError   func(http.ResponseWriter, *http.Request, error)
 	idPrefix  string
 	idSeq     atomic.Uint64
@@ -112,6 +123,7 @@ func New(cfg Config) (*Server, error) {
 		inv:            cfg.Invoker,
 		log:            cfg.Logger,
 		accessLog:      cfg.AccessLog,
+		obs:            cfg.Observer,
 		onError:        cfg.ErrorHandler,
 		idPrefix:       hex.EncodeToString(b[:]) + "-",
 		maxBody:        max(orDefault(cfg.MaxBody, DefaultMaxBody), 0),
@@ -162,20 +174,27 @@ type info struct {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in := &info{id: s.requestID(r)}
 	w.Header()[HeaderRequestID] = []string{in.id}
-	if s.accessLog {
-		// Deferred: a response cut with http.ErrAbortHandler is logged too.
-		defer s.logAccess(r, in, time.Now())
+	if s.accessLog || s.obs != nil {
+		// Deferred: a response cut with http.ErrAbortHandler counts too.
+		defer s.served(r, in, time.Now())
 	}
 	s.serve(w, r, in)
 }
 
-func (s *Server) logAccess(r *http.Request, in *info, start time.Time) {
+func (s *Server) served(r *http.Request, in *info, start time.Time) {
+	d := time.Since(start)
+	if s.obs != nil {
+		s.obs.Served(in.status, d)
+	}
+	if !s.accessLog {
+		return
+	}
 	s.log.WithFields(logrus.Fields{
 		"method":      r.Method,
 		"path":        r.URL.Path,
 		"status":      in.status,
 		"bytes":       in.bytes,
-		"duration_ms": float64(time.Since(start).Microseconds()) / 1000,
+		"duration_ms": float64(d.Microseconds()) / 1000,
 		"pid":         in.pid,
 		"req_id":      in.id,
 	}).Info("request")

@@ -124,6 +124,8 @@ type Config struct {
 	// workers run as the dispatcher's own children, contained by their
 	// process group only.
 	Sandbox Sandbox
+	// Observer, if set, receives the pool's events (metrics).
+	Observer Observer
 	// Logger receives pool events and worker output. If nil, logrus's
 	// standard logger.
 	Logger *logrus.Entry

@@ -106,6 +106,7 @@ func (p *Pool) openBreaker(now time.Time, why string) {
 	b.open, b.until, b.failures = true, now.Add(b.backoff), b.failures[:0]
 	p.log.WithFields(logrus.Fields{"why": why, "until": b.until.Format(time.RFC3339), "backoff": b.backoff.String()}).
 		Error("worker binary quarantined: breaker open, no worker starts and requests are refused until then")
+	p.obs.BreakerChanged(true)
 	err := p.quarantinedLocked(now)
 	for _, w := range p.waiters {
 		w.err = err
@@ -137,6 +138,7 @@ func (p *Pool) startedLocked(now time.Time) {
 	b := &p.breaker
 	if b.probing {
 		b.probing, b.open, b.closedAt = false, false, now
+		p.obs.BreakerChanged(false)
 		p.log.Warn("worker binary out of quarantine: the probe worker started; breaker closed")
 	}
 }
@@ -145,8 +147,8 @@ func (p *Pool) startedLocked(now time.Time) {
 // misbehaved. A Go worker is sent SIGQUIT first, so that its goroutine
 // stacks land in the log, then its process group is killed after
 // QuarantineGrace.
-func (p *Pool) quarantine(c *child, reason string) {
-	if !c.reason.CompareAndSwap(nil, &reason) {
+func (p *Pool) quarantine(c *child, cause Cause, reason string) {
+	if !c.reason.CompareAndSwap(nil, &exitNote{cause, reason}) {
 		return // already on its way out
 	}
 	c.dead.Store(true)
@@ -192,7 +194,7 @@ func (p *Pool) recycleLocked(c *child, why string) {
 	p.log.WithFields(logrus.Fields{"pid": c.proc.PID(), "why": why}).Info("recycling worker: starting its replacement")
 	if p.cfg.Mode != ModePool {
 		// No replacement to wait for: demand starts one if needed.
-		p.retire(c, true)
+		p.retire(c, true, CauseRecycled)
 	}
 	p.wake()
 }
@@ -202,7 +204,7 @@ func (p *Pool) recycleLocked(c *child, why string) {
 func (p *Pool) replaceRecycled() {
 	for c := range p.children {
 		if c.recycling && !c.retired && !c.dead.Load() {
-			p.retire(c, true)
+			p.retire(c, true, CauseRecycled)
 			return
 		}
 	}
@@ -270,7 +272,7 @@ func (p *Pool) pingIdle() {
 			defer p.wg.Done()
 			_ = s.conn.SetDeadline(time.Now().Add(p.cfg.PingTimeout))
 			if err := s.conn.Ping(); err != nil && !s.c.dead.Load() {
-				p.quarantine(s.c, fmt.Sprintf("no answer to a health ping within %s: %v", p.cfg.PingTimeout, err))
+				p.quarantine(s.c, CauseQuarantined, fmt.Sprintf("no answer to a health ping within %s: %v", p.cfg.PingTimeout, err))
 			}
 			p.done(s)
 		}()

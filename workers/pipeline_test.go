@@ -97,7 +97,7 @@ func TestPipelinedRequestSurvivesCrashOfTheOneBefore(t *testing.T) {
 	}()
 	waitFor(t, "the second request to be pipelined", func() bool { return outstanding(p.Pool) == 2 })
 	for _, c := range p.liveChildren() {
-		c.kill("test")
+		c.kill(CauseCrashed, "test")
 	}
 	var ee *ExitError
 	if err := <-first; !errors.As(err, &ee) {

@@ -47,6 +47,10 @@ type Pool struct {
 	refused   int       // requests refused since the last log line about it
 	refusedAt time.Time // when that line was logged
 	breaker   breaker
+	draining  bool // Drain began: new requests are refused with ErrClosed
+	obs       Observer
+	exitLog   [keptExits]ExitRecord // ring of the latest exits
+	exitNext  int
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -66,13 +70,14 @@ type child struct {
 	slots   []*slot
 	started time.Time
 	dead    atomic.Bool
-	reason  atomic.Pointer[string] // why the pool killed it, if it did
-	cell    Cell                   // its sandbox cell; nil without a Sandbox
+	reason  atomic.Pointer[exitNote] // why the pool killed it, if it did
+	cell    Cell                     // its sandbox cell; nil without a Sandbox
 	// Guarded by Pool.mu.
 	busy      int       // exchanges reserved on its slots
 	idleSince time.Time // when busy last dropped to zero
 	used      bool      // it took a request (ModeOneShot: it is not a spare)
 	retired   bool      // taken out of rotation on purpose: its exit is no failure
+	retiredAs Cause     // why it was retired
 	stopping  bool      // retired, and its graceful stop began
 	recycling bool      // to be retired once its replacement runs
 	served    int       // requests it completed
@@ -90,6 +95,9 @@ type slot struct {
 	n         int       // exchanges reserved on it: running, queued or being discarded
 	streaming bool      // one of them streams its request body: nothing queues behind it
 	progress  time.Time // when it last became busy or finished an exchange
+	// cur is the oldest outstanding request, if known, since when.
+	cur   *ipc.Request
+	since time.Time
 }
 
 // pipelineStall is how long a busy slot may go without finishing an
@@ -104,7 +112,12 @@ func NewPool(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
 	return &Pool{
+		obs:      obs,
 		cfg:      cfg,
 		log:      cfg.Logger.WithField("worker", filepath.Base(cfg.Path)),
 		children: make(map[*child]struct{}),
@@ -259,6 +272,7 @@ func (p *Pool) spawn() (*child, error) {
 		SocketDir:    p.socketDir,
 		Logger:       p.cfg.Logger,
 	})
+	p.obs.WorkerStarted(time.Since(t0), err)
 	if err != nil {
 		if onExit != nil {
 			onExit() // Release is idempotent; a start that failed before exec did not call it
@@ -365,11 +379,23 @@ func (p *Pool) supervise() {
 			delete(p.children, c)
 			retired := c.retired
 			var delay time.Duration
+			now := time.Now()
+			note := c.reason.Load()
+			switch {
+			case retired:
+				p.recordExit(c, c.retiredAs, "retired", now)
+			case note != nil:
+				p.recordExit(c, note.cause, note.text, now)
+			case c.outOfMemory():
+				p.recordExit(c, CauseOutOfMemory, "over its memory limit", now)
+			default:
+				p.recordExit(c, CauseCrashed, describeExit(c.proc.ExitState()), now)
+			}
 			if !retired {
 				delay = p.backoff.Exited(lived)
-				p.notBefore = time.Now().Add(delay)
-				if c.reason.Load() == nil {
-					p.failed(time.Now()) // a crash, not a kill of ours
+				p.notBefore = now.Add(delay)
+				if note == nil {
+					p.failed(now) // a crash, not a kill of ours
 				}
 			}
 			p.mu.Unlock()
@@ -505,8 +531,8 @@ func (p *Pool) wake() {
 
 // retire takes c out of rotation on purpose and stops it: at once with
 // SIGKILL (a used oneshot worker) or gracefully. Called with p.mu held.
-func (p *Pool) retire(c *child, graceful bool) {
-	c.retired = true
+func (p *Pool) retire(c *child, graceful bool, cause Cause) {
+	c.retired, c.retiredAs = true, cause
 	c.dead.Store(true)
 	p.dropIdle(c)
 	if !graceful {
@@ -541,7 +567,7 @@ func (p *Pool) reapIdle() {
 	for c := range p.children {
 		if !c.dead.Load() && !c.retired && c.busy == 0 && now.Sub(c.idleSince) >= p.cfg.IdleTimeout {
 			p.log.WithFields(logrus.Fields{"pid": c.proc.PID(), "idle": now.Sub(c.idleSince).Round(time.Millisecond).String()}).Debug("stopping an idle worker")
-			p.retire(c, true)
+			p.retire(c, true, CauseIdle)
 		}
 	}
 }
@@ -556,7 +582,7 @@ func (p *Pool) logExit(c *child, lived, delay time.Duration) {
 		f["restart_in"] = delay.String()
 	}
 	if r := c.reason.Load(); r != nil {
-		f["reason"] = *r
+		f["reason"] = r.text
 		p.log.WithFields(f).Warn("worker killed; replacing it")
 		return
 	}
@@ -573,8 +599,8 @@ func (p *Pool) logExit(c *child, lived, delay time.Duration) {
 
 // kill takes a worker out of rotation and SIGKILLs its process group. The
 // first reason given is kept for the log.
-func (c *child) kill(reason string) {
-	c.reason.CompareAndSwap(nil, &reason)
+func (c *child) kill(cause Cause, reason string) {
+	c.reason.CompareAndSwap(nil, &exitNote{cause, reason})
 	c.dead.Store(true)
 	_ = c.proc.Signal(syscall.SIGKILL)
 }
@@ -583,21 +609,23 @@ func (c *child) kill(reason string) {
 // if there is one; else, for a request that can be pipelined (its body is
 // complete), the least loaded busy slot with room below the pipelining
 // depth; else it waits for either.
-func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
+func (p *Pool) acquire(ctx context.Context, req *ipc.Request, pipelinable bool) (*slot, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		s := p.idle[len(p.idle)-1]
 		p.idle[len(p.idle)-1] = nil
 		p.idle = p.idle[:len(p.idle)-1]
 		if !s.c.dead.Load() {
-			p.reserve(s, pipelinable)
+			p.reserve(s, req, pipelinable)
 			p.mu.Unlock()
+			p.obs.Admitted(0, nil)
 			return s, nil
 		}
 		s.conn.Close()
 	}
-	if p.closed {
+	if p.closed || p.draining {
 		p.mu.Unlock()
+		p.obs.Admitted(0, ErrClosed)
 		return nil, ErrClosed
 	}
 	if pipelinable && p.cfg.Pipeline > 1 {
@@ -615,41 +643,48 @@ func (p *Pool) acquire(ctx context.Context, pipelinable bool) (*slot, error) {
 			}
 		}
 		if best != nil {
-			p.reserve(best, pipelinable)
+			p.reserve(best, req, pipelinable)
 			p.mu.Unlock()
+			p.obs.Admitted(0, nil)
 			return best, nil
 		}
 	}
 	if b := &p.breaker; b.open && time.Now().Before(b.until) {
 		err := p.quarantinedLocked(time.Now())
 		p.mu.Unlock()
+		p.obs.Admitted(0, err)
 		return nil, err
 	}
 	if len(p.waiters) >= p.cfg.Queue {
 		err := &OverloadError{Reason: fmt.Sprintf("%d requests already wait for a worker", len(p.waiters)), RetryAfter: time.Second}
 		p.refusedLocked(err)
 		p.mu.Unlock()
+		p.obs.Admitted(0, err)
 		return nil, err
 	}
-	w := &waiter{ch: make(chan *slot, 1), pipelinable: pipelinable}
+	w := &waiter{ch: make(chan *slot, 1), req: req, pipelinable: pipelinable}
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
 	p.wake()
 
+	t0 := time.Now()
 	timer := time.NewTimer(p.cfg.QueueTimeout)
 	defer timer.Stop()
 	var err error
 	select {
 	case s := <-w.ch:
 		if s == nil {
+			p.obs.Admitted(time.Since(t0), w.err)
 			return nil, w.err
 		}
+		p.obs.Admitted(time.Since(t0), nil)
 		return s, nil
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
 		err = &OverloadError{Reason: fmt.Sprintf("no worker became free within %s", p.cfg.QueueTimeout), RetryAfter: time.Second}
 	}
+	p.obs.Admitted(time.Since(t0), err)
 	p.mu.Lock()
 	for i, x := range p.waiters {
 		if x == w {
@@ -683,13 +718,15 @@ func (p *Pool) refusedLocked(err *OverloadError) {
 type waiter struct {
 	ch          chan *slot
 	err         error // why it gets no slot, sent with nil
+	req         *ipc.Request
 	pipelinable bool
 }
 
 // reserve counts one more exchange on s. Called with p.mu held.
-func (p *Pool) reserve(s *slot, pipelinable bool) {
+func (p *Pool) reserve(s *slot, req *ipc.Request, pipelinable bool) {
 	if s.n == 0 {
 		s.progress = time.Now()
+		s.cur, s.since = req, s.progress
 	}
 	s.n++
 	s.c.busy++
@@ -709,12 +746,13 @@ func (p *Pool) done(s *slot) { p.release(s, false) }
 // towards MaxRequests).
 func (p *Pool) release(s *slot, served bool) {
 	if err := s.conn.Err(); err != nil && !s.c.dead.Load() {
-		s.c.kill("slot connection broken: " + err.Error())
+		s.c.kill(CauseBroken, "slot connection broken: "+err.Error())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.n--
 	s.progress = time.Now()
+	s.cur, s.since = nil, s.progress // the next one's request is not known here
 	if s.n == 0 {
 		s.streaming = false
 	}
@@ -727,7 +765,7 @@ func (p *Pool) release(s *slot, served bool) {
 		p.stopWhenIdle(c)
 		if p.cfg.Mode == ModeOneShot && c.used && !c.retired && !c.dead.Load() && !p.closed {
 			// Its one request is over: discard it, and start a spare.
-			p.retire(c, false)
+			p.retire(c, false, CauseOneShot)
 			p.wake()
 		}
 	}
@@ -744,7 +782,7 @@ func (p *Pool) release(s *slot, served bool) {
 			continue
 		}
 		p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-		p.reserve(s, w.pipelinable)
+		p.reserve(s, w.req, w.pipelinable)
 		w.ch <- s
 		return
 	}
@@ -767,7 +805,7 @@ func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) 
 	pipelinable := req.EOF
 	for range maxAttempts {
 		var s *slot
-		if s, err = p.acquire(ctx, pipelinable); err != nil {
+		if s, err = p.acquire(ctx, req, pipelinable); err != nil {
 			return nil, err
 		}
 		var resp *Response
@@ -910,7 +948,7 @@ func (r *Response) fail(err error) error {
 	var abort *ipc.AbortError
 	switch {
 	case errors.Is(err, ipc.ErrNotDelivered):
-		c.kill("died before reading a request")
+		c.kill(CauseBroken, "died before reading a request")
 		p.discard(s, err)
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load() && s.conn.Err() == nil:
 		err = context.Canceled
@@ -920,11 +958,11 @@ func (r *Response) fail(err error) error {
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load():
 		// The client left while a frame was half read: the stream is torn
 		// and the worker cannot be told. It goes; the client is gone anyway.
-		c.kill("client went away in the middle of a frame")
+		c.kill(CauseBroken, "client went away in the middle of a frame")
 		p.discard(s, err)
 		err = context.Canceled
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		p.quarantine(c, "request timed out")
+		p.quarantine(c, CauseTimeout, "request timed out")
 		err = &TimeoutError{Path: p.cfg.Path, PID: c.proc.PID(), Timeout: p.cfg.Timeout}
 		p.discard(s, err)
 	case errors.As(err, &abort) && s.conn.Err() == nil:
@@ -956,7 +994,7 @@ func (p *Pool) discard(s *slot, cause error) {
 func (p *Pool) crashed(c *child, err error) error {
 	var pe *ipc.ProtocolError
 	if errors.As(err, &pe) {
-		c.kill("protocol violation: " + pe.Reason)
+		c.kill(CauseProtocol, "protocol violation: "+pe.Reason)
 	}
 	c.dead.Store(true)
 	t := time.NewTimer(time.Second)
@@ -964,7 +1002,7 @@ func (p *Pool) crashed(c *child, err error) error {
 	select {
 	case <-c.proc.Exited():
 	case <-t.C:
-		c.kill("closed its connection but did not exit")
+		c.kill(CauseProtocol, "closed its connection but did not exit")
 		<-c.proc.Exited()
 	}
 	if c.outOfMemory() {
@@ -1009,7 +1047,7 @@ func (p *Pool) cancelExchange(r *Response) {
 				if !errors.Is(err, os.ErrDeadlineExceeded) {
 					reason = "draining a cancelled exchange failed: " + err.Error()
 				}
-				p.quarantine(s.c, reason)
+				p.quarantine(s.c, CauseQuarantined, reason)
 			}
 			p.discard(s, err)
 		}

@@ -67,8 +67,13 @@ func startPool(tb testing.TB, worker string, cfg Config) *testPool {
 	return tp
 }
 
+// roundTripper is a *Pool or a *Function.
+type roundTripper interface {
+	RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error)
+}
+
 // get sends a bodiless GET and returns the status, body and pid.
-func get(ctx context.Context, p *Pool, path string) (int, string, int, error) {
+func get(ctx context.Context, p roundTripper, path string) (int, string, int, error) {
 	req := &ipc.Request{Method: "GET", URI: path, Proto: "HTTP/1.1", Host: "test", ContentLength: 0, EOF: true}
 	resp, err := p.RoundTrip(ctx, req, nil)
 	if err != nil {

@@ -1,0 +1,122 @@
+package dispatcher
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// Route sends the requests whose host and path match it to a Handler
+// (usually a *Server, one per function).
+type Route struct {
+	// Name names the route's function in errors.
+	Name string
+	// Host, if set, restricts the route to requests for that host
+	// (compared without the port, case-insensitively).
+	Host string
+	// Prefix is the path prefix the route serves, on a segment boundary:
+	// "/api" matches /api and /api/users, not /apis. "/" (or "") matches
+	// every path. The handler sees the whole path.
+	Prefix string
+	// Handler serves the route's requests.
+	Handler http.Handler
+}
+
+// Router is an http.Handler that sends each request to the route with the
+// longest matching prefix among those for its host, then among those for
+// any host. Its routes can be replaced while it serves (a reload).
+type Router struct {
+	routes atomic.Pointer[[]Route]
+}
+
+// NewRouter returns a Router for routes.
+func NewRouter(routes []Route) (*Router, error) {
+	rt := &Router{}
+	if err := rt.Set(routes); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// Set replaces the routes. Requests already routed keep their handler.
+func (rt *Router) Set(routes []Route) error {
+	rs := slices.Clone(routes)
+	seen := map[string]string{}
+	for i := range rs {
+		r := &rs[i]
+		if r.Handler == nil {
+			return fmt.Errorf("route %q: no handler", r.Name)
+		}
+		if r.Prefix == "" {
+			r.Prefix = "/"
+		}
+		if !strings.HasPrefix(r.Prefix, "/") {
+			return fmt.Errorf("route %q: prefix %q must start with /", r.Name, r.Prefix)
+		}
+		if len(r.Prefix) > 1 {
+			r.Prefix = strings.TrimSuffix(r.Prefix, "/")
+		}
+		r.Host = strings.ToLower(r.Host)
+		key := r.Host + r.Prefix
+		if other, ok := seen[key]; ok {
+			return fmt.Errorf("routes %q and %q both serve host %q, prefix %q", other, r.Name, r.Host, r.Prefix)
+		}
+		seen[key] = r.Name
+	}
+	// Host routes first, then the longest prefix first: the first match
+	// wins.
+	slices.SortStableFunc(rs, func(a, b Route) int {
+		if (a.Host == "") != (b.Host == "") {
+			if a.Host != "" {
+				return -1
+			}
+			return 1
+		}
+		return len(b.Prefix) - len(a.Prefix)
+	})
+	rt.routes.Store(&rs)
+	return nil
+}
+
+// Routes returns the current routes, host routes and longest prefixes
+// first.
+func (rt *Router) Routes() []Route { return slices.Clone(*rt.routes.Load()) }
+
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := rt.match(r.Host, r.URL.Path); h != nil {
+		h.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set(HeaderError, "no-route")
+	http.Error(w, "no function serves this host and path", http.StatusNotFound)
+}
+
+func (rt *Router) match(host, path string) http.Handler {
+	routes := *rt.routes.Load()
+	if len(routes) == 1 && routes[0].Host == "" && routes[0].Prefix == "/" {
+		return routes[0].Handler // the --workers shortcut
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	for i := range routes {
+		rt := &routes[i]
+		if rt.Host != "" && !strings.EqualFold(rt.Host, host) {
+			continue
+		}
+		if pathHasPrefix(path, rt.Prefix) {
+			return rt.Handler
+		}
+	}
+	return nil
+}
+
+func pathHasPrefix(path, prefix string) bool {
+	if prefix == "/" {
+		return true
+	}
+	return strings.HasPrefix(path, prefix) && (len(path) == len(prefix) || path[len(prefix)] == '/')
+}

@@ -1,0 +1,84 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/childproc/dispatcher/ipc"
+)
+
+// Function is a named function's current pool. A reload swaps in a new
+// pool while requests keep flowing: a request that reaches the old pool
+// after it began draining is sent to the new one.
+type Function struct {
+	name string
+	pool atomic.Pointer[Pool]
+}
+
+// NewFunction returns a Function served by p.
+func NewFunction(name string, p *Pool) *Function {
+	f := &Function{name: name}
+	f.pool.Store(p)
+	return f
+}
+
+// Name returns the function's name.
+func (f *Function) Name() string { return f.name }
+
+// Pool returns the function's current pool.
+func (f *Function) Pool() *Pool { return f.pool.Load() }
+
+// Swap makes p the function's pool and returns the previous one, which
+// the caller drains.
+func (f *Function) Swap(p *Pool) *Pool { return f.pool.Swap(p) }
+
+// RoundTrip is Pool.RoundTrip on the current pool.
+func (f *Function) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
+	for {
+		p := f.pool.Load()
+		resp, err := p.RoundTrip(ctx, req, body)
+		if errors.Is(err, ErrClosed) && f.pool.Load() != p {
+			continue // refused before anything was sent: a reload replaced p
+		}
+		return resp, err
+	}
+}
+
+// Drain stops giving the pool new requests (they get ErrClosed), lets the
+// requests it has, running or waiting, finish, and then closes it. When
+// ctx is done first, Close stops the workers with what they still run.
+func (p *Pool) Drain(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !p.drained() {
+		select {
+		case <-ctx.Done():
+			p.log.WithField("in_flight", p.inFlight()).Warn("drain timed out: stopping workers that still serve requests")
+			return p.Close(context.Background())
+		case <-tick.C:
+		}
+	}
+	return p.Close(ctx)
+}
+
+func (p *Pool) drained() bool { return p.inFlight() == 0 }
+
+// inFlight counts the requests the pool has: running, queued on a worker,
+// or waiting for one.
+func (p *Pool) inFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.waiters)
+	for c := range p.children {
+		for _, s := range c.slots {
+			n += s.n
+		}
+	}
+	return n
+}
