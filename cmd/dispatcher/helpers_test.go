@@ -234,6 +234,7 @@ type dproc struct {
 	tmpDir  string // the process's TMPDIR
 	addr    string // host:port it listens on
 	url     string // http://addr
+	admin   string // http://admin-addr, if the admin listener is on
 	workers []int  // worker pids from the listening line
 	client  *http.Client
 }
@@ -243,6 +244,10 @@ type dproc struct {
 func startProc(t *testing.T, args ...string) *dproc {
 	t.Helper()
 	d := &dproc{t: t, log: newLogBuf(), done: make(chan struct{}), tmpDir: shortTempDir(t)}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--admin-listen") }) {
+		// Not the default port: tests run dispatchers in parallel.
+		args = append([]string{"--admin-listen", "127.0.0.1:0"}, args...)
+	}
 	d.cmd = exec.Command(bin(t, "dispatcher"), args...)
 	env := []string{"TMPDIR=" + d.tmpDir}
 	for _, kv := range os.Environ() {
@@ -297,7 +302,10 @@ func startDispatcher(t *testing.T, args ...string) *dproc {
 		}
 		d.workers = append(d.workers, pid)
 	}
-	if len(d.workers) == 0 && !slices.Contains(args, "ondemand") {
+	if a, ok := field(line, "admin"); ok {
+		d.admin = "http://" + a
+	}
+	if len(d.workers) == 0 && !slices.Contains(args, "ondemand") && !slices.Contains(args, "--config") {
 		t.Fatalf("listening line names no workers: %s", line)
 	}
 	d.client = &http.Client{
@@ -382,21 +390,31 @@ func (d *dproc) cleanup() {
 // get sends a GET to path with the given header pairs (name, value, ...).
 func (d *dproc) get(path string, header ...string) (*http.Response, string) {
 	d.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, d.url+path, nil)
+	return d.getURL(d.url+path, header...)
+}
+
+// getURL sends a GET to url (the admin listener's, say).
+func (d *dproc) getURL(url string, header ...string) (*http.Response, string) {
+	d.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+			continue
+		}
 		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
-		d.t.Fatalf("GET %s: %v", path, err)
+		d.t.Fatalf("GET %s: %v", url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		d.t.Fatalf("GET %s: reading body: %v", path, err)
+		d.t.Fatalf("GET %s: reading body: %v", url, err)
 	}
 	return resp, string(body)
 }

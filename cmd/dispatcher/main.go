@@ -3,6 +3,13 @@
 //
 //	dispatcher --workers ./bin/handler --listen 127.0.0.1:8080
 //
+//	dispatcher --config dispatcher.yaml
+//
+// SIGHUP reloads: the config file is read again, new workers are started
+// and handshaken, traffic moves to them, and the old ones finish their
+// requests and stop. A configuration that fails to load or to start keeps
+// the old one serving.
+//
 // Exit status: 0 after a clean shutdown (SIGINT or SIGTERM), 2 for a usage
 // error or a worker binary that is missing, not executable or not a worker,
 // 1 for any other failure. A second signal during shutdown ends the process
@@ -33,8 +40,20 @@ func main() {
 		default:
 		}
 	}()
+	reload := make(chan struct{}, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default: // one is pending already
+			}
+		}
+	}()
 	m := NewMain()
 	m.CaptureStderr = true
+	m.Reload = reload
 	err := m.Run(ctx, os.Args[1:])
 	os.Exit(exitCode(err))
 }

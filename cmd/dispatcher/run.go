@@ -9,13 +9,13 @@ import (
 	"io"
 	stdlog "log"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
 
-	"github.com/childproc/dispatcher/dispatcher"
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/workers"
 	"github.com/sirupsen/logrus"
@@ -45,6 +45,10 @@ type Main struct {
 	// Ready, if set, is called with the listening address once the
 	// dispatcher serves requests.
 	Ready func(addr net.Addr)
+	// Reload, if set, makes Run reload its configuration (re-reading the
+	// config file) at each value: new workers are started, traffic moves to
+	// them, and the old ones finish what they have and stop.
+	Reload <-chan struct{}
 }
 
 // NewMain returns a Main writing to the process's stderr.
@@ -54,6 +58,10 @@ type options struct {
 	workers         string
 	workerArgs      []string
 	listen          string
+	adminListen     string
+	config          string
+	checkConfig     string
+	watch           bool
 	poolSize        int
 	concurrency     int
 	pipeline        int
@@ -66,20 +74,34 @@ type options struct {
 	isolation       isolationFlags // flags_isolation.go
 	http            httpFlags      // flags_http.go
 	modes           modeFlags      // flags_modes.go
+
+	// A function's name and route (host, path prefix): from the config
+	// file, or the binary's name and / for --workers.
+	name, host, route string
+	// functions are the functions to serve, each with its own options (the
+	// global ones are those of the top-level options).
+	functions []*options
 }
 
-func (m *Main) parse(args []string) (*options, error) {
-	o := &options{}
+// newFlagSet returns the dispatcher's flags, bound to o.
+func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	fs.StringVar(&o.workers, "workers", "", "worker `binary` built with the sdk (required); arguments for it follow --")
+	if out == nil {
+		out = io.Discard
+	}
+	fs.SetOutput(out)
+	fs.StringVar(&o.workers, "workers", "", "worker `binary` built with the sdk (required unless --config); arguments for it follow --")
+	fs.StringVar(&o.config, "config", "", "YAML `file` declaring the functions to serve, their routes and settings (see dispatcher.example.yaml)")
+	fs.StringVar(&o.checkConfig, "check-config", "", "validate the config `file` (and its worker binaries) and exit")
+	fs.BoolVar(&o.watch, "watch", false, "reload when the config file or a worker binary changes (as on SIGHUP)")
 	fs.StringVar(&o.listen, "listen", ":8080", "`address` to serve HTTP on")
+	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9090", "`address` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
 	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running")
 	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once")
 	fs.IntVar(&o.pipeline, "pipeline", workers.DefaultPipeline, "requests that may be queued on one busy worker slot, counting the running one (1 disables pipelining)")
 	fs.DurationVar(&o.timeout, "timeout", workers.DefaultTimeout, "per-request limit from the moment a worker takes it; past it: 504 and the worker is killed")
 	fs.DurationVar(&o.startTimeout, "start-timeout", workers.DefaultStartTimeout, "limit for a worker to start and complete the handshake")
-	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may take to finish (and, on reload, the old workers)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.accessLog, "access-log", true, "log one line per request")
@@ -87,56 +109,161 @@ func (m *Main) parse(args []string) (*options, error) {
 	o.http.register(fs)
 	o.modes.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: dispatcher --workers BINARY [flags] [-- worker args...]\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: dispatcher --workers BINARY [flags] [-- worker args...]\n       dispatcher --config FILE [flags]\n       dispatcher --check-config FILE\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
+	return fs
+}
+
+func (m *Main) parse(args []string) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o, m.Stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
 		return nil, &UsageError{Msg: err.Error(), Printed: true}
 	}
+	if o.checkConfig != "" {
+		if o.config != "" && o.config != o.checkConfig {
+			return nil, usageErrorf("--check-config %q and --config %q: give one file", o.checkConfig, o.config)
+		}
+		o.config = o.checkConfig
+	}
+	if o.config != "" {
+		return m.parseConfig(o, args, fs.Args())
+	}
 	o.workerArgs = fs.Args()
 	if o.workers == "" {
 		fs.Usage()
-		return nil, usageErrorf("--workers is required")
+		return nil, usageErrorf("--workers is required (or --config FILE)")
 	}
-	path, err := checkExecutable(o.workers)
+	if err := o.checkGlobal(); err != nil {
+		return nil, err
+	}
+	if err := o.checkFunction(setFlags(fs)); err != nil {
+		return nil, err
+	}
+	o.name, o.route = filepath.Base(o.workers), "/"
+	o.functions = []*options{o}
+	return o, nil
+}
+
+// parseConfig reads the config file o names. The command line's flags
+// override the file's top level, and a function's settings override both.
+func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
+	if o.workers != "" {
+		return nil, usageErrorf("--workers and --config: use one (the file names each function's binary)")
+	}
+	if len(rest) > 0 {
+		return nil, usageErrorf("worker arguments after -- go with --workers; in --config %s give each function its args", o.config)
+	}
+	cf, err := loadConfig(o.config)
 	if err != nil {
 		return nil, err
+	}
+	layered := func(fn *configFunction) (*options, map[string]bool, error) {
+		fo := &options{}
+		fs := newFlagSet(fo, nil)
+		if err := cf.apply(fs, cf.top, ""); err != nil {
+			return nil, nil, err
+		}
+		if err := fs.Parse(args); err != nil {
+			return nil, nil, &UsageError{Msg: err.Error()}
+		}
+		if fn != nil {
+			if err := cf.apply(fs, fn.settings, fmt.Sprintf("functions[%d].", fn.index)); err != nil {
+				return nil, nil, err
+			}
+		}
+		return fo, setFlags(fs), nil
+	}
+	g, _, err := layered(nil)
+	if err != nil {
+		return nil, err
+	}
+	g.config, g.checkConfig = o.config, o.checkConfig
+	if err := g.checkGlobal(); err != nil {
+		return nil, cf.locate(err, nil)
+	}
+	routes := map[string]string{}
+	for i := range cf.functions {
+		f := &cf.functions[i]
+		fo, set, err := layered(f)
+		if err != nil {
+			return nil, err
+		}
+		fo.name, fo.host, fo.route, fo.workerArgs = f.name, f.host, f.route, f.args
+		if err := fo.checkFunction(set); err != nil {
+			return nil, cf.locate(err, f)
+		}
+		key := f.host + " " + strings.TrimSuffix(f.route, "/")
+		if other, ok := routes[key]; ok {
+			return nil, configError(cf.path, f.line, "functions[%d] (%s): route %s%s is already %s's", i, f.name, f.host, f.route, other)
+		}
+		routes[key] = f.name
+		g.functions = append(g.functions, fo)
+	}
+	return g, nil
+}
+
+// setFlags returns the names of the flags fs was given.
+func setFlags(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
+}
+
+// checkGlobal validates the settings of the dispatcher as a whole.
+func (o *options) checkGlobal() error {
+	switch {
+	case o.shutdownTimeout < 0:
+		return usageErrorf("--shutdown-timeout %s: must not be negative", o.shutdownTimeout)
+	case o.logFormat != "text" && o.logFormat != "json":
+		return usageErrorf("--log-format %q: must be text or json", o.logFormat)
+	case o.watch && o.config == "" && o.workers == "":
+		return usageErrorf("--watch: needs --config or --workers")
+	}
+	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
+		return usageErrorf("--log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
+	if o.adminListen != "" {
+		if _, _, err := net.SplitHostPort(o.adminListen); err != nil {
+			return usageErrorf("--admin-listen %q: want host:port", o.adminListen)
+		}
+		if _, port, _ := net.SplitHostPort(o.adminListen); o.adminListen == o.listen && port != "0" {
+			return usageErrorf("--admin-listen %q: must not be the public --listen address", o.adminListen)
+		}
+	}
+	return o.http.check()
+}
+
+// checkFunction validates the settings of one function.
+func (o *options) checkFunction(set map[string]bool) error {
+	path, err := checkExecutable(o.workers)
+	if err != nil {
+		return err
 	}
 	o.workers = path
 	switch {
 	case o.poolSize < 1:
-		return nil, usageErrorf("--pool-size %d: must be at least 1", o.poolSize)
+		return usageErrorf("--pool-size %d: must be at least 1", o.poolSize)
 	case o.concurrency < 1 || o.concurrency > 1024:
-		return nil, usageErrorf("--concurrency %d: must be 1-1024", o.concurrency)
+		return usageErrorf("--concurrency %d: must be 1-1024", o.concurrency)
 	case o.pipeline < 1 || o.pipeline > ipc.MaxDepth:
-		return nil, usageErrorf("--pipeline %d: must be 1-%d", o.pipeline, ipc.MaxDepth)
+		return usageErrorf("--pipeline %d: must be 1-%d", o.pipeline, ipc.MaxDepth)
 	case o.timeout <= 0:
-		return nil, usageErrorf("--timeout %s: must be positive", o.timeout)
+		return usageErrorf("--timeout %s: must be positive", o.timeout)
 	case o.startTimeout <= 0:
-		return nil, usageErrorf("--start-timeout %s: must be positive", o.startTimeout)
-	case o.shutdownTimeout < 0:
-		return nil, usageErrorf("--shutdown-timeout %s: must not be negative", o.shutdownTimeout)
-	case o.logFormat != "text" && o.logFormat != "json":
-		return nil, usageErrorf("--log-format %q: must be text or json", o.logFormat)
-	}
-	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
-		return nil, usageErrorf("--log-level %q: must be debug, info, warn or error", o.logLevel)
+		return usageErrorf("--start-timeout %s: must be positive", o.startTimeout)
 	}
 	if err := o.isolation.check(o.concurrency); err != nil {
-		return nil, err
+		return err
 	}
 	if err := o.http.check(); err != nil {
-		return nil, err
+		return err
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if err := o.modes.check(o.concurrency, o.pipeline, set); err != nil {
-		return nil, err
-	}
-	return o, nil
+	return o.modes.check(o.concurrency, o.pipeline, set)
 }
 
 // checkExecutable resolves path and checks that it is an executable file.
@@ -173,7 +300,7 @@ func (m *Main) logger(o *options) *logrus.Logger {
 
 // Run parses args, starts the workers and serves until ctx is done, then
 // shuts down in order: stop accepting, let in-flight requests finish, stop
-// the workers.
+// the workers. A value on Main.Reload reloads (SIGHUP).
 func (m *Main) Run(ctx context.Context, args []string) error {
 	o, err := m.parse(args)
 	if err != nil {
@@ -181,6 +308,10 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	}
 	logger := m.logger(o)
 	log := logrus.NewEntry(logger)
+	if o.checkConfig != "" {
+		fmt.Fprintf(m.Stderr, "%s: OK, %d function(s)\n", o.checkConfig, len(o.functions))
+		return nil
+	}
 	if m.CaptureStderr {
 		restore, err := captureStderr(log.WithField("component", "stderr"))
 		if err != nil {
@@ -189,28 +320,9 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		defer restore()
 	}
 
-	iso, err := o.isolation.setup(o.workers, log)
-	if err != nil {
-		return err
-	}
-	defer iso.close()
-	pool, err := workers.NewPool(o.modes.apply(workers.Config{
-		Env:          iso.env,
-		Sandbox:      iso.sandbox,
-		Path:         o.workers,
-		Args:         o.workerArgs,
-		Size:         o.poolSize,
-		Concurrency:  o.concurrency,
-		Pipeline:     o.pipeline,
-		Timeout:      o.timeout,
-		StartTimeout: o.startTimeout,
-		Logger:       log,
-	}))
-	if err != nil {
-		return usageErrorf("%v", err)
-	}
 	t0 := time.Now()
-	if err := pool.Start(ctx); err != nil {
+	svc := newService(m, args, o, log)
+	if err := svc.start(ctx); err != nil {
 		var se *ipc.StartError
 		switch {
 		case ctx.Err() != nil:
@@ -221,44 +333,72 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		}
 		return err
 	}
-	srv, err := dispatcher.New(o.http.config(dispatcher.Config{Invoker: pool, Logger: log, AccessLog: o.accessLog}))
-	if err != nil {
-		_ = pool.Close(context.Background())
-		return err
-	}
+	defer svc.close()
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
-		_ = pool.Close(context.Background())
 		return fmt.Errorf("listen on %s: %w", o.listen, err)
 	}
 	errWriter := logger.WriterLevel(logrus.WarnLevel)
 	defer errWriter.Close()
-	hs := o.http.server(srv, stdlog.New(errWriter, "", 0))
-	served := make(chan error, 1)
+	errLog := stdlog.New(errWriter, "", 0)
+	hs := o.http.server(svc.router, errLog)
+	served := make(chan error, 2)
 	go func() { served <- o.http.serve(hs, ln) }()
-	log.WithFields(logrus.Fields{
-		"addr": ln.Addr().String(), "workers": strings.Trim(fmt.Sprint(pool.Workers()), "[]"),
-		"binary": o.workers, "startup_ms": time.Since(t0).Milliseconds(),
-	}).Info("dispatcher listening")
+	fields := logrus.Fields{"addr": ln.Addr().String(), "startup_ms": time.Since(t0).Milliseconds()}
+	if o.config == "" {
+		fields["workers"] = strings.Trim(fmt.Sprint(svc.functions()[0].Pool.Workers()), "[]")
+		fields["binary"] = o.workers
+	} else {
+		fields["config"] = o.config
+		fields["functions"] = len(o.functions)
+	}
+	var admin *http.Server
+	if o.adminListen != "" {
+		aln, err := net.Listen("tcp", o.adminListen)
+		if err != nil {
+			_ = hs.Close()
+			return fmt.Errorf("admin listen on %s: %w", o.adminListen, err)
+		}
+		admin = &http.Server{Handler: svc.admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
+		go func() {
+			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("admin server: %w", err)
+			}
+		}()
+		fields["admin"] = aln.Addr().String()
+	}
+	log.WithFields(fields).Info("dispatcher listening")
 	if m.Ready != nil {
 		m.Ready(ln.Addr())
 	}
+	stopWatch := svc.watch(o)
+	defer stopWatch()
 
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down: draining in-flight requests")
-	case serveErr = <-served:
-		log.WithError(serveErr).Error("HTTP server failed; shutting down")
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down: draining in-flight requests")
+			break loop
+		case <-m.Reload:
+			_ = svc.reload(ctx)
+		case serveErr = <-served:
+			log.WithError(serveErr).Error("HTTP server failed; shutting down")
+			break loop
+		}
 	}
+	svc.admin.SetDraining()
+	stopWatch()
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		log.WithError(err).Warn("in-flight requests did not finish within --shutdown-timeout; closing their connections")
 		_ = hs.Close()
 	}
-	if err := pool.Close(context.Background()); err != nil {
-		log.WithError(err).Warn("stopping workers")
+	svc.close()
+	if admin != nil {
+		_ = admin.Close()
 	}
 	log.Info("stopped")
 	return serveErr
