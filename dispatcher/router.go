@@ -90,7 +90,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(w, r)
 		return
 	}
-	w.Header().Set(HeaderError, "no-route")
+	w.Header().Set(HeaderError, "true")
 	http.Error(w, "no function serves this host and path", http.StatusNotFound)
 }
 

@@ -53,7 +53,7 @@ func TestRouterNoRouteAndSet(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	rt.ServeHTTP(rec, httptest.NewRequest("GET", "/other", nil))
-	if rec.Code != 404 || rec.Header().Get(HeaderError) != "no-route" {
+	if rec.Code != 404 || rec.Header().Get(HeaderError) != "true" {
 		t.Errorf("unrouted request: %d %q", rec.Code, rec.Header().Get(HeaderError))
 	}
 	if err := rt.Set([]Route{{Name: "all", Handler: named("all")}}); err != nil {
