@@ -228,8 +228,57 @@ func (p *Pool) checkRSS() {
 	}
 }
 
-// residentBytes reads a process's resident set size from /proc.
+// residentBytes returns the resident memory of a worker process and its
+// descendants (under a sandbox, the process the pool started is the
+// sandbox's init, and the worker is its child), summed from /proc.
 func residentBytes(pid int) (int64, error) {
+	total, err := processRSS(pid)
+	if err != nil {
+		return 0, err
+	}
+	seen := map[int]bool{pid: true}
+	queue := []int{pid}
+	for len(queue) > 0 && len(seen) < 4096 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, child := range childPIDs(p) {
+			if seen[child] {
+				continue
+			}
+			seen[child] = true
+			queue = append(queue, child)
+			if rss, err := processRSS(child); err == nil {
+				total += rss
+			}
+		}
+	}
+	return total, nil
+}
+
+// childPIDs lists a process's children (forked by any of its threads).
+func childPIDs(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, n)
+			}
+		}
+	}
+	return pids
+}
+
+// processRSS reads one process's resident set size from /proc.
+func processRSS(pid int) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err

@@ -158,3 +158,30 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 		t.Fatalf("after the fix: %d %q %v", status, body, err)
 	}
 }
+
+// The memory of a worker counts its descendants' (under a sandbox the
+// worker itself is the child of the process the pool started).
+func TestResidentBytesCountsDescendants(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1})
+	pid := p.Workers()[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go get(ctx, p.Pool, "/spawn") // starts `sleep 1000` and never answers
+	var kids []int
+	waitFor(t, "the worker's child", func() bool { kids = childPIDs(pid); return len(kids) > 0 })
+	own, err := processRSS(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid, err := processRSS(kids[0])
+	if err != nil || kid == 0 {
+		t.Fatalf("child's RSS: %d, %v", kid, err)
+	}
+	total, err := residentBytes(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total < own+kid/2 {
+		t.Errorf("residentBytes = %d, want about the worker's %d + its child's %d", total, own, kid)
+	}
+}

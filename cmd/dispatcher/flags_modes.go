@@ -37,7 +37,7 @@ func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.queue, "queue", 0, "most requests waiting for a worker; more get 503 (0: 100 per worker)")
 	fs.DurationVar(&f.queueTimeout, "queue-timeout", workers.DefaultQueueTimeout, "longest wait for a worker; past it: 503")
 	fs.IntVar(&f.maxRequests, "max-requests", 0, "recycle a worker after this many requests, plus up to 10% jitter (0: never)")
-	fs.Var(&f.maxRSS, "max-rss", "recycle a worker whose resident memory exceeds `SIZE`, e.g. 256M (0: never)")
+	fs.Var(&f.maxRSS, "max-rss", "recycle a worker whose resident memory (with its descendants') exceeds `SIZE`, e.g. 256M (0: never)")
 	fs.DurationVar(&f.pingInterval, "ping-interval", workers.DefaultPingInterval, "health-ping a worker slot idle for this long (0: never)")
 	fs.DurationVar(&f.pingTimeout, "ping-timeout", workers.DefaultPingTimeout, "a worker that does not answer a health ping within this is quarantined")
 	fs.IntVar(&f.breakerFailures, "breaker-failures", 5, "crashes or failed starts of the worker binary within --breaker-window that quarantine it (0: never)")

@@ -70,7 +70,9 @@ func parseCgroups(mountinfo, self []byte) *cgroupMachine {
 			continue
 		}
 		if f[0] == "0" && f[1] == "" {
-			ownV2 = f[2]
+			// The leaf the dispatcher moved itself into: its pools go
+			// beside it.
+			ownV2 = strings.TrimSuffix(f[2], "/"+selfCgroup)
 		} else {
 			ownV1[f[1]] = f[2]
 		}

@@ -407,14 +407,44 @@ func enableController(base, pool, ctrl string) error {
 		return strings.Contains(" "+string(bytes.TrimSpace(b))+" ", " "+ctrl+" ")
 	}
 	if !has(base) {
-		if err := os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
-			return fmt.Errorf("cgroup v2 cannot delegate it below %s, which also holds processes (run the dispatcher in a cgroup of its own, e.g. a systemd service with Delegate=yes): %v", base, err)
+		err := os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+"+ctrl), 0)
+		if errors.Is(err, syscall.EBUSY) && moveSelfToLeaf(base) == nil {
+			// A cgroup holding processes cannot hand domain controllers
+			// (memory) to its children: the dispatcher was alone in its
+			// cgroup (a systemd service with Delegate=yes, a container)
+			// and moved to a leaf of its own. Try again.
+			err = os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+"+ctrl), 0)
+		}
+		if err != nil {
+			return fmt.Errorf("cgroup v2 cannot delegate it below %s, which also holds other processes (run the dispatcher in a cgroup of its own, e.g. a systemd service with Delegate=yes): %v", base, err)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(pool, "cgroup.subtree_control"), []byte("+"+ctrl), 0); err != nil {
 		return fmt.Errorf("cgroup v2: enable it in %s: %v", pool, err)
 	}
 	return nil
+}
+
+// selfCgroup is the leaf the dispatcher moves itself into when its own
+// cgroup must delegate controllers to the pools' (cgroup v2's "no internal
+// processes" rule).
+const selfCgroup = "dispatcher.self"
+
+// moveSelfToLeaf moves this process into base/dispatcher.self if it is the
+// only process in base; otherwise it leaves everything as it is.
+func moveSelfToLeaf(base string) error {
+	procs, err := (group{dir: base}).procs()
+	if err != nil {
+		return err
+	}
+	if len(procs) != 1 || procs[0] != os.Getpid() {
+		return fmt.Errorf("%s holds other processes: %v", base, procs)
+	}
+	leaf := filepath.Join(base, selfCgroup)
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
 }
 
 // Dirs returns the sandbox's cgroup directories, one per hierarchy it uses.

@@ -59,6 +59,13 @@ func TestParseCgroups(t *testing.T) {
 	if h := m.v1["pids"]; h != nil {
 		t.Errorf("pids hierarchy whose own cgroup lies outside the mount kept: %+v", h)
 	}
+	// A dispatcher that moved itself into its leaf (a systemd service
+	// with Delegate=yes) puts its pools beside the leaf, not below it.
+	m = parseCgroups([]byte("60 40 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+		[]byte("0::/system.slice/dispatcher.service/"+selfCgroup+"\n"))
+	if m.v2 == nil || m.v2.base != "/sys/fs/cgroup/system.slice/dispatcher.service" {
+		t.Errorf("v2 from the leaf = %+v, want base /sys/fs/cgroup/system.slice/dispatcher.service", m.v2)
+	}
 	if got := unescapeMount(`/mnt/x\040y`); got != "/mnt/x y" {
 		t.Errorf("unescapeMount = %q", got)
 	}
