@@ -18,6 +18,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/netip"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"testing"
@@ -506,15 +507,91 @@ func TestStatusCodesPassUnchanged(t *testing.T) {
 			t.Errorf("status %d: got %d %q (%s=%q)", code, resp.StatusCode, body, HeaderError, resp.Header.Get(HeaderError))
 		}
 	}
-	if resp, body := mustGet(t, f.url+"/early"); resp.StatusCode != 200 || body != "final\n" {
-		t.Errorf("103 then 200: %d %q", resp.StatusCode, body)
-	}
 	resp, _ := mustGet(t, f.url+"/switch")
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(HeaderError) != "true" {
 		t.Errorf("101 from a worker: %d, want 502 from the dispatcher", resp.StatusCode)
 	}
 	if e := waitEntry(t, f.hook, "worker failed"); !strings.Contains(fmt.Sprint(e.Data["error"]), "101") {
 		t.Errorf("log does not say why: %v", e.Data)
+	}
+}
+
+// Informational responses reach the client as the worker sends them: a
+// 103 Early Hints arrives while the handler still works on the final
+// response, over HTTP/1.1 and HTTP/2.
+func TestInformationalResponsesRelayed(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
+			f := startFrontWith(t, "fidelity", frontOpts{workers: workers.Config{Concurrency: 2}, http2: h2})
+			type info struct {
+				code int
+				link string
+			}
+			got := make(chan info, 4)
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+				Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+					got <- info{code, h.Get("Link")}
+					return nil
+				},
+			})
+			req, _ := http.NewRequestWithContext(ctx, "GET", f.url+"/early?hold=1", nil)
+			final := make(chan *http.Response, 1)
+			go func() {
+				resp, err := f.client.Do(req)
+				if err != nil {
+					t.Error(err)
+					close(final)
+					return
+				}
+				final <- resp
+			}()
+			select {
+			case i := <-got:
+				if i.code != http.StatusEarlyHints || i.link != "</style.css>; rel=preload" {
+					t.Errorf("informational response: %d with Link %q", i.code, i.link)
+				}
+			case resp := <-final:
+				t.Fatalf("final response (%v) before any 103", resp)
+			case <-time.After(10 * time.Second):
+				t.Fatal("no 103 while the handler holds its final response")
+			}
+			rel, err := f.client.Get(f.url + "/early/release")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rel.Body.Close()
+			if rel.StatusCode != 200 {
+				t.Fatalf("release: %d", rel.StatusCode)
+			}
+			resp := <-final
+			if resp == nil {
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "final\n" || len(resp.Header.Values("Link")) != 1 {
+				t.Errorf("final response: %d %q, Link %q", resp.StatusCode, body, resp.Header.Values("Link"))
+			}
+
+			req, _ = http.NewRequestWithContext(ctx, "GET", f.url+"/processing", nil)
+			resp, err = f.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "done\n" {
+				t.Errorf("after 102: %d %q", resp.StatusCode, body)
+			}
+			select {
+			case i := <-got:
+				if i.code != http.StatusProcessing {
+					t.Errorf("informational response: %d, want 102", i.code)
+				}
+			default:
+				t.Error("no 102 Processing before the final response")
+			}
+		})
 	}
 }
 

@@ -169,10 +169,41 @@ type info struct {
 	pid    int
 	status int
 	bytes  int64
+	w      http.ResponseWriter // for Informational
+	s      *Server
+}
+
+// Informational relays a worker's informational response (103 Early
+// Hints, 102 Processing) to the client at once, with its own header
+// fields only. 100 Continue is net/http's: it answers Expect itself.
+func (in *info) Informational(status int, h http.Header) {
+	if status == http.StatusContinue {
+		return
+	}
+	if err := validHeader("informational header", h); err != nil {
+		in.s.log.WithError(err).WithFields(logrus.Fields{"req_id": in.id, "status": status}).Warn("informational response from the worker not relayed")
+		return
+	}
+	dst := in.w.Header()
+	saved := make(http.Header, len(dst))
+	for k, vs := range dst {
+		saved[k] = vs
+	}
+	clear(dst)
+	for k, vs := range h {
+		dst[k] = vs
+	}
+	removeHop(dst)
+	dst[HeaderRequestID] = saved[HeaderRequestID]
+	in.w.WriteHeader(status)
+	clear(dst)
+	for k, vs := range saved {
+		dst[k] = vs
+	}
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	in := &info{id: s.requestID(r)}
+	in := &info{id: s.requestID(r), w: w, s: s}
 	w.Header()[HeaderRequestID] = []string{in.id}
 	if s.accessLog || s.obs != nil {
 		// Deferred: a response cut with http.ErrAbortHandler counts too.
@@ -223,6 +254,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 		ContentLength: r.ContentLength,
 		RequestID:     in.id,
 		EOF:           true,
+		Informer:      in,
 	}
 	req.Header, req.Set = s.forwarding(r, &in.set)
 	var body *requestBody

@@ -105,6 +105,7 @@ type Ticket struct {
 	done   bool          // the exchange is over for this ticket
 	// interrupted is set by Interrupt; guarded by the connection's qmu.
 	interrupted bool
+	informer    Informer
 	resp        Response
 	body        Body
 }
@@ -211,7 +212,7 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	if queued && !req.EOF {
 		return errors.New("ipc: a streamed request body on a busy connection")
 	}
-	*t = Ticket{c: c, single: req.EOF}
+	*t = Ticket{c: c, single: req.EOF, informer: req.Informer}
 	c.wmu.Lock()
 	t.id = c.sent.Add(1)
 	req.ID = t.id
@@ -329,6 +330,17 @@ func (c *Conn) readHead(t *Ticket) error {
 		case KindWindow:
 			if err := c.credit(); err != nil {
 				return err
+			}
+		case KindInformational:
+			id, status, h, err := c.pd.informational()
+			if err != nil {
+				return c.fail(err)
+			}
+			if id != c.id {
+				return c.fail(protoErr(k, "informational response for exchange %d during %d", id, c.id))
+			}
+			if t.informer != nil {
+				t.informer.Informational(status, h)
 			}
 		case KindAbort:
 			return c.aborted(t)

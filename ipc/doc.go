@@ -54,6 +54,8 @@
 //	7 pong     W>H  [id uint]                           echoes the ping's id
 //	8 window   W>H  [id uint, n uint]                   n <= Window (256 KiB)
 //	9 abort    both [id uint, reason str]
+//	10 informational W>H [id uint, status int, header map]   1xx before the head;
+//	                 only if DISPATCHER_IPC_FEATURES lists "informational"
 //
 // A header map is a msgpack map from str to an array of str (or nil), with
 // keys as net/http canonicalises them. str may also be sent as bin; absent
@@ -114,5 +116,7 @@
 // error. Within a version, fields are only ever appended to a payload array:
 // a receiver ignores elements beyond those it knows, and rejects an array
 // shorter than it requires. Frame kinds unknown to a receiver are protocol
-// errors. Any other change needs a new ProtocolVersion.
+// errors. Any other change needs a new ProtocolVersion, or an optional
+// feature the dispatcher announces in EnvFeatures and a worker uses only
+// when announced (FeatureInformational: kind 10).
 package ipc

@@ -27,6 +27,9 @@ const (
 	KindPong     Kind = 7 // W->H: answer to a ping
 	KindWindow   Kind = 8 // W->H: credit for more request body bytes
 	KindAbort    Kind = 9 // both: a body ended abnormally (W->H: the handler failed after the head was sent)
+	// KindInformational is W->H: an informational (1xx) response before the
+	// head. Only sent to a dispatcher that announced FeatureInformational.
+	KindInformational Kind = 10
 )
 
 func (k Kind) String() string {
@@ -49,6 +52,8 @@ func (k Kind) String() string {
 		return "window"
 	case KindAbort:
 		return "abort"
+	case KindInformational:
+		return "informational"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

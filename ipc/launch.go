@@ -148,7 +148,8 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 		fds[i] = strconv.Itoa(3 + i)
 	}
 	cmd.ExtraFiles = childFiles
-	cmd.Env = append(cmd.Env, EnvFDs+"="+strings.Join(fds, ","), EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame))
+	cmd.Env = append(cmd.Env, EnvFDs+"="+strings.Join(fds, ","), EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame),
+		EnvFeatures+"="+strings.Join(Features, ","))
 	if cfg.Depth > 1 {
 		cmd.Env = append(cmd.Env, EnvDepth+"="+strconv.Itoa(cfg.Depth))
 	}

@@ -27,6 +27,18 @@ type Request struct {
 	// end frame. It is not part of the request frame. The dispatcher passes
 	// http.Request.Trailer, which net/http fills as the body is read.
 	Trailer http.Header
+
+	// Informer, if set, receives the informational (1xx) responses the
+	// worker sends before its response head, as they arrive, on the
+	// goroutine reading the head. Not on the wire.
+	Informer Informer
+}
+
+// Informer receives a worker's informational responses (103 Early Hints,
+// 102 Processing...). status is 100-199 but never 101; header is valid
+// until the call returns.
+type Informer interface {
+	Informational(status int, header http.Header)
 }
 
 // HeaderField is one header field with one value.
@@ -97,6 +109,15 @@ func (fw *frameWriter) end(id uint64, trailer http.Header) []byte {
 	_ = fw.enc.EncodeArrayLen(2)
 	_ = fw.enc.EncodeUint(id)
 	encodeHeader(fw.enc, trailer)
+	return fw.finish()
+}
+
+func (fw *frameWriter) informational(id uint64, status int, header http.Header) []byte {
+	fw.begin(KindInformational)
+	_ = fw.enc.EncodeArrayLen(3)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeInt(int64(status))
+	encodeHeader(fw.enc, header)
 	return fw.finish()
 }
 
@@ -211,6 +232,33 @@ func (d *payloadDecoder) response() (*Response, error) {
 		return nil, err
 	}
 	return r, d.skip(n - responseFields)
+}
+
+// informational decodes informational frames: [id, status, header].
+func (d *payloadDecoder) informational() (uint64, int, http.Header, error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if err := d.need(n, 3); err != nil {
+		return 0, 0, nil, err
+	}
+	id, err := d.uint("id")
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	status, err := d.int("status")
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if status < 100 || status > 199 || status == http.StatusSwitchingProtocols {
+		return 0, 0, nil, d.fail("informational status %d outside 100-199 or 101", status)
+	}
+	h, err := d.header("header")
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	return id, int(status), h, d.skip(n - 3)
 }
 
 // idData decodes body frames: [id, bin].

@@ -40,7 +40,28 @@ const (
 	EnvDepth = "DISPATCHER_IPC_DEPTH"
 	// MaxDepth bounds the pipelining depth.
 	MaxDepth = 64
+	// EnvFeatures lists the optional protocol features the dispatcher
+	// understands, comma-separated. A worker uses a feature only if it is
+	// listed.
+	EnvFeatures = "DISPATCHER_IPC_FEATURES"
+	// FeatureInformational: the dispatcher relays informational (1xx)
+	// responses sent as KindInformational frames.
+	FeatureInformational = "informational"
 )
+
+// Features are the optional protocol features this dispatcher announces.
+var Features = []string{FeatureInformational}
+
+// HasFeature reports whether the dispatcher that started this worker
+// announced the feature.
+func HasFeature(name string) bool {
+	for f := range strings.SplitSeq(os.Getenv(EnvFeatures), ",") {
+		if strings.TrimSpace(f) == name {
+			return true
+		}
+	}
+	return false
+}
 
 // pluginName is the one plugin a worker serves. Its net/rpc service only
 // reports what the worker is; requests never travel over it.

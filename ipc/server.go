@@ -85,6 +85,13 @@ func (s *ServerConn) WriteResponse(r *Response) error {
 
 // WriteBody sends a chunk of the response body; data must not exceed
 // ChunkSize.
+// WriteInformational sends an informational (1xx) response for exchange id
+// before its head. Only for a dispatcher that announced
+// FeatureInformational (see Features).
+func (s *ServerConn) WriteInformational(id uint64, status int, header http.Header) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.informational(id, status, header) })
+}
+
 func (s *ServerConn) WriteBody(id uint64, data []byte) error {
 	return s.send(func(fw *frameWriter) []byte { return fw.body(id, data) })
 }

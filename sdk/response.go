@@ -51,8 +51,14 @@ func (w *responseWriter) WriteHeader(code int) {
 		return
 	}
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
-		// Informational responses are not relayed yet; the final status
-		// follows.
+		// An informational response (103 Early Hints) goes out at once,
+		// with the header as it is now, if the dispatcher relays them;
+		// the final status follows.
+		if w.s.w.informational && !w.failed {
+			if err := w.s.sc.WriteInformational(w.ex.id, code, w.header); err != nil {
+				w.failed = true
+			}
+		}
 		return
 	}
 	w.wroteHeader = true

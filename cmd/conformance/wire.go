@@ -24,6 +24,7 @@ const (
 	kPong     = 7
 	kWindow   = 8
 	kAbort    = 9
+	kInfo     = 10 // informational (1xx) response, before the head
 
 	chunkSize   = 64 << 10  // largest body chunk in one frame
 	window      = 256 << 10 // request body bytes sent beyond the worker's acknowledgements
@@ -31,7 +32,7 @@ const (
 )
 
 var kindNames = map[byte]string{kRequest: "request", kBody: "body", kEnd: "end", kResponse: "response",
-	kCancel: "cancel", kPing: "ping", kPong: "pong", kWindow: "window", kAbort: "abort"}
+	kCancel: "cancel", kPing: "ping", kPong: "pong", kWindow: "window", kAbort: "abort", kInfo: "informational"}
 
 func kindName(k byte) string {
 	if n, ok := kindNames[k]; ok {
@@ -170,7 +171,7 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 	if err != nil {
 		return fail("payload", err)
 	}
-	need := map[byte]int{kResponse: 6, kBody: 2, kEnd: 2, kPong: 1, kWindow: 2, kAbort: 2}[kind]
+	need := map[byte]int{kResponse: 6, kBody: 2, kEnd: 2, kPong: 1, kWindow: 2, kAbort: 2, kInfo: 3}[kind]
 	if need == 0 {
 		return f, violated("a worker never sends %s frames (kind %d)", kindName(kind), kind)
 	}
@@ -181,6 +182,16 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 		return fail("id", err)
 	}
 	switch kind {
+	case kInfo:
+		if f.status, err = d.int(); err != nil {
+			return fail("status", err)
+		}
+		if f.status < 100 || f.status > 199 || f.status == 101 {
+			return f, violated("informational status %d outside 100-199 or 101", f.status)
+		}
+		if f.header, err = d.header(); err != nil {
+			return fail("header", err)
+		}
 	case kResponse:
 		if f.status, err = d.int(); err != nil {
 			return fail("status", err)
@@ -366,6 +377,9 @@ type result struct {
 	aborted bool
 	reason  string
 	headEOF bool // the response head held the whole response
+	// informational are the 1xx statuses sent before the head (the
+	// dispatcher announces the informational feature, §3.3).
+	informational []int
 }
 
 func (r *result) String() string {
@@ -400,6 +414,8 @@ func (s *slot) await(id uint64) (*result, error) {
 		case f.kind == kAbort:
 			r.aborted, r.reason = true, f.reason
 			return r, nil
+		case r.status == 0 && f.kind == kInfo:
+			r.informational = append(r.informational, int(f.status))
 		case r.status == 0 && f.kind == kResponse:
 			r.status, r.header, r.body, r.headEOF = f.status, f.header, append(r.body, f.data...), f.eof
 			if f.eof {

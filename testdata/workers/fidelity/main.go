@@ -2,7 +2,10 @@
 // through a worker unchanged:
 //
 //	/status?code=N     answers status N ("status N" as body where allowed)
-//	/early             sends 103 Early Hints, then 200 "final"
+//	/early             sends 103 Early Hints (Link), then 200 "final"; with
+//	                   hold=1 it waits for a request to /early/release
+//	                   between the two
+//	/processing        sends 102 Processing, then 200 "done"
 //	/switch            answers 101, which no worker may send
 //	/hop               sets hop-by-hop response headers and one end-to-end
 //	                   header, and answers the request headers as JSON
@@ -45,6 +48,8 @@ import (
 
 var next = make(chan struct{})
 
+var release = make(chan struct{})
+
 func main() {
 	pid := strconv.Itoa(os.Getpid())
 	mux := http.NewServeMux()
@@ -60,7 +65,25 @@ func main() {
 	mux.HandleFunc("/early", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Link", "</style.css>; rel=preload")
 		w.WriteHeader(http.StatusEarlyHints)
+		if r.URL.Query().Get("hold") == "1" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		io.WriteString(w, "final\n")
+	})
+	mux.HandleFunc("/early/release", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case release <- struct{}{}:
+			io.WriteString(w, "released\n")
+		case <-r.Context().Done():
+		}
+	})
+	mux.HandleFunc("/processing", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusProcessing)
+		io.WriteString(w, "done\n")
 	})
 	mux.HandleFunc("/switch", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Upgrade", "websocket")
