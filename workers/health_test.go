@@ -167,15 +167,19 @@ func TestResidentBytesCountsDescendants(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go get(ctx, p.Pool, "/spawn") // starts `sleep 1000` and never answers
-	var kids []int
-	waitFor(t, "the worker's child", func() bool { kids = childPIDs(pid); return len(kids) > 0 })
+	var kid int64
+	waitFor(t, "the worker's child, with its memory", func() bool {
+		// Between its fork and its exec the child may show no VmRSS.
+		kids := childPIDs(pid)
+		if len(kids) == 0 {
+			return false
+		}
+		kid, _ = processRSS(kids[0])
+		return kid > 0
+	})
 	own, err := processRSS(pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	kid, err := processRSS(kids[0])
-	if err != nil || kid == 0 {
-		t.Fatalf("child's RSS: %d, %v", kid, err)
 	}
 	total, err := residentBytes(pid)
 	if err != nil {

@@ -379,3 +379,30 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestWatchFollowsConfig: with --watch, a changed config file reloads, and
+// the binaries it names from then on are watched.
+func TestWatchFollowsConfig(t *testing.T) {
+	t.Parallel()
+	other := shortTempDir(t)
+	second := filepath.Join(other, "second")
+	copyFile(t, bin(t, "counter"), second)
+	path := writeConfig(t, "functions:\n  - name: web\n    workers: HELLO\n    pool-size: 1\n")
+	d := startDispatcher(t, "--config", path, "--watch")
+	if _, body := d.get("/"); body != "hello world\n" {
+		t.Fatalf("before: %q", body)
+	}
+	rewriteConfig(t, path, "functions:\n  - name: web\n    workers: "+second+"\n    pool-size: 1\n")
+	d.waitLogFunc("reload 1", nthLine(1, "reloaded: new workers serve"))
+	if _, body := d.get("/"); !strings.HasPrefix(body, "1 ") {
+		t.Fatalf("after the config changed: %q, want the counter's answer", body)
+	}
+	copyFile(t, bin(t, "hello"), second+".new")
+	if err := os.Rename(second+".new", second); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLogFunc("reload 2", nthLine(2, "reloaded: new workers serve"))
+	if _, body := d.get("/"); body != "hello world\n" {
+		t.Fatalf("after the newly named binary changed: %q", body)
+	}
+}

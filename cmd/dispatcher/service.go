@@ -284,15 +284,21 @@ func (s *service) watch(o *options) func() {
 	if !o.watch {
 		return func() {}
 	}
-	files := []string{}
-	if o.config != "" {
-		files = append(files, o.config)
-	}
-	for _, fo := range o.functions {
-		files = append(files, fo.workers)
-	}
-	for i := range files {
-		files[i], _ = filepath.Abs(files[i])
+	files := func() []string {
+		s.mu.Lock()
+		o := s.opts
+		s.mu.Unlock()
+		var files []string
+		if o.config != "" {
+			files = append(files, o.config)
+		}
+		for _, fo := range o.functions {
+			files = append(files, fo.workers)
+		}
+		for i := range files {
+			files[i], _ = filepath.Abs(files[i])
+		}
+		return files
 	}
 	return watchFiles(files, 300*time.Millisecond, s.log, func() { _ = s.reload(context.Background()) })
 }
