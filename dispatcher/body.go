@@ -6,31 +6,19 @@ import (
 	"net/http"
 	"sync"
 	"time"
-
-	"github.com/childproc/dispatcher/ipc"
 )
 
 // errBodyReleased is what a read of a request body returns once ServeHTTP
 // has returned. Only a body pump still running on a failure path sees it.
 var errBodyReleased = errors.New("dispatcher: request body read after the handler returned")
 
-// stopCheck bounds how long a read of the request body by the exchange's
-// body pump waits for the client before it returns (0, nil). The pump then
-// checks whether the exchange is over and reads again if not. Without it, a
-// worker that answers before reading the whole body of a client that has
-// stopped sending would keep its slot until the client sends or leaves: the
-// ipc pump waits for its read in progress when the exchange ends.
-const stopCheck = 20 * time.Millisecond
-
 // requestBody is what the body pump of an exchange reads: the client's
 // request body, bounded by Config.MaxBody, with the trailers captured at its
 // end. Nothing reads the client's body once ServeHTTP has returned (net/http
-// forbids it; the pump may outlive ServeHTTP when an exchange fails), and the
-// pump is never stuck in a read of a client that stopped sending.
-//
-// Read runs each read of the client's body in its own goroutine and waits
-// for it at most stopCheck; a read that takes longer stays in flight and
-// the next Read collects it. At most one read is in flight, into buf.
+// forbids it; the pump may outlive ServeHTTP when an exchange fails): release
+// interrupts a read in flight and waits for it. The ipc pump does not wait
+// for a read in flight when the exchange ends (a client that stopped
+// sending), so reads are plain blocking reads.
 type requestBody struct {
 	src     io.Reader
 	max     int64 // 0: no limit
@@ -39,21 +27,12 @@ type requestBody struct {
 	r       *http.Request
 	trailer http.Header // sent by the pump in the end frame; filled at EOF
 	onLimit func(error) // called once, when the body crosses the limit
-	buf     []byte      // target of the read in flight
-	timer   *time.Timer // used by Read only
 
-	mu      sync.Mutex
-	op      *readOp // the read in flight or not yet collected, or nil
-	pending []byte  // bytes of a collected read not yet returned
-	pendErr error   // the error of that read, returned after pending
-	closed  bool    // ServeHTTP is returning: no more reads of src
-	limit   error   // the *http.MaxBytesError, once crossed
-}
-
-type readOp struct {
-	done chan struct{} // closed when n and err are set
-	n    int
-	err  error
+	mu       sync.Mutex
+	reading  bool          // a read of src is in flight
+	released chan struct{} // closed by the read in flight once release waits for it
+	closed   bool          // ServeHTTP is returning: no more reads of src
+	limit    error         // the *http.MaxBytesError, once crossed
 }
 
 // newRequestBody wraps r.Body. If max is positive, reading past max bytes
@@ -127,7 +106,8 @@ type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
-// Read is the pump's read. It may return (0, nil) after stopCheck.
+// Read is the pump's read: a read of the client's body, refused once
+// release was called.
 func (b *requestBody) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -137,61 +117,18 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, errBodyReleased
 	}
-	if len(b.pending) > 0 || b.pendErr != nil {
-		n, err := b.takePending(p)
-		b.mu.Unlock()
-		return n, err
-	}
-	op := b.op
-	if op == nil {
-		if b.buf == nil {
-			b.buf = make([]byte, ipc.ChunkSize)
-		}
-		op = &readOp{done: make(chan struct{})}
-		b.op = op
-		go func(buf []byte) {
-			op.n, op.err = b.readSrc(buf)
-			close(op.done)
-		}(b.buf[:min(len(p), len(b.buf))])
-	}
+	b.reading = true
 	b.mu.Unlock()
-
-	select {
-	case <-op.done:
-	default:
-		if b.timer == nil {
-			b.timer = time.NewTimer(stopCheck)
-		} else {
-			b.timer.Reset(stopCheck)
-		}
-		select {
-		case <-op.done:
-			b.timer.Stop()
-		case <-b.timer.C:
-			return 0, nil
-		}
-	}
-
+	n, err := b.readSrc(p)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.op = nil
+	b.reading = false
 	if b.closed {
+		if b.released != nil {
+			close(b.released)
+		}
 		return 0, errBodyReleased
 	}
-	b.pending, b.pendErr = b.buf[:op.n], op.err
-	return b.takePending(p)
-}
-
-// takePending returns what is left of the last read, with its error once
-// all of it is returned. Called with mu held.
-func (b *requestBody) takePending(p []byte) (int, error) {
-	n := copy(p, b.pending)
-	b.pending = b.pending[n:]
-	if len(b.pending) > 0 {
-		return n, nil
-	}
-	err := b.pendErr
-	b.pending, b.pendErr = nil, nil
 	return n, err
 }
 
@@ -210,18 +147,15 @@ func (b *requestBody) overLimit() error {
 func (b *requestBody) release() {
 	b.mu.Lock()
 	b.closed = true
-	op := b.op
+	if !b.reading {
+		b.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	b.released = done
 	b.mu.Unlock()
-	if op == nil {
-		return
-	}
-	select {
-	case <-op.done:
-		return
-	default:
-	}
 	// If the deadline cannot be set, the read ends when the client sends
 	// more or goes away.
 	_ = http.NewResponseController(b.w).SetReadDeadline(time.Unix(1, 0))
-	<-op.done
+	<-done
 }

@@ -972,3 +972,37 @@ func TestInvalidResponseTailIsCut(t *testing.T) {
 		})
 	}
 }
+
+// A worker that answers without reading the body of a client that then
+// stops sending frees its slot at once: the next request is served while
+// the stalled client still holds its connection open.
+func TestStalledClientBodyFreesTheWorker(t *testing.T) {
+	f := startFront(t, "hello", workers.Config{Size: 1, Pipeline: 1})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("x", 70000)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "hello world\n" {
+		t.Fatalf("stalled client's answer: %d %q", resp.StatusCode, body)
+	}
+	// The stalled connection stays open; the only worker must be free.
+	client := &http.Client{Timeout: 5 * time.Second}
+	r2, err := client.Get(f.url + "/")
+	if err != nil {
+		t.Fatalf("next request while a client stalls mid-body: %v", err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode != 200 {
+		t.Fatalf("next request: %d", r2.StatusCode)
+	}
+}

@@ -689,6 +689,7 @@ type pump struct {
 	cond    sync.Cond
 	credit  int
 	stopped bool
+	sending bool // writing a frame: stop waits for the write to end
 	done    chan struct{}
 	err     error
 	buf     []byte
@@ -708,13 +709,22 @@ func (p *pump) grant(n int) {
 	p.cond.Signal()
 }
 
-// stop makes the pump give up at its next step and waits for it. It returns
-// the pump's write error, if any (a read error of the client body is the
-// worker's concern: it sees a truncated body).
+// stop makes the pump give up at its next step and waits until it writes
+// nothing more: for a frame being written to be written, not for a read of
+// the body in flight (a client that stopped sending), after which the pump
+// exits without writing. It returns the pump's write error, if any (a read
+// error of the client body is the worker's concern: it sees a truncated
+// body).
 func (p *pump) stop() error {
-	p.abandon()
-	<-p.done
-	return p.err
+	p.mu.Lock()
+	p.stopped = true
+	p.cond.Broadcast()
+	for p.sending {
+		p.cond.Wait()
+	}
+	err := p.err
+	p.mu.Unlock()
+	return err
 }
 
 // abandon makes the pump give up at its next step without waiting for it.
@@ -722,7 +732,7 @@ func (p *pump) abandon() {
 	p.mu.Lock()
 	p.stopped = true
 	p.mu.Unlock()
-	p.cond.Signal()
+	p.cond.Broadcast()
 }
 
 func (p *pump) run() {
@@ -742,11 +752,7 @@ func (p *pump) run() {
 		if n > 0 {
 			p.mu.Lock()
 			p.credit -= n
-			stopped = p.stopped
 			p.mu.Unlock()
-			if stopped {
-				return
-			}
 			if err := p.send(func(fw *frameWriter) []byte { return fw.body(p.id, p.buf[:n]) }); err != nil {
 				return
 			}
@@ -767,14 +773,30 @@ func (p *pump) run() {
 	}
 }
 
-// send writes one frame under the connection's write lock.
+// errPumpStopped is send's answer once stop was called: nothing more is
+// written for the exchange.
+var errPumpStopped = errors.New("ipc: body pump stopped")
+
+// send writes one frame under the connection's write lock, unless the pump
+// was stopped.
 func (p *pump) send(build func(*frameWriter) []byte) error {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return errPumpStopped
+	}
+	p.sending = true
+	p.mu.Unlock()
 	p.c.wmu.Lock()
 	err := p.c.write(build(p.c.fw))
 	p.c.wmu.Unlock()
+	p.mu.Lock()
+	p.sending = false
 	if err != nil {
 		p.err = err
 	}
+	p.mu.Unlock()
+	p.cond.Broadcast()
 	return err
 }
 

@@ -5,6 +5,8 @@
 //	GET  /      "hello world\n"               (like examples/hello)
 //	POST /echo  the request body, streamed back (like testdata/workers/echo,
 //	            raw path: io.Copy with Content-Type application/octet-stream)
+//	GET  /big?n=N[&cl=1]  N bytes in 32 KiB writes (like the fidelity worker)
+//	POST /count           reads the body, answers "read N bytes" (likewise)
 //
 // The echo handler enables full duplex: without it, net/http stops reading
 // an HTTP/1.x request body once the response has started, so io.Copy would
@@ -18,6 +20,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"strconv"
 )
 
 func main() {
@@ -35,6 +38,32 @@ func main() {
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
 		io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if r.URL.Query().Get("cl") == "1" {
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		buf := make([]byte, 32<<10)
+		for i := range buf {
+			buf[i] = 'a' + byte(i%26)
+		}
+		for n > 0 {
+			k := min(n, int64(len(buf)))
+			if _, err := w.Write(buf[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	mux.HandleFunc("/count", func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "read %d bytes\n", n)
 	})
 	log.Fatal(http.ListenAndServe(*listen, mux))
 }
