@@ -160,12 +160,11 @@ const HeaderError = "X-Dispatcher-Error"
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.ChunkSize); return &b }}
 
-type ctxKey struct{}
-
 // info is what the access log and error handler need to know of a request.
 type info struct {
 	set    [3]ipc.HeaderField // forwarding fields sent to the worker
 	id     string
+	idv    [1]string // the X-Request-Id header's value, allocated with info
 	pid    int
 	status int
 	bytes  int64
@@ -204,7 +203,8 @@ func (in *info) Informational(status int, h http.Header) {
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in := &info{id: s.requestID(r), w: w, s: s}
-	w.Header()[HeaderRequestID] = []string{in.id}
+	in.idv[0] = in.id
+	w.Header()[HeaderRequestID] = in.idv[:]
 	if s.accessLog || s.obs != nil {
 		// Deferred: a response cut with http.ErrAbortHandler counts too.
 		defer s.served(r, in, time.Now())
@@ -244,7 +244,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 		s.fail(w, r, in, &ipc.BodyError{Err: &http.MaxBytesError{Limit: s.maxBody}})
 		return
 	}
-	ctx := context.WithValue(r.Context(), ctxKey{}, in)
+	ctx := r.Context()
 	req := ipc.Request{
 		Method:        r.Method,
 		URI:           r.RequestURI,
@@ -441,13 +441,4 @@ func validRequestID(id string) bool {
 		}
 	}
 	return true
-}
-
-// RequestID returns the request ID the Server gave the request whose context
-// ctx is (as seen by an Invoker), or "".
-func RequestID(ctx context.Context) string {
-	if in, ok := ctx.Value(ctxKey{}).(*info); ok {
-		return in.id
-	}
-	return ""
 }

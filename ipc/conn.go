@@ -313,14 +313,13 @@ func (c *Conn) readHead(t *Ticket) error {
 		c.pd.reset(k, p)
 		switch k {
 		case KindResponse:
-			r, err := c.pd.response()
-			if err != nil {
+			r := &t.resp
+			if err := c.pd.responseInto(r); err != nil {
 				return c.fail(err)
 			}
 			if r.ID != c.id {
 				return c.fail(protoErr(k, "response for exchange %d during %d", r.ID, c.id))
 			}
-			t.resp = *r
 			t.body.data = r.Body
 			c.state = stBody
 			if r.EOF {

@@ -278,10 +278,18 @@ func (d *payloadDecoder) header(field string) (map[string][]string, error) {
 		return nil, d.fail("field %s: map of %d entries in %d bytes", field, n, d.rd.Len())
 	}
 	h := make(map[string][]string, n)
+	// The values of all fields share one array when they fit (most fields
+	// have one value); each field's slice is capped, so an append to one
+	// never writes into the next.
+	backing := make([]string, 0, n)
 	for range n {
-		k, err := d.string(field)
+		kb, err := d.bytes(field)
 		if err != nil {
 			return nil, err
+		}
+		k, ok := commonHeaders[string(kb)]
+		if !ok {
+			k = string(kb)
 		}
 		m, err := d.dec.DecodeArrayLen()
 		if err != nil {
@@ -292,7 +300,12 @@ func (d *payloadDecoder) header(field string) (map[string][]string, error) {
 		}
 		var vs []string
 		if m >= 0 {
-			vs = make([]string, m)
+			if l := len(backing); l+m <= cap(backing) {
+				backing = backing[:l+m]
+				vs = backing[l : l+m : l+m]
+			} else {
+				vs = make([]string, m)
+			}
 			for i := range vs {
 				if vs[i], err = d.string(field); err != nil {
 					return nil, err
@@ -303,6 +316,27 @@ func (d *payloadDecoder) header(field string) (map[string][]string, error) {
 	}
 	return h, nil
 }
+
+// commonHeaders are field names decoded without allocating a string.
+var commonHeaders = func() map[string]string {
+	names := []string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Accept-Ranges",
+		"Access-Control-Allow-Origin", "Age", "Allow", "Authorization", "Cache-Control", "Connection",
+		"Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length", "Content-Location",
+		"Content-Range", "Content-Security-Policy", "Content-Type", "Cookie", "Date", "Etag", "Expect",
+		"Expires", "Forwarded", "Host", "If-Match", "If-Modified-Since", "If-None-Match", "If-Range",
+		"If-Unmodified-Since", "Last-Modified", "Link", "Location", "Origin", "Pragma", "Range", "Referer",
+		"Retry-After", "Server", "Set-Cookie", "Strict-Transport-Security", "Te", "Trailer",
+		"Transfer-Encoding", "Upgrade", "User-Agent", "Vary", "Via", "Www-Authenticate",
+		"X-Content-Type-Options", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		"X-Frame-Options", "X-Real-Ip", "X-Request-Id",
+	}
+	m := make(map[string]string, len(names))
+	for _, n := range names {
+		m[n] = n
+	}
+	return m
+}()
 
 // skip discards the trailing fields a newer peer may have appended. It does
 // not use msgpack's Skip, which allocates declared lengths and recurses once

@@ -200,38 +200,48 @@ func (d *payloadDecoder) request() (*Request, error) {
 }
 
 func (d *payloadDecoder) response() (*Response, error) {
+	r := &Response{}
+	if err := d.responseInto(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// responseInto decodes a response frame into r (the dispatcher decodes
+// into its ticket: no allocation).
+func (d *payloadDecoder) responseInto(r *Response) error {
+	*r = Response{}
 	n, err := d.arrayLen()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := d.need(n, responseFields); err != nil {
-		return nil, err
+		return err
 	}
-	r := &Response{}
 	if r.ID, err = d.uint("id"); err != nil {
-		return nil, err
+		return err
 	}
 	status, err := d.int("status")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if status < 100 || status > 999 {
-		return nil, d.fail("status %d outside 100-999", status)
+		return d.fail("status %d outside 100-999", status)
 	}
 	r.Status = int(status)
 	if r.Header, err = d.header("header"); err != nil {
-		return nil, err
+		return err
 	}
 	if r.Body, err = d.bytes("body"); err != nil {
-		return nil, err
+		return err
 	}
 	if r.EOF, err = d.bool("eof"); err != nil {
-		return nil, err
+		return err
 	}
 	if r.Trailer, err = d.header("trailer"); err != nil {
-		return nil, err
+		return err
 	}
-	return r, d.skip(n - responseFields)
+	return d.skip(n - responseFields)
 }
 
 // informational decodes informational frames: [id, status, header].
