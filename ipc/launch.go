@@ -68,10 +68,16 @@ type StartError struct {
 }
 
 func (e *StartError) Error() string {
-	msg := fmt.Sprintf("start worker %q: %v", e.Path, strings.TrimSpace(e.Err.Error()))
+	// go-plugin's messages span lines ("Unrecognized remote plugin
+	// message: \nFailed to read any lines..."): one line per log entry.
+	msg := fmt.Sprintf("start worker %q: %v", e.Path, strings.Join(strings.Fields(e.Err.Error()), " "))
 	var exec *exec.Error
 	switch {
 	case errors.As(e.Err, &exec), errors.Is(e.Err, os.ErrNotExist), errors.Is(e.Err, os.ErrPermission):
+	case e.State != nil && e.State.Exited() && len(e.Stderr) > 0:
+		// What it wrote says why (a sandbox that could not execute it, a
+		// worker refusing its configuration).
+		msg += fmt.Sprintf(" (it exited with status %d before completing the handshake)", e.State.ExitCode())
 	case e.State != nil && e.State.Exited():
 		msg += fmt.Sprintf(" (it exited with status %d before completing the handshake: is it a worker built with the sdk?)", e.State.ExitCode())
 	default:

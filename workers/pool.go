@@ -246,6 +246,13 @@ func (p *Pool) Workers() []int {
 }
 
 func (p *Pool) spawn() (*child, error) {
+	// A long-running dispatcher's socket directory may have been removed
+	// under it (a temp-file cleaner): make it again.
+	if err := os.Mkdir(p.socketDir, 0o700); err == nil {
+		p.log.WithField("dir", p.socketDir).Warn("the workers' socket directory had been removed; made it again")
+	} else if !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("workers: socket directory %s: %w", p.socketDir, err)
+	}
 	cmd, cell, err := p.cfg.command(p.socketDir)
 	if err != nil {
 		return nil, err

@@ -665,7 +665,8 @@ func (s *Sandbox) trial() error {
 	defer cancel()
 	dir, err := os.MkdirTemp("", "sandbox-trial-")
 	if err != nil {
-		return err
+		// The workers' sockets live there too: say what it is.
+		return fmt.Errorf("temporary directory %s (TMPDIR) is not usable: %w", os.TempDir(), err)
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "plugin-dir-trial")
