@@ -21,7 +21,7 @@ type requestBody struct {
 
 	mu       sync.Mutex
 	cond     sync.Cond
-	chunks   [][]byte
+	chunks   []chunk
 	queued   int // bytes received and not yet read
 	consumed int // bytes read and not yet acknowledged
 	done     bool
@@ -33,11 +33,22 @@ type requestBody struct {
 	timer    *time.Timer // wakes blocked reads at the deadline
 }
 
+// chunk is a received piece of the body not yet read. buf, if set, came
+// from chunkPool and goes back once the chunk is read.
+type chunk struct {
+	data []byte
+	buf  *[]byte
+}
+
+// chunkPool recycles the copies of body frames: an upload then costs no
+// allocation (and no garbage collection) per chunk.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.ChunkSize); return &b }}
+
 func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte) *requestBody {
 	b := &requestBody{sc: sc, id: id}
 	b.cond.L = &b.mu
 	if len(first) > 0 {
-		b.chunks = append(b.chunks, first)
+		b.chunks = append(b.chunks, chunk{data: first})
 		b.queued = len(first)
 	}
 	return b
@@ -54,7 +65,14 @@ func (b *requestBody) push(data []byte) error {
 	if b.queued+len(data) > ipc.Window {
 		return fmt.Errorf("dispatcher sent %d body bytes beyond the window", b.queued+len(data)-ipc.Window)
 	}
-	b.chunks = append(b.chunks, append([]byte(nil), data...))
+	var c chunk
+	if len(data) <= ipc.ChunkSize {
+		c.buf = chunkPool.Get().(*[]byte)
+		c.data = (*c.buf)[:copy(*c.buf, data)]
+	} else {
+		c.data = append([]byte(nil), data...)
+	}
+	b.chunks = append(b.chunks, c)
 	b.queued += len(data)
 	b.cond.Signal()
 	return nil
@@ -125,12 +143,16 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, err
 	}
-	n := copy(p, b.chunks[0])
-	if n == len(b.chunks[0]) {
-		b.chunks[0] = nil
+	c := &b.chunks[0]
+	n := copy(p, c.data)
+	if n == len(c.data) {
+		if c.buf != nil {
+			chunkPool.Put(c.buf)
+		}
+		*c = chunk{}
 		b.chunks = b.chunks[1:]
 	} else {
-		b.chunks[0] = b.chunks[0][n:]
+		c.data = c.data[n:]
 	}
 	b.queued -= n
 	b.consumed += n
