@@ -102,7 +102,10 @@ type Ticket struct {
 	single bool          // the request went out whole in one frame
 	turn   chan struct{} // closed when the ticket gets the turn; nil if it had it at once
 	err    error         // set by Discard before turn is closed
-	done   bool          // the exchange is over for this ticket
+	// done: the exchange is over for this ticket. Set under the
+	// connection's qmu while the ticket holds the turn: Interrupt and
+	// Extend read it from other goroutines.
+	done bool
 	// interrupted is set by Interrupt; guarded by the connection's qmu.
 	interrupted bool
 	informer    Informer
@@ -122,9 +125,9 @@ func NewConn(nc net.Conn, maxFrame int) *Conn {
 // SetDeadline bounds every read and write of the current exchange.
 func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 
-// SetReadDeadline bounds reads only. A read that times out between frames
-// leaves the connection usable (for Cancel and Drain); one that times out
-// inside a frame breaks it.
+// SetReadDeadline bounds reads only. A read that times out leaves the
+// connection usable (for Cancel and Drain), also inside a frame: the next
+// read resumes where it stopped.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
 // Close closes the connection. The worker sees end of stream. Tickets queued
@@ -269,8 +272,8 @@ func (t *Ticket) ID() uint64 { return t.id }
 //
 // Errors wrapping ErrNotDelivered mean the worker cannot have started the
 // request. Other errors leave the connection broken (see Err), except an
-// *AbortError, and a deadline that struck between frames, after which the
-// caller may Cancel and Drain.
+// *AbortError, and a read deadline (os.ErrDeadlineExceeded), after which
+// the caller may Cancel and Drain.
 func (t *Ticket) Head() (*Response, *Body, error) {
 	if t.err != nil {
 		t.done = true
@@ -369,7 +372,7 @@ func (c *Conn) readFailed(t *Ticket, err error) error {
 	var pe *ProtocolError
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded) && !c.fr.partial:
-		return err // between frames: the stream is intact
+		return err // the stream is intact: a frame in progress is resumed
 	case errors.As(err, &pe):
 	case t.single && c.state == stHead && errors.Is(err, syscall.ECONNRESET) && t.id == c.sent.Load():
 		// The worker closed with our only frame, the last one sent, still
@@ -397,7 +400,9 @@ func (c *Conn) credit() error {
 // the body pump and waits for it, so the connection carries nothing of this
 // exchange any more, then passes the turn to the next ticket in line.
 func (c *Conn) finish(t *Ticket) error {
+	c.qmu.Lock()
 	t.done = true
+	c.qmu.Unlock()
 	if c.pump != nil {
 		err := c.pump.stop()
 		c.pmu.Lock()
@@ -436,8 +441,8 @@ func (c *Conn) pass(t *Ticket) {
 }
 
 // Interrupt makes t's pending read return os.ErrDeadlineExceeded at once
-// (between frames the stream stays intact), if t still holds the turn. Safe
-// to call from any goroutine.
+// (the stream stays intact, even inside a frame), if t still holds the
+// turn. Safe to call from any goroutine.
 func (t *Ticket) Interrupt() {
 	c := t.c
 	c.qmu.Lock()
@@ -632,7 +637,7 @@ func (c *Conn) Discard(cause error) {
 // holder of the turn did not read. Called after the worker died.
 func (c *Conn) wroteMore() bool {
 	var pe *ProtocolError
-	if errors.As(c.Err(), &pe) || c.fr.partial || c.fr.br.Buffered() > 0 {
+	if errors.As(c.Err(), &pe) || c.fr.partial || c.fr.inFrame() || c.fr.br.Buffered() > 0 {
 		return true
 	}
 	if err := c.nc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {

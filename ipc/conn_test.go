@@ -1036,23 +1036,29 @@ func TestConnReadDeadline(t *testing.T) {
 		}
 	})
 	t.Run("inside a frame", func(t *testing.T) {
+		// The deadline strikes with half a frame read (a client that went
+		// away, or a body over the limit, interrupting the exchange): the
+		// connection stays usable and the frame is resumed.
 		h, w := socketpair(t)
 		nc := &notifyConn{Conn: h, reads: make(chan int, 16)}
 		release := make(chan struct{})
+		var once sync.Once
+		rest := func() { once.Do(func() { close(release) }) }
+		defer rest()
 		goWorker(t, func() error {
 			sc := NewServerConn(w, 0)
 			f, err := sc.Next()
 			if err != nil {
 				return err
 			}
-			frame := clone(newFrameWriter().response(&Response{ID: f.ID, Status: 200, EOF: true}))
+			frame := clone(newFrameWriter().response(&Response{ID: f.ID, Status: 200, Body: []byte("whole"), EOF: true}))
 			if _, err := w.Write(frame[:6]); err != nil {
 				return err
 			}
 			<-release
-			return nil
+			_, err = w.Write(frame[6:])
+			return err
 		}, h)
-		defer close(release)
 		c := NewConn(nc, 0)
 		res := make(chan error, 1)
 		go func() {
@@ -1069,8 +1075,58 @@ func TestConnReadDeadline(t *testing.T) {
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("got %v", err)
 		}
-		if c.Err() == nil {
-			t.Fatal("a deadline inside a frame left the connection usable")
+		if c.Err() != nil {
+			t.Fatalf("a deadline inside a frame broke the connection: %v", c.Err())
+		}
+		if !c.fr.inFrame() {
+			t.Fatal("the frame in progress was dropped")
+		}
+		rest()
+		if err := c.SetReadDeadline(time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Drain(); err != nil || !c.Idle() {
+			t.Fatalf("Drain: %v, idle %v", err, c.Idle())
+		}
+	})
+	t.Run("inside a frame, then the worker dies", func(t *testing.T) {
+		h, w := socketpair(t)
+		nc := &notifyConn{Conn: h, reads: make(chan int, 16)}
+		c := NewConn(nc, 0)
+		sc := NewServerConn(w, 0)
+		res := make(chan error, 1)
+		go func() {
+			_, _, err := c.RoundTrip(&Request{Method: "GET", EOF: true}, nil)
+			res <- err
+		}()
+		f, err := sc.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame := clone(newFrameWriter().response(&Response{ID: f.ID, Status: 200, EOF: true}))
+		if _, err := w.Write(frame[:3]); err != nil {
+			t.Fatal(err)
+		}
+		if n := recvOrFail(t, nc.reads, "the partial header"); n != 3 {
+			t.Fatalf("read %d bytes, want 3", n)
+		}
+		if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+			t.Fatal(err)
+		}
+		if err := recvOrFail(t, res, "RoundTrip"); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("got %v", err)
+		}
+		// Queued requests cannot be retried: the worker wrote part of an
+		// answer.
+		if !c.wroteMore() {
+			t.Error("wroteMore = false with a frame in progress")
+		}
+		w.Close()
+		if err := c.SetReadDeadline(time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Drain(); !errors.Is(err, ErrPeerClosed) || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("Drain: %v, want %v with %v", err, ErrPeerClosed, io.ErrUnexpectedEOF)
 		}
 	})
 }
@@ -1318,6 +1374,39 @@ func TestServerConnConcurrentWrites(t *testing.T) {
 	for g := range writers {
 		if counts[uint64(g)] != each {
 			t.Errorf("writer %d: %d frames arrived, want %d", g, counts[uint64(g)], each)
+		}
+	}
+}
+
+// TestConnInterruptWhileFinishing interrupts exchanges from another
+// goroutine (a client going away) while the reader finishes them: under
+// -race, this caught Interrupt reading Ticket.done while finish wrote it
+// without the lock.
+func TestConnInterruptWhileFinishing(t *testing.T) {
+	c := startEcho(t)
+	for range 200 {
+		var tk Ticket
+		if err := c.Send(&tk, &Request{Method: "GET", Body: []byte("x"), EOF: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+		interrupted := make(chan struct{})
+		go func() {
+			tk.Interrupt()
+			close(interrupted)
+		}()
+		_, b, err := tk.Head()
+		if err == nil {
+			_, err = io.ReadAll(b)
+		}
+		<-interrupted
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
+		}
+		if err := c.SetReadDeadline(time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tk.Drain(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

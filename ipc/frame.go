@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -100,6 +101,8 @@ type frameReader struct {
 	buf     []byte
 	max     int
 	hdr     [lenPrefix]byte
+	nhdr    int  // bytes of hdr read of the frame in progress
+	npay    int  // bytes of its payload read, once nhdr is lenPrefix
 	partial bool // the last error struck inside a frame: the stream is desynchronised
 }
 
@@ -109,34 +112,58 @@ func newFrameReader(r io.Reader, max int) *frameReader {
 
 // next returns the next frame. A clean end of stream between frames returns
 // io.EOF; any other short read returns io.ErrUnexpectedEOF or the I/O error.
+// A read deadline (os.ErrDeadlineExceeded) does not desynchronise the
+// stream, even inside a frame: the next call resumes where it stopped.
 func (fr *frameReader) next() (Kind, []byte, error) {
 	if fr.partial {
 		return 0, nil, protoErr(0, "stream desynchronised by an earlier error")
 	}
-	if n, err := io.ReadFull(fr.br, fr.hdr[:]); err != nil {
-		fr.partial = n > 0
-		return 0, nil, err
+	if fr.nhdr < lenPrefix {
+		n, err := io.ReadFull(fr.br, fr.hdr[fr.nhdr:])
+		fr.nhdr += n
+		if err != nil {
+			return 0, nil, fr.failed(err)
+		}
+		fr.npay = 0
 	}
 	n := int(binary.BigEndian.Uint32(fr.hdr[:]))
-	if n < 1 {
-		return 0, nil, protoErr(0, "empty frame")
-	}
-	if n > fr.max {
+	if n < 1 || n > fr.max {
+		// The length prefix is consumed, its payload is not: a caller
+		// that reads on (none should) sees the bytes after the prefix.
+		fr.nhdr = 0
+		if n < 1 {
+			return 0, nil, protoErr(0, "empty frame")
+		}
 		return 0, nil, protoErr(0, "frame of %d bytes exceeds the limit of %d", n, fr.max)
 	}
-	if cap(fr.buf) < n || (cap(fr.buf) > 4*ChunkSize && n <= ChunkSize) {
+	if fr.npay == 0 && (cap(fr.buf) < n || (cap(fr.buf) > 4*ChunkSize && n <= ChunkSize)) {
 		fr.buf = make([]byte, n, max(n, 8<<10))
 	}
 	b := fr.buf[:n]
-	if _, err := io.ReadFull(fr.br, b); err != nil {
-		fr.partial = true
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, err
+	k, err := io.ReadFull(fr.br, b[fr.npay:])
+	fr.npay += k
+	if err != nil {
+		return 0, nil, fr.failed(err)
 	}
+	fr.nhdr, fr.npay = 0, 0
 	return Kind(b[0]), b[1:], nil
 }
+
+// failed classifies a read error: a deadline leaves the frame in progress
+// to be resumed; any other error inside a frame desynchronises the stream.
+func (fr *frameReader) failed(err error) error {
+	if fr.nhdr == 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	fr.partial = true
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// inFrame reports whether part of a frame was read and not returned.
+func (fr *frameReader) inFrame() bool { return fr.nhdr > 0 }
 
 // frameWriter builds one frame at a time in a reused buffer so that each frame
 // goes out in a single write.

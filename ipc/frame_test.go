@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"reflect"
 	"testing"
 	"testing/iotest"
@@ -333,6 +334,84 @@ func TestFrameReaderLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stallReader reads data, failing once with a read deadline when it reaches
+// byte at.
+type stallReader struct {
+	data    []byte
+	pos, at int
+	stalled bool
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	if r.pos == r.at && !r.stalled {
+		r.stalled = true
+		return 0, os.ErrDeadlineExceeded
+	}
+	end := len(r.data)
+	if !r.stalled {
+		end = r.at
+	}
+	if r.pos == len(r.data) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.data[r.pos:end])
+	r.pos += n
+	return n, nil
+}
+
+// TestFrameReaderResumesAfterDeadline: a read deadline anywhere, between
+// frames, in a header or in a payload, loses nothing: the next call
+// returns the frame it interrupted.
+func TestFrameReaderResumesAfterDeadline(t *testing.T) {
+	fw := newFrameWriter()
+	var stream []byte
+	stream = append(stream, fw.response(&Response{ID: 1, Status: 200, Header: http.Header{"A": {"b"}}})...)
+	stream = append(stream, fw.body(1, patterned(300))...)
+	stream = append(stream, fw.end(1, nil)...)
+	want, err := readFrames(t, bytes.NewReader(stream), 1000)
+	if err != io.EOF || len(want) != 3 {
+		t.Fatalf("%d frames, %v", len(want), err)
+	}
+	for at := 0; at <= len(stream); at++ {
+		fr := newFrameReader(&stallReader{data: stream, at: at}, 1000)
+		var got [][]byte
+		stalls := 0
+		for {
+			k, p, err := fr.next()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				stalls++
+				if fr.partial {
+					t.Fatalf("stall at %d: the deadline desynchronised the stream", at)
+				}
+				if fr.inFrame() != (at > 0 && at < len(stream) && !isFrameStart(stream, at)) {
+					t.Fatalf("stall at %d: inFrame() = %v", at, fr.inFrame())
+				}
+				continue
+			}
+			if err != nil {
+				if err != io.EOF {
+					t.Fatalf("stall at %d: %v", at, err)
+				}
+				break
+			}
+			got = append(got, append([]byte{byte(k)}, p...))
+		}
+		if stalls != 1 || !reflect.DeepEqual(got, want) {
+			t.Fatalf("stall at %d: %d stalls, frames differ: %d, want %d", at, stalls, len(got), len(want))
+		}
+	}
+}
+
+// isFrameStart reports whether a frame of stream starts at offset at.
+func isFrameStart(stream []byte, at int) bool {
+	for i := 0; i < len(stream); i += lenPrefix + int(binary.BigEndian.Uint32(stream[i:])) {
+		if i == at {
+			return true
+		}
+	}
+	return false
 }
 
 // TestFrameReaderHugeLengthAllocs checks that a declared length is checked
