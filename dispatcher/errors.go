@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/childproc/dispatcher/workers"
 	"github.com/sirupsen/logrus"
 )
@@ -23,7 +24,7 @@ func statusFor(err error) int {
 		maxBytes *http.MaxBytesError
 		bodyErr  *ipc.BodyError
 		exitErr  *workers.ExitError
-		startErr *ipc.StartError
+		startErr *launch.StartError
 		protoErr *ipc.ProtocolError
 		abortErr *ipc.AbortError
 		badResp  *BadResponseError

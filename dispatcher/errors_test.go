@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/childproc/dispatcher/workers"
 )
 
@@ -30,7 +31,7 @@ func TestStatusFor(t *testing.T) {
 		{"deadline", context.DeadlineExceeded, http.StatusGatewayTimeout},
 		{"pool closed", workers.ErrClosed, http.StatusServiceUnavailable},
 		{"worker died", &workers.ExitError{PID: 1, Err: ipc.ErrPeerClosed}, http.StatusBadGateway},
-		{"worker did not start", &ipc.StartError{Path: "x", Err: io.EOF}, http.StatusBadGateway},
+		{"worker did not start", &launch.StartError{Path: "x", Err: io.EOF}, http.StatusBadGateway},
 		{"protocol violation", &ipc.ProtocolError{Reason: "x"}, http.StatusBadGateway},
 		{"aborted", &ipc.AbortError{Reason: "x"}, http.StatusBadGateway},
 		{"bad response", &BadResponseError{Err: io.EOF}, http.StatusBadGateway},

@@ -4,14 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/rpc"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-plugin"
 )
 
 // ProtocolVersion is the version of this wire protocol. It travels in the
@@ -19,12 +14,12 @@ import (
 // version with a clear error instead of misreading its frames.
 const ProtocolVersion = 1
 
-// Handshake is the go-plugin handshake shared by the dispatcher and workers.
-var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  ProtocolVersion,
-	MagicCookieKey:   "DISPATCHER_WORKER_COOKIE",
-	MagicCookieValue: "b6f3f1c4e0a94f3c9d3c2a7e5b1d8f60",
-}
+// The go-plugin handshake's magic cookie: a worker serves only if it finds
+// this variable with this value in its environment.
+const (
+	CookieKey   = "DISPATCHER_WORKER_COOKIE"
+	CookieValue = "b6f3f1c4e0a94f3c9d3c2a7e5b1d8f60"
+)
 
 // Environment variables the dispatcher sets for a worker, besides go-plugin's.
 const (
@@ -63,33 +58,9 @@ func HasFeature(name string) bool {
 	return false
 }
 
-// pluginName is the one plugin a worker serves. Its net/rpc service only
-// reports what the worker is; requests never travel over it.
-const pluginName = "worker"
-
-// Info describes a worker, as reported over go-plugin's RPC connection.
+// Info describes a worker, as reported over the control connection.
 type Info struct {
 	SDK string // implementation and version, e.g. "go-sdk/1"
-}
-
-type infoServer struct{ info Info }
-
-// Info is the one RPC method of the worker plugin.
-func (s *infoServer) Info(_ struct{}, reply *Info) error {
-	*reply = s.info
-	return nil
-}
-
-type workerPlugin struct{ info Info }
-
-func (p *workerPlugin) Server(*plugin.MuxBroker) (any, error) { return &infoServer{info: p.info}, nil }
-
-func (p *workerPlugin) Client(_ *plugin.MuxBroker, c *rpc.Client) (any, error) {
-	return c, nil
-}
-
-func pluginSet(info Info) plugin.PluginSet {
-	return plugin.PluginSet{pluginName: &workerPlugin{info: info}}
 }
 
 // ErrNotWorker reports a process started outside a dispatcher.
@@ -101,7 +72,7 @@ var ErrNotWorker = errors.New("ipc: not started by a dispatcher (no " + EnvFDs +
 // processes the worker starts do not inherit it.
 func WorkerConns() (conns []net.Conn, maxFrame, depth int, err error) {
 	list := os.Getenv(EnvFDs)
-	if list == "" || os.Getenv(Handshake.MagicCookieKey) != Handshake.MagicCookieValue {
+	if list == "" || os.Getenv(CookieKey) != CookieValue {
 		return nil, 0, 0, ErrNotWorker
 	}
 	maxFrame, depth = DefaultMaxFrame, 1
@@ -134,36 +105,4 @@ func WorkerConns() (conns []net.Conn, maxFrame, depth int, err error) {
 	}
 	_ = os.Unsetenv(EnvFDs)
 	return conns, maxFrame, depth, nil
-}
-
-// StdioRestorer returns a function that undoes go-plugin's replacement of
-// os.Stdout and os.Stderr (it sends them over its RPC connection, where a
-// dying worker's last words are lost): called once the dispatcher has pinged
-// a slot, it points both back at the process's real descriptors, which the
-// dispatcher reads line by line into its log. Call it before ServeWorker.
-func StdioRestorer() func() {
-	stdout, stderr := os.Stdout, os.Stderr
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			os.Stdout, os.Stderr = stdout, stderr
-		})
-	}
-}
-
-// ServeWorker runs go-plugin's side of the handshake and blocks until the
-// dispatcher asks the worker to quit. Nothing may be written to standard
-// output before it: the first line is the handshake. go-plugin's own messages
-// go to standard error as JSON at warn level and above.
-func ServeWorker(info Info) {
-	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig: Handshake,
-		Plugins:         pluginSet(info),
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Name:       "go-plugin",
-			Level:      hclog.Warn,
-			Output:     os.Stderr,
-			JSONFormat: true,
-		}),
-	})
 }

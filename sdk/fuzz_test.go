@@ -286,7 +286,7 @@ func fuzzSlot(t *testing.T, depth int, linger bool, in []byte) {
 		if linger {
 			wc = &lingerConn{Conn: wc, q: q, deadline: time.Now().Add(fuzzDeadline / 2), bad: &bad}
 		}
-		w := &worker{h: fuzzHandler(&bad, q), depth: depth, restoreStdio: func() {}}
+		w := &worker{h: fuzzHandler(&bad, q), depth: depth}
 		s := &slot{w: w, sc: ipc.NewServerConn(wc, fuzzMaxFrame)}
 		w.slots.Add(1)
 		go s.serve()

@@ -94,7 +94,7 @@ func Serve(h http.Handler) {
 		fmt.Fprintf(os.Stderr, "%v\nThis program is a dispatcher worker: run it with `dispatcher --workers %s`.\n", err, os.Args[0])
 		os.Exit(1)
 	}
-	w := &worker{h: h, depth: depth, restoreStdio: ipc.StdioRestorer(), informational: ipc.HasFeature(ipc.FeatureInformational)}
+	w := &worker{h: h, depth: depth, informational: ipc.HasFeature(ipc.FeatureInformational)}
 	for _, c := range conns {
 		s := &slot{w: w, sc: ipc.NewServerConn(c, maxFrame)}
 		w.slots.Add(1)
@@ -111,9 +111,8 @@ func Serve(h http.Handler) {
 }
 
 type worker struct {
-	h            http.Handler
-	depth        int // requests the dispatcher may send on a slot before one ends
-	restoreStdio func()
+	h     http.Handler
+	depth int // requests the dispatcher may send on a slot before one ends
 	// informational: the dispatcher relays 1xx responses.
 	informational bool
 	slots         sync.WaitGroup

@@ -61,7 +61,7 @@ func serve(tb testing.TB, h http.Handler) *ipc.Conn {
 		}
 		f.Close()
 	}
-	w := &worker{h: h, depth: 1, restoreStdio: func() {}}
+	w := &worker{h: h, depth: 1}
 	s := &slot{w: w, sc: ipc.NewServerConn(conns[1], 0)}
 	w.slots.Add(1)
 	go s.serve()

@@ -89,7 +89,6 @@ func (s *slot) serve() {
 				s.cancelQueued(f.ID)
 			}
 		case ipc.KindPing:
-			s.w.restoreStdio()
 			if err := s.sc.WritePong(f.ID); err != nil {
 				s.abandon()
 				return

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 )
 
 func TestParseMode(t *testing.T) {
@@ -178,9 +178,9 @@ func TestQueueTimeout(t *testing.T) {
 func TestOnDemandStartFailureReachesTheRequest(t *testing.T) {
 	p := startPool(t, "stdoutjunk", Config{Mode: ModeOnDemand, StartTimeout: 2 * time.Second})
 	_, _, _, err := get(context.Background(), p.Pool, "/")
-	var se *ipc.StartError
+	var se *launch.StartError
 	if !errors.As(err, &se) {
-		t.Fatalf("request: %v, want an *ipc.StartError", err)
+		t.Fatalf("request: %v, want an *launch.StartError", err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/sirupsen/logrus"
 )
 
@@ -66,7 +67,7 @@ type Pool struct {
 }
 
 type child struct {
-	proc    *ipc.Child
+	proc    *launch.Child
 	slots   []*slot
 	started time.Time
 	dead    atomic.Bool
@@ -129,7 +130,7 @@ func NewPool(cfg Config) (*Pool, error) {
 }
 
 // Start spawns Config.Size workers and waits for their handshakes. If any
-// fails to start, Start stops the others and returns its *ipc.StartError.
+// fails to start, Start stops the others and returns its *launch.StartError.
 func (p *Pool) Start(ctx context.Context) error {
 	dir, err := os.MkdirTemp(p.cfg.SocketDir, "dispatcher-")
 	if err != nil {
@@ -268,7 +269,7 @@ func (p *Pool) spawn() (*child, error) {
 		}
 	}
 	t0 := time.Now()
-	proc, err := ipc.Launch(ipc.LaunchConfig{
+	proc, err := launch.Start(launch.Config{
 		Cmd:          cmd,
 		Name:         p.cfg.Path,
 		OnExit:       onExit,

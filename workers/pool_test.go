@@ -16,6 +16,7 @@ import (
 
 	"github.com/childproc/dispatcher/internal/testbin"
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 )
@@ -389,7 +390,7 @@ func TestStartFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = p.Start(context.Background())
-			var se *ipc.StartError
+			var se *launch.StartError
 			if !errors.As(err, &se) || !strings.Contains(err.Error(), tt.path) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Start: %v, want a StartError naming %s and saying %q", err, tt.path, tt.want)
 			}

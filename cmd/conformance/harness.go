@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/sirupsen/logrus"
 )
 
@@ -33,7 +34,7 @@ type launchOpts struct {
 
 // worker is a worker started for one check, with its raw slots.
 type worker struct {
-	child *ipc.Child
+	child *launch.Child
 	slots []*slot
 	log   *lines
 }
@@ -55,7 +56,7 @@ func (t *target) launch(o launchOpts) (*worker, error) {
 	logger.AddHook(log)
 	cmd := exec.Command(t.path, t.args...)
 	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, t.env...)
-	child, err := ipc.Launch(ipc.LaunchConfig{
+	child, err := launch.Start(launch.Config{
 		Cmd:          cmd,
 		Slots:        o.slots,
 		MaxFrame:     o.maxFrame,

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/childproc/dispatcher/workers"
 	"github.com/sirupsen/logrus"
 )
@@ -323,7 +324,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	t0 := time.Now()
 	svc := newService(m, args, o, log)
 	if err := svc.start(ctx); err != nil {
-		var se *ipc.StartError
+		var se *launch.StartError
 		switch {
 		case ctx.Err() != nil:
 			log.Info("stopped during startup")

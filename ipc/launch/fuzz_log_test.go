@@ -1,7 +1,8 @@
-package ipc
+package launch
 
 import (
 	"bytes"
+	"runtime"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -107,5 +108,19 @@ func checkSanitized(t *testing.T, what, s string) {
 		if r < 0x20 && r != '\t' || r == 0x7f {
 			t.Fatalf("%s keeps control character %#x: %q", what, r, s)
 		}
+	}
+}
+
+// checkAllocsExact runs fn once and fails if it allocated more than limit
+// bytes, counted with runtime.ReadMemStats (exact: it flushes every P's
+// cache).
+func checkAllocsExact(t testing.TB, limit uint64, fn func()) {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > limit {
+		t.Fatalf("allocated %d bytes (limit %d)", n, limit)
 	}
 }

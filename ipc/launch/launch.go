@@ -1,4 +1,4 @@
-package ipc
+package launch
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/childproc/dispatcher/ipc"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
@@ -23,8 +24,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LaunchConfig describes a worker process to start.
-type LaunchConfig struct {
+// Config describes a worker process to start.
+type Config struct {
 	// Cmd is the process to start: Path, Args, Env, Dir and SysProcAttr are
 	// used as given, except that Setpgid is forced on (the child leads its
 	// own process group, which Kill signals as a whole) and Pdeathsig
@@ -96,33 +97,33 @@ type Child struct {
 	path   string
 	client *plugin.Client
 	run    *procRunner
-	conns  []*Conn
+	conns  []*ipc.Conn
 	stderr *workerLog
 
 	stopOnce sync.Once
 	stopped  chan struct{}
 }
 
-// Launch starts a worker, completes the go-plugin handshake and checks that
+// Start starts a worker, completes the go-plugin handshake and checks that
 // every slot answers a ping. On failure nothing is left running.
-func Launch(cfg LaunchConfig) (*Child, error) {
+func Start(cfg Config) (*Child, error) {
 	if cfg.Cmd == nil || cfg.Cmd.Path == "" {
-		return nil, errors.New("ipc: Launch without a command")
+		return nil, errors.New("launch: Start without a command")
 	}
 	if cfg.Cmd.Stdin != nil || cfg.Cmd.Stdout != nil || cfg.Cmd.Stderr != nil || cfg.Cmd.ExtraFiles != nil {
-		return nil, errors.New("ipc: Launch: the command's stdio and ExtraFiles must be unset")
+		return nil, errors.New("launch: Start: the command's stdio and ExtraFiles must be unset")
 	}
 	if cfg.Slots <= 0 {
 		cfg.Slots = 1
 	}
 	if cfg.MaxFrame <= 0 {
-		cfg.MaxFrame = DefaultMaxFrame
+		cfg.MaxFrame = ipc.DefaultMaxFrame
 	}
 	if cfg.Depth <= 0 {
 		cfg.Depth = 1
 	}
-	if cfg.Depth > MaxDepth {
-		return nil, fmt.Errorf("ipc: Launch: depth %d above %d", cfg.Depth, MaxDepth)
+	if cfg.Depth > ipc.MaxDepth {
+		return nil, fmt.Errorf("launch: Start: depth %d above %d", cfg.Depth, ipc.MaxDepth)
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 10 * time.Second
@@ -154,10 +155,10 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 		fds[i] = strconv.Itoa(3 + i)
 	}
 	cmd.ExtraFiles = childFiles
-	cmd.Env = append(cmd.Env, EnvFDs+"="+strings.Join(fds, ","), EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame),
-		EnvFeatures+"="+strings.Join(Features, ","))
+	cmd.Env = append(cmd.Env, ipc.EnvFDs+"="+strings.Join(fds, ","), ipc.EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame),
+		ipc.EnvFeatures+"="+strings.Join(ipc.Features, ","))
 	if cfg.Depth > 1 {
-		cmd.Env = append(cmd.Env, EnvDepth+"="+strconv.Itoa(cfg.Depth))
+		cmd.Env = append(cmd.Env, ipc.EnvDepth+"="+strconv.Itoa(cfg.Depth))
 	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
@@ -183,7 +184,7 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
-		Plugins:          pluginSet(Info{}),
+		Plugins:          pluginSet(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolNetRPC},
 		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, _ string) (runner.Runner, error) {
 			cmd.Env = append(cmd.Env, spec.Env...)
@@ -199,7 +200,7 @@ func Launch(cfg LaunchConfig) (*Child, error) {
 	})
 	c := &Child{path: path, client: client, run: pr, stderr: stderr, stopped: make(chan struct{})}
 	for _, hc := range hostConns {
-		c.conns = append(c.conns, NewConn(hc, cfg.MaxFrame))
+		c.conns = append(c.conns, ipc.NewConn(hc, cfg.MaxFrame))
 	}
 	fail := func(err error) (*Child, error) {
 		c.Kill()
@@ -276,7 +277,7 @@ func (c *Child) PID() int { return c.run.pid }
 func (c *Child) Path() string { return c.path }
 
 // Conns returns the slot connections, one per concurrent exchange.
-func (c *Child) Conns() []*Conn { return c.conns }
+func (c *Child) Conns() []*ipc.Conn { return c.conns }
 
 // Exited is closed once the process has exited and been reaped.
 func (c *Child) Exited() <-chan struct{} { return c.run.waitDone }
@@ -374,7 +375,7 @@ type procRunner struct {
 	name    string
 	pid     int
 	onStart func(pid int)
-	onExit  func() // LaunchConfig.OnExit
+	onExit  func() // Config.OnExit
 
 	stdoutR    io.ReadCloser
 	stdoutSink io.Writer
@@ -522,3 +523,15 @@ func (e *eofReader) Read(p []byte) (int, error) {
 }
 
 func (e *eofReader) Close() error { return e.r.Close() }
+
+// RawConns returns the dispatcher's ends of the child's slot connections as
+// plain stream connections, in slot order (see ipc.Conn.NetConn). Start
+// has already exchanged one ping (id 1) on each. Whoever uses them must not
+// use Conns.
+func (c *Child) RawConns() []net.Conn {
+	raw := make([]net.Conn, len(c.conns))
+	for i, conn := range c.conns {
+		raw[i] = conn.NetConn()
+	}
+	return raw
+}

@@ -1,0 +1,146 @@
+package ipc
+
+import (
+	"fmt"
+	"net"
+	"net/rpc"
+	"os"
+	"os/signal"
+	"sync"
+
+	"github.com/hashicorp/yamux"
+)
+
+// The worker's side of go-plugin's handshake and control connection
+// (go-plugin's "netrpc" protocol), written here so that worker binaries do
+// not link go-plugin: its dependencies (gRPC, protobuf) cost a worker about
+// 10 ms of start-up and 10 MB of binary. The dispatcher still launches,
+// handshakes and stops workers with go-plugin itself (package launch), so
+// this side must keep to what go-plugin's client does:
+//
+//   - print "1|<ProtocolVersion>|unix|<socket path>|netrpc|" on standard
+//     output, with the socket in PLUGIN_UNIX_SOCKET_DIR;
+//   - on the one connection, a yamux server: the first stream is the control
+//     connection, the next two carry standard output and error (unused
+//     here: the worker's standard output and error stay its own, and the
+//     dispatcher reads them line by line);
+//   - net/rpc on the control stream: Control.Ping, Control.Quit (graceful
+//     stop) and Dispenser.Dispense (no plugin is dispensed: requests travel
+//     on the slots).
+const (
+	coreProtocolVersion = 1 // go-plugin's CoreProtocolVersion
+	envSocketDir        = "PLUGIN_UNIX_SOCKET_DIR"
+)
+
+// ServeWorker runs the worker's side of the handshake and blocks until the
+// dispatcher asks the worker to quit, or its control connection ends.
+// Nothing may be written to standard output before it: the first line is
+// the handshake. info describes the worker.
+func ServeWorker(info Info) {
+	ln, path, err := listenControl()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: control socket: %v\n", err)
+		os.Exit(1)
+	}
+	defer ln.Close()
+	defer os.Remove(path)
+	// A Ctrl-C at the dispatcher's terminal reaches the whole process group:
+	// the dispatcher stops its workers itself.
+	// (Notify, not Ignore: an ignored signal would stay ignored in the
+	// processes the handler starts.)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt)
+	go func() {
+		for range sigs {
+		}
+	}()
+	fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, path)
+
+	done := make(chan struct{})
+	var once sync.Once
+	quit := func() { once.Do(func() { close(done) }) }
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				quit()
+				return
+			}
+			go func() {
+				serveControl(conn, quit)
+				quit()
+			}()
+		}
+	}()
+	<-done
+}
+
+// listenControl listens on a new unix socket in PLUGIN_UNIX_SOCKET_DIR.
+func listenControl() (net.Listener, string, error) {
+	f, err := os.CreateTemp(os.Getenv(envSocketDir), "plugin")
+	if err != nil {
+		return nil, "", err
+	}
+	path := f.Name()
+	f.Close()
+	if err := os.Remove(path); err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, "", err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	return ln, path, nil
+}
+
+// serveControl serves one control connection until it ends.
+func serveControl(conn net.Conn, quit func()) {
+	mux, err := yamux.Server(conn, nil)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	defer mux.Close()
+	control, err := mux.Accept()
+	if err != nil {
+		return
+	}
+	// The standard output and error streams: accepted, never written.
+	for range 2 {
+		s, err := mux.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+	}
+	srv := rpc.NewServer()
+	_ = srv.RegisterName("Control", &controlService{quit: quit})
+	_ = srv.RegisterName("Dispenser", dispenserService{})
+	srv.ServeConn(control)
+}
+
+// controlService is go-plugin's Control service.
+type controlService struct{ quit func() }
+
+// Ping answers the dispatcher's liveness check of the control connection.
+func (*controlService) Ping(_ bool, reply *struct{}) error {
+	*reply = struct{}{}
+	return nil
+}
+
+// Quit asks the worker to stop gracefully.
+func (c *controlService) Quit(_ bool, reply *struct{}) error {
+	c.quit()
+	*reply = struct{}{}
+	return nil
+}
+
+// dispenserService is go-plugin's Dispenser service: requests go over the
+// slots, so no plugin is dispensed.
+type dispenserService struct{}
+
+// Dispense refuses every plugin name.
+func (dispenserService) Dispense(name string, _ *uint32) error {
+	return fmt.Errorf("unknown plugin type: %s", name)
+}
