@@ -156,6 +156,19 @@ func (b *requestBody) release() {
 	b.mu.Unlock()
 	// If the deadline cannot be set, the read ends when the client sends
 	// more or goes away.
-	_ = http.NewResponseController(b.w).SetReadDeadline(time.Unix(1, 0))
+	rc := http.NewResponseController(b.w)
+	_ = rc.SetReadDeadline(time.Unix(1, 0))
 	<-done
+	// net/http reads on after the handler: it discards what is left of an
+	// unread body (up to 256 KiB) and, if it could, keeps the connection
+	// for the next request. A deadline left in the past would cut that
+	// read at an arbitrary byte and the rest of the body would be parsed as
+	// the next request. Give the discard a short, bounded time instead; the
+	// next request on the connection gets the server's own deadlines.
+	_ = rc.SetReadDeadline(time.Now().Add(discardTime))
 }
+
+// discardTime bounds net/http's discarding of the unread rest of a body
+// after an interrupted read: a client that keeps sending is read to the end
+// of its body; one that stalls loses its connection.
+const discardTime = time.Second

@@ -8,11 +8,13 @@ package dispatcher
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -1004,5 +1006,34 @@ func TestStalledClientBodyFreesTheWorker(t *testing.T) {
 	r2.Body.Close()
 	if r2.StatusCode != 200 {
 		t.Fatalf("next request: %d", r2.StatusCode)
+	}
+}
+
+// A body the worker does not read to its end leaves the client's
+// connection in sync: the next request on it is parsed from its own first
+// byte, not from the middle of the unread body (net/http discards the rest
+// or closes the connection).
+func TestUnreadBodyKeepsConnectionInSync(t *testing.T) {
+	f := startFront(t, "hello", workers.Config{Size: 1})
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+	defer client.CloseIdleConnections()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 60 {
+		body := make([]byte, 70000+rng.IntN(400000))
+		resp, err := client.Post(f.url+"/", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		resp, err = client.Get(f.url + "/")
+		if err != nil {
+			t.Fatalf("GET %d after a POST of %d bytes: %v", i, len(body), err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(got) != "hello world\n" {
+			t.Fatalf("GET %d after a POST of %d bytes: %d %q", i, len(body), resp.StatusCode, got)
+		}
 	}
 }
