@@ -8,7 +8,9 @@ import "time"
 // The n-th consecutive failure (a failed start, or a worker that died less
 // than Healthy after it started) delays the next start by Min*2^(n-1),
 // capped at Max. The first failure restarts at once. A worker that lived
-// Healthy or longer resets the count.
+// Healthy or longer resets the count, and so does any request a worker
+// completes (Reset): the binary works, and the faults of single requests
+// (a crash, a timeout) are not a crash loop.
 type Backoff struct {
 	// Min is the delay after the second consecutive failure. If zero, 50ms.
 	Min time.Duration
@@ -49,6 +51,9 @@ func (b *Backoff) Exited(lived time.Duration) time.Duration {
 	}
 	return b.Failed()
 }
+
+// Reset forgets the failures: a worker of the binary completed a request.
+func (b *Backoff) Reset() { b.failures = 0 }
 
 // Failures returns the number of consecutive failures.
 func (b *Backoff) Failures() int { return b.failures }

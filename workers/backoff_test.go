@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -29,5 +30,26 @@ func TestBackoff(t *testing.T) {
 	}
 	if d := (Backoff{}).withDefaults(); d.Min != 50*time.Millisecond || d.Max != 10*time.Second || d.Healthy != 10*time.Second {
 		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+// Crashes of single requests, between which requests succeed, are no crash
+// loop: the restart delay does not grow (it used to, until the pool
+// emptied for 10 s at a time under a steady trickle of faults).
+func TestRequestCrashesDoNotAccumulateBackoff(t *testing.T) {
+	p := startPool(t, "crash", Config{Size: 1, QueueTimeout: 3 * time.Second, Breaker: Breaker{Failures: -1}})
+	for i := range 12 {
+		if _, _, _, err := get(context.Background(), p.Pool, "/exit"); err == nil {
+			t.Fatalf("crash %d: no error", i)
+		}
+		status, _, _, err := get(context.Background(), p.Pool, "/ok")
+		if err != nil || status != 200 {
+			t.Fatalf("request after crash %d: %d, %v", i+1, status, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.backoff.Failures(); n > 1 {
+		t.Errorf("backoff counts %d failures after requests succeeded", n)
 	}
 }

@@ -765,6 +765,9 @@ func (p *Pool) release(s *slot, served bool) {
 		s.streaming = false
 	}
 	c := s.c
+	if served {
+		p.backoff.Reset() // the binary works
+	}
 	if served && p.servedLocked(c) {
 		p.recycleLocked(c, fmt.Sprintf("served %d requests", c.served))
 	}
