@@ -53,3 +53,28 @@ func TestRequestCrashesDoNotAccumulateBackoff(t *testing.T) {
 		t.Errorf("backoff counts %d failures after requests succeeded", n)
 	}
 }
+
+// A binary whose workers die without ever taking a request (it cannot stay
+// up) is restarted with growing delays, not in a tight loop.
+func TestIdleDeathsBackOff(t *testing.T) {
+	p := startPool(t, "crash", Config{Size: 1, Env: []string{"CRASH_IDLE_AFTER=10ms"}, Breaker: Breaker{Failures: -1},
+		Backoff: Backoff{Min: 20 * time.Millisecond, Max: time.Second}})
+	waitFor(t, "5 consecutive failures", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.backoff.Failures() >= 5
+	})
+	var delays []time.Duration
+	for _, e := range p.hook.AllEntries() {
+		if s, ok := e.Data["restart_in"].(string); ok {
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			delays = append(delays, d)
+		}
+	}
+	if len(delays) < 3 || delays[0] != 20*time.Millisecond || delays[1] != 40*time.Millisecond || delays[2] != 80*time.Millisecond {
+		t.Errorf("restart delays %v, want 20ms, 40ms, 80ms...", delays)
+	}
+}

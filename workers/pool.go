@@ -400,7 +400,13 @@ func (p *Pool) supervise() {
 				p.recordExit(c, CauseCrashed, describeExit(c.proc.ExitState()), now)
 			}
 			if !retired {
-				delay = p.backoff.Exited(lived)
+				// A worker that took a request died of that request (a
+				// crash, a timeout, a protocol violation): replaced at
+				// once; only those dying before any request (a binary
+				// that cannot stay up) back off.
+				if !c.used {
+					delay = p.backoff.Exited(lived)
+				}
 				p.notBefore = now.Add(delay)
 				if note == nil {
 					p.failed(now) // a crash, not a kill of ours

@@ -1,6 +1,8 @@
 // Command crash dies on request, after a line on stderr: /exit exits with
 // status 3, /kill sends itself SIGKILL, /fatal overflows its stack (a Go
-// fatal error). Any other path answers "ok".
+// fatal error). Any other path answers "ok". With CRASH_IDLE_AFTER=D in its
+// environment it exits with status 4 D after it started, serving or not (a
+// binary that cannot stay up).
 package main
 
 import (
@@ -9,6 +11,7 @@ import (
 	"os"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/childproc/dispatcher/sdk"
 )
@@ -16,6 +19,12 @@ import (
 func recurse(n int) int { return recurse(n+1) + 1 }
 
 func main() {
+	if d, err := time.ParseDuration(os.Getenv("CRASH_IDLE_AFTER")); err == nil {
+		time.AfterFunc(d, func() {
+			fmt.Fprintln(os.Stderr, "crash: exiting while idle, as asked")
+			os.Exit(4)
+		})
+	}
 	sdk.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/exit":
