@@ -973,9 +973,11 @@ func (r *Response) fail(err error) error {
 		p.cancelExchange(r)
 		return err
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load():
-		// The client left while a frame was half read: the stream is torn
-		// and the worker cannot be told. It goes; the client is gone anyway.
-		c.kill(CauseBroken, "client went away in the middle of a frame")
+		// The exchange was interrupted (its client left, or its body went
+		// over the limit) on a connection that had already failed: the
+		// worker cannot be told. It goes. (A deadline alone, even inside a
+		// frame, leaves the connection usable: the case above.)
+		c.kill(CauseBroken, "exchange interrupted on a broken connection")
 		p.discard(s, err)
 		err = context.Canceled
 	case errors.Is(err, os.ErrDeadlineExceeded):
