@@ -57,7 +57,18 @@ func Workers() []string {
 // Run is the body of a TestMain: it builds pkgs into a temporary directory,
 // stores their paths in *bins, runs the tests, removes the directory and
 // returns the exit code for os.Exit.
+//
+// The fuzzing engine runs the test binary again as worker processes, each
+// running TestMain: they inherit the directory through EnvDir and use its
+// binaries instead of building them again (seconds per process, which a
+// short fuzz run would otherwise spend building).
 func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
+	if dir := os.Getenv(EnvDir); dir != "" {
+		if b, ok := built(dir, pkgs); ok {
+			*bins = b
+			return m.Run()
+		}
+	}
 	dir, err := os.MkdirTemp("", "testbin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -68,5 +79,23 @@ func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	os.Setenv(EnvDir, dir)
 	return m.Run()
+}
+
+// EnvDir names the directory of the binaries a test process built, for the
+// processes it starts (fuzz workers) to reuse.
+const EnvDir = "TESTBIN_DIR"
+
+// built returns the binaries of pkgs in dir if all of them are there.
+func built(dir string, pkgs []string) (map[string]string, bool) {
+	bins := make(map[string]string, len(pkgs))
+	for _, p := range pkgs {
+		path := filepath.Join(dir, filepath.Base(p))
+		if fi, err := os.Stat(path); err != nil || fi.IsDir() {
+			return nil, false
+		}
+		bins[filepath.Base(p)] = path
+	}
+	return bins, true
 }
