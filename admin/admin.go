@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"html/template"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ type Function struct {
 //	          when one cannot (no worker, and none can start)
 //	/status   every function and worker: JSON, or HTML for browsers
 //	          (?format=json or ?format=html to choose)
+//	/debug/pprof/  Go's profiles, if EnableProfiling was called
 type Server struct {
 	functions func() []Function
 	metrics   *Metrics
@@ -63,6 +65,17 @@ func New(functions func() []Function, m *Metrics, version string) *Server {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// EnableProfiling serves Go's runtime profiles (net/http/pprof) under
+// /debug/pprof/: heap, goroutines, CPU, for investigating the dispatcher
+// itself. Off unless asked for: a CPU profile costs while it runs.
+func (s *Server) EnableProfiling() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}
 
 // SetDraining marks the dispatcher as shutting down: /readyz answers 503
 // so that load balancers stop sending it requests.

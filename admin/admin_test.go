@@ -250,3 +250,17 @@ func TestNotReadyWhenClosed(t *testing.T) {
 		t.Errorf("dispatcher_ready = %v, want 0", got)
 	}
 }
+
+func TestProfilingOnlyWhenEnabled(t *testing.T) {
+	f := newFixture(t, "crash", workers.Config{Size: 1})
+	if code, _ := f.adminGet(t, "/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without EnableProfiling: %d, want 404", code)
+	}
+	f.admin.EnableProfiling()
+	if code, body := f.adminGet(t, "/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/ with profiling: %d", code)
+	}
+	if code, body := f.adminGet(t, "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Errorf("heap profile: %d %.80q", code, body)
+	}
+}

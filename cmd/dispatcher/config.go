@@ -33,7 +33,7 @@ import (
 // globalFlags are the settings of the dispatcher as a whole: they may not
 // appear inside a function.
 var globalFlags = map[string]bool{
-	"listen": true, "admin-listen": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
+	"listen": true, "admin-listen": true, "admin-pprof": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
 	"access-log": true, "config": true, "check-config": true, "watch": true,
 	"tls-cert": true, "tls-key": true, "h2c": true, "read-header-timeout": true, "read-timeout": true,
 	"write-timeout": true, "keepalive-timeout": true, "max-header-bytes": true,

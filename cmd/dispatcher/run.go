@@ -60,6 +60,7 @@ type options struct {
 	workerArgs      []string
 	listen          string
 	adminListen     string
+	adminPprof      bool
 	config          string
 	checkConfig     string
 	watch           bool
@@ -97,6 +98,7 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.watch, "watch", false, "reload when the config file or a worker binary changes (as on SIGHUP)")
 	fs.StringVar(&o.listen, "listen", ":8080", "`address` to serve HTTP on")
 	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9090", "`address` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
+	fs.BoolVar(&o.adminPprof, "admin-pprof", false, "also serve Go's runtime profiles of the dispatcher under /debug/pprof/ on the admin listener")
 	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running")
 	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once")
 	fs.IntVar(&o.pipeline, "pipeline", workers.DefaultPipeline, "requests that may be queued on one busy worker slot, counting the running one (1 disables pipelining)")

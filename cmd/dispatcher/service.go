@@ -45,6 +45,9 @@ func newService(m *Main, args []string, o *options, log *logrus.Entry) *service 
 	s := &service{m: m, args: args, log: log, opts: o}
 	s.metrics = admin.NewMetrics(s.functions)
 	s.admin = admin.New(s.functions, s.metrics, version)
+	if o.adminPprof {
+		s.admin.EnableProfiling()
+	}
 	return s
 }
 
