@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +28,7 @@ type requestBody struct {
 	r       *http.Request
 	trailer http.Header // sent by the pump in the end frame; filled at EOF
 	onLimit func(error) // called once, when the body crosses the limit
+	eof     atomic.Bool // the client's body was read to its end
 
 	mu       sync.Mutex
 	reading  bool          // a read of src is in flight
@@ -59,6 +61,7 @@ func (b *requestBody) readSrc(p []byte) (int, error) {
 	n, err := b.src.Read(p)
 	b.read += int64(n)
 	if err == io.EOF {
+		b.eof.Store(true)
 		// net/http has read the trailers by now; the pump sends b.trailer
 		// once it sees io.EOF.
 		for k, vs := range b.r.Trailer {

@@ -1014,11 +1014,6 @@ func TestStalledClientBodyFreesTheWorker(t *testing.T) {
 // byte, not from the middle of the unread body (net/http discards the rest
 // or closes the connection).
 func TestUnreadBodyKeepsConnectionInSync(t *testing.T) {
-	t.Skip("known bug, open: about 1 request in 400 under -race still fails here. " +
-		"In full-duplex mode net/http discards an unread body after the handler, and reaching its end " +
-		"there starts a background read that the next request's read collides with " +
-		"(\"invalid concurrent Body.Read call\"). The desync this test was written for " +
-		"(3% of requests) is fixed; see the closing note of 2026-11-30")
 	f := startFront(t, "hello", workers.Config{Size: 1})
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
 	defer client.CloseIdleConnections()

@@ -328,6 +328,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 		return
 	}
 	in.status = resp.Status
+	if body != nil && !body.eof.Load() {
+		// The worker answers before the client's body was read to its
+		// end: the rest would have to be discarded after the handler,
+		// which net/http does unreliably in full-duplex mode (it can
+		// desynchronise the connection or collide with its next read).
+		// This connection ends with this response.
+		w.Header().Set("Connection", "close")
+	}
 	w.WriteHeader(resp.Status)
 	var flusher http.Flusher
 	if resp.Streaming {
