@@ -67,67 +67,15 @@ func faultCopyFile(src, dst string) error {
 	return os.Rename(tmp, dst)
 }
 
-// faultEnv returns the test process's environment with TMPDIR set to dir.
-func faultEnv(dir string) []string {
-	env := []string{"TMPDIR=" + dir}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TMPDIR=") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // startWrapped is startDispatcher for a dispatcher started through a
 // wrapper command (prefix, which must end by executing the rest of its
 // arguments in the same process, as unshare and "sh -c 'exec ...'" do) with
 // the given TMPDIR. It waits for the listening line.
 func startWrapped(t *testing.T, tmpDir string, prefix []string, args ...string) *dproc {
 	t.Helper()
-	d := &dproc{t: t, log: newLogBuf(), done: make(chan struct{}), tmpDir: tmpDir}
 	argv := append(slices.Clone(prefix), bin(t, "dispatcher"), "--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0")
-	argv = append(argv, args...)
-	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Env = faultEnv(tmpDir)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd.Stderr = w
-	if err := d.cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		t.Fatal(err)
-	}
-	w.Close()
-	go func() {
-		defer r.Close()
-		d.log.follow(r)
-	}()
-	go func() {
-		_ = d.cmd.Wait()
-		d.state = d.cmd.ProcessState
-		close(d.done)
-	}()
-	t.Cleanup(d.cleanup)
-	line, ok := d.log.wait(startWait, isListening)
-	if !ok {
-		t.Fatalf("no listening line within %s (exited: %v); log:\n%s", startWait, d.exited(), d.log)
-	}
-	d.addr, _ = field(line, "addr")
-	d.url = "http://" + d.addr
-	ws, _ := field(line, "workers")
-	for _, f := range strings.Fields(ws) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatalf("listening line: bad workers field %q", ws)
-		}
-		d.workers = append(d.workers, pid)
-	}
-	if len(d.workers) == 0 {
-		t.Fatalf("listening line names no workers: %s", line)
-	}
-	d.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	d := launchProc(t, tmpDir, append(argv, args...))
+	d.awaitListening(true)
 	return d
 }
 
@@ -476,7 +424,7 @@ func TestFaultTmpdirUnwritableAtStart(t *testing.T) {
 			argv := append(slices.Clone(prefix), bin(t, "dispatcher"), "--workers", w, "--pool-size", "1",
 				"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
 			cmd := exec.Command(argv[0], argv[1:]...)
-			cmd.Env = faultEnv(tmp)
+			cmd.Env = envWithTMPDIR(tmp)
 			cmd.WaitDelay = time.Second
 			var stderr strings.Builder
 			cmd.Stderr = &stderr

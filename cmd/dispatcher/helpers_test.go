@@ -243,19 +243,20 @@ type dproc struct {
 // follows its stderr. It does not wait for anything.
 func startProc(t *testing.T, args ...string) *dproc {
 	t.Helper()
-	d := &dproc{t: t, log: newLogBuf(), done: make(chan struct{}), tmpDir: shortTempDir(t)}
 	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--admin-listen") }) {
 		// Not the default port: tests run dispatchers in parallel.
 		args = append([]string{"--admin-listen", "127.0.0.1:0"}, args...)
 	}
-	d.cmd = exec.Command(bin(t, "dispatcher"), args...)
-	env := []string{"TMPDIR=" + d.tmpDir}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TMPDIR=") {
-			env = append(env, kv)
-		}
-	}
-	d.cmd.Env = env
+	return launchProc(t, shortTempDir(t), append([]string{bin(t, "dispatcher")}, args...))
+}
+
+// launchProc starts argv (the dispatcher, or a wrapper that executes it)
+// with tmpDir as its TMPDIR and follows its stderr.
+func launchProc(t *testing.T, tmpDir string, argv []string) *dproc {
+	t.Helper()
+	d := &dproc{t: t, log: newLogBuf(), done: make(chan struct{}), tmpDir: tmpDir}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Env = envWithTMPDIR(tmpDir)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -280,11 +281,32 @@ func startProc(t *testing.T, args ...string) *dproc {
 	return d
 }
 
+// envWithTMPDIR returns the test process's environment with TMPDIR set to
+// dir.
+func envWithTMPDIR(dir string) []string {
+	env := []string{"TMPDIR=" + dir}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TMPDIR=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // startDispatcher starts the dispatcher on 127.0.0.1:0 with args and waits
 // for its listening line.
 func startDispatcher(t *testing.T, args ...string) *dproc {
 	t.Helper()
 	d := startProc(t, append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+	d.awaitListening(!slices.Contains(args, "ondemand") && !slices.Contains(args, "--config"))
+	return d
+}
+
+// awaitListening waits for the listening line and takes the addresses and
+// worker pids from it; withWorkers: it must name some.
+func (d *dproc) awaitListening(withWorkers bool) {
+	t := d.t
+	t.Helper()
 	line, ok := d.log.wait(startWait, isListening)
 	if !ok {
 		t.Fatalf("no listening line within %s (exited: %v); log:\n%s", startWait, d.exited(), d.log)
@@ -305,14 +327,13 @@ func startDispatcher(t *testing.T, args ...string) *dproc {
 	if a, ok := field(line, "admin"); ok {
 		d.admin = "http://" + a
 	}
-	if len(d.workers) == 0 && !slices.Contains(args, "ondemand") && !slices.Contains(args, "--config") {
+	if len(d.workers) == 0 && withWorkers {
 		t.Fatalf("listening line names no workers: %s", line)
 	}
 	d.client = &http.Client{
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}
-	return d
 }
 
 func (d *dproc) exited() bool {
@@ -428,13 +449,7 @@ func run(t *testing.T, args ...string) (code int, stderr, tmpDir string) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin(t, "dispatcher"), args...)
 	cmd.WaitDelay = time.Second
-	env := []string{"TMPDIR=" + tmpDir}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TMPDIR=") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
+	cmd.Env = envWithTMPDIR(tmpDir)
 	var buf bytes.Buffer
 	cmd.Stderr = &buf
 	err := cmd.Run()
