@@ -23,6 +23,9 @@ type Sandbox interface {
 
 // Cell is the confinement of one worker process.
 type Cell interface {
+	// Start starts the command Prepare adjusted (exec.Cmd.Start, made
+	// however the confinement needs it made).
+	Start(cmd *exec.Cmd) error
 	// Release kills every process left in the cell, including those that
 	// left the worker's process group (setsid, double fork), and removes
 	// the cell. The pool calls it once the worker has exited (or failed to

@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -261,7 +262,9 @@ func (p *Pool) spawn() (*child, error) {
 	// Sandbox: the cell's processes (even those that left the worker's
 	// process group) die, and the cell goes, as soon as the worker is reaped.
 	var onExit func()
+	var start func(*exec.Cmd) error
 	if cell != nil {
+		start = cell.Start
 		onExit = func() {
 			if err := cell.Release(); err != nil {
 				p.log.WithError(err).Warn("worker's sandbox cell not fully removed")
@@ -272,6 +275,7 @@ func (p *Pool) spawn() (*child, error) {
 	proc, err := launch.Start(launch.Config{
 		Cmd:          cmd,
 		Name:         p.cfg.Path,
+		StartProcess: start,
 		OnExit:       onExit,
 		Slots:        p.cfg.Concurrency,
 		MaxFrame:     p.cfg.MaxFrame,

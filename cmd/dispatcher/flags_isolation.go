@@ -15,8 +15,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Every worker starts through this binary in shim mode (sandbox.Main), which
-// confines itself and then executes the worker. It runs here, before main,
+// Workers that need more than the default confinement start through this
+// binary in shim mode (sandbox.Main), which confines itself and then
+// executes the worker. It runs here, before main,
 // so that the shim does nothing else first; in shim mode it never returns.
 func init() { sandbox.Main() }
 

@@ -53,6 +53,11 @@ type Config struct {
 	// Name is the worker binary as logs and errors name it. If empty,
 	// Cmd.Path (set it when Cmd starts a wrapper such as a sandbox shim).
 	Name string
+	// StartProcess, if set, starts Cmd once Start has completed it (its
+	// descriptors, environment and process attributes), instead of
+	// Cmd.Start: the place for a confinement that must make the process
+	// itself.
+	StartProcess func(*exec.Cmd) error
 	// OnExit, if set, is called once the process has exited and been
 	// reaped, or failed to start, before Exited is closed: the place to
 	// kill and remove what it leaves behind (its sandbox cell).
@@ -173,7 +178,7 @@ func Start(cfg Config) (*Child, error) {
 	stderr := &workerLog{e: log, stream: "stderr"}
 	syncOut := &workerLog{e: log, stream: "stdout"}
 	syncErr := &workerLog{e: log, stream: "stderr"}
-	pr := &procRunner{cmd: cmd, name: path, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
+	pr := &procRunner{cmd: cmd, name: path, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
 		l := log.WithField("pid", pid)
 		stderr.e, syncOut.e, syncErr.e = l, l, l
 		closeChildFiles()
@@ -374,6 +379,7 @@ type procRunner struct {
 	cmd     *exec.Cmd
 	name    string
 	pid     int
+	start   func(*exec.Cmd) error // Config.StartProcess
 	onStart func(pid int)
 	onExit  func() // Config.OnExit
 
@@ -401,7 +407,11 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	r.cmd.Stdout, r.cmd.Stderr = outW, errW
-	err = r.cmd.Start()
+	if r.start != nil {
+		err = r.start(r.cmd)
+	} else {
+		err = r.cmd.Start()
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {

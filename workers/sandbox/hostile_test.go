@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -279,6 +280,33 @@ func TestDefaultConfinement(t *testing.T) {
 	}
 	if body := e.must("/snoop?name=DISPATCHER_TEST_SECRET"); strings.Contains(body, "own environment") {
 		t.Errorf("secret in the worker's own environment:\n%s", body)
+	}
+	// The default confinement needs no shim where the kernel can create
+	// the worker in its cell (clone3, Linux 5.7): that is what makes
+	// spawns cheap.
+	v2Cell := slices.ContainsFunc(e.sb.Notes(), func(n string) bool {
+		return strings.HasPrefix(n, "cell cgroups in cgroup v2 ") && !strings.Contains(n, " and ")
+	})
+	if v2Cell {
+		if !slices.Contains(e.sb.Notes(), "started directly into the cell") {
+			t.Errorf("a cgroup v2 cell, yet workers start through the shim: %q", e.sb.Notes())
+		}
+	}
+}
+
+// Options the direct start cannot give go through the shim; the worker is
+// confined all the same.
+func TestShimStart(t *testing.T) {
+	e := start(t, sandbox.Options{NoFile: 512}, workers.Config{})
+	if slices.Contains(e.sb.Notes(), "started directly into the cell") {
+		t.Errorf("NoFile needs the shim, yet: %q", e.sb.Notes())
+	}
+	w := e.whoami()
+	if w["nonewprivs"] != "1" {
+		t.Errorf("no_new_privs = %q, want 1", w["nonewprivs"])
+	}
+	if len(e.sb.Dirs()) > 0 && !strings.Contains(w["cgroup"], "/dispatcher-") {
+		t.Errorf("worker is not in a cell cgroup: %s", w["cgroup"])
 	}
 }
 

@@ -1,10 +1,16 @@
 // Package sandbox confines worker processes: it implements workers.Sandbox.
 //
-// Every worker of a Sandbox starts through a shim: the executable that
-// started the dispatcher (/proc/self/exe), run again in a mode that confines
-// itself and then executes the worker, so that no untrusted instruction runs
-// before the confinement is complete. Programs that use a Sandbox must call
-// Main first thing in main (and in TestMain).
+// No untrusted instruction runs before a worker's confinement is complete.
+// With the default confinement, optionally a User, and a cgroup v2 cell (or
+// none), the dispatcher starts the worker directly: the kernel creates the
+// process inside its cell (clone3 with CLONE_INTO_CGROUP), from a thread
+// that has no_new_privs set, which the process inherits, and with its
+// identity changed before the worker binary is executed. Every other
+// confinement (namespaces, an open files limit, a checksum, cgroup v1
+// cells) starts the worker through a shim: the executable that started the
+// dispatcher (/proc/self/exe), run again in a mode that confines itself and
+// then executes the worker. Both ways are tried once by New. Programs that
+// use a Sandbox must call Main first thing in main (and in TestMain).
 //
 // What every worker gets, whatever the Options:
 //   - no_new_privs: neither it nor its descendants gain privileges through
@@ -128,6 +134,7 @@ type Sandbox struct {
 	groups   []group
 	memory   *group // where the memory limit is set (for OOM detection)
 	canKill  bool   // some group kills escapees
+	direct   bool   // workers start without the shim (see the package doc)
 	seq      atomic.Int64
 	notes    []string
 	warnings []string
@@ -156,11 +163,39 @@ func New(path string, opts Options) (*Sandbox, error) {
 		s.Close()
 		return nil, err
 	}
-	if err := s.trial(); err != nil {
-		s.Close()
-		return nil, err
+	if s.directPossible() {
+		s.direct = true
+		if err := s.trial(); err != nil {
+			// A kernel without clone3 or CLONE_INTO_CGROUP (before Linux
+			// 5.7), or a seccomp policy refusing clone3: the shim does it.
+			s.direct = false
+			s.notes = append(s.notes, "started through the shim ("+strings.TrimPrefix(err.Error(), "sandbox: ")+")")
+		} else {
+			s.notes = append(s.notes, "started directly into the cell")
+		}
+	}
+	if !s.direct {
+		if err := s.trial(); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// directPossible reports whether the options and the cgroups allow workers
+// to start without the shim.
+func (s *Sandbox) directPossible() bool {
+	o := s.opts
+	if o.Namespaces || o.NoFile > 0 || s.checksum != "" {
+		return false
+	}
+	for _, g := range s.groups {
+		if !g.h.v2 || len(s.groups) > 1 {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Sandbox) checkOptions() error {
@@ -482,6 +517,14 @@ type Cell struct {
 	groups []group
 	memory *group
 
+	// Started directly (see the package doc): from the spawning thread,
+	// into cgroupFD's cgroup (if >= 0), as uid:gid if user.
+	spawn    bool
+	cgroupFD int
+	user     bool
+	uid, gid uint32
+	poolDir  string
+
 	once    sync.Once
 	err     error
 	oom     atomic.Bool
@@ -502,7 +545,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	if trial {
 		name = "trial"
 	}
-	c := &Cell{}
+	c := &Cell{cgroupFD: -1}
 	sp := &spec{
 		Path: cmd.Path, Args: cmd.Args, NoFile: s.opts.NoFile,
 		Namespaces: s.opts.Namespaces, Network: s.opts.AllowNetwork || !s.opts.Namespaces,
@@ -538,6 +581,32 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		}
 		sp.Cgroups = append(sp.Cgroups, g.dir)
 	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if s.direct {
+		c.spawn, c.user, c.poolDir = true, sp.User, socketDir
+		c.uid, c.gid = sp.UID, sp.GID
+		if len(c.groups) == 1 {
+			fd, err := unix.Open(c.groups[0].dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				c.Release()
+				return nil, fmt.Errorf("cgroup: %w", err)
+			}
+			c.cgroupFD = fd
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+		}
+		if s.cred != nil {
+			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.cred.Uid, Gid: s.cred.Gid, Groups: []uint32{}}
+		}
+		if !trial {
+			return c, nil
+		}
+		// The trial runs the shim, started the same way, which checks what
+		// it inherited and stops.
+		sp.Direct = true
+	}
 	b, err := json.Marshal(sp)
 	if err != nil {
 		c.Release()
@@ -546,10 +615,6 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	cmd.Path = s.shim
 	cmd.Args = []string{s.shim, ShimArg, sp.Path}
 	cmd.Env = append(cmd.Env, envSpec+"="+string(b))
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if s.opts.Namespaces {
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 		if !s.opts.AllowNetwork {
@@ -625,9 +690,46 @@ func (s *Sandbox) setLimits(g group) error {
 	return err
 }
 
+// Start implements workers.Cell: it starts the command Prepare made.
+func (c *Cell) Start(cmd *exec.Cmd) error {
+	if !c.spawn {
+		return cmd.Start()
+	}
+	defer c.closeCgroupFD()
+	if c.user {
+		// go-plugin made the worker's control socket directory (0700) in
+		// the pool's: give it to the worker.
+		if dir := envValue(cmd.Env, envSockDir); dir != "" && c.poolDir != "" && filepath.Dir(filepath.Clean(dir)) == filepath.Clean(c.poolDir) {
+			if err := os.Chown(dir, int(c.uid), int(c.gid)); err != nil {
+				return fmt.Errorf("give the socket directory to the worker: %w", err)
+			}
+		}
+	}
+	return spawn(cmd)
+}
+
+func (c *Cell) closeCgroupFD() {
+	if c.cgroupFD >= 0 {
+		unix.Close(c.cgroupFD)
+		c.cgroupFD = -1
+	}
+}
+
+// envValue returns the value of key in env (the last one), or "".
+func envValue(env []string, key string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
+}
+
 // Release implements workers.Cell.
 func (c *Cell) Release() error {
 	c.once.Do(func() {
+		c.closeCgroupFD()
 		c.oom.Store(c.readOOM())
 		var errs []error
 		for _, g := range c.groups {
@@ -683,7 +785,10 @@ func (s *Sandbox) trial() error {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr.Setpgid = true
-	runErr := cmd.Run()
+	runErr := c.Start(cmd)
+	if runErr == nil {
+		runErr = cmd.Wait()
+	}
 	if runErr == nil && strings.TrimSpace(stdout.String()) == trialOK {
 		return c.Release()
 	}

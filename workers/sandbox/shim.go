@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +42,7 @@ type spec struct {
 	Checksum   string   `json:",omitempty"` // sha256 hex
 	PoolDir    string   `json:",omitempty"` // the pool's socket directory
 	Trial      bool     `json:",omitempty"` // stop before executing the worker
+	Direct     bool     `json:",omitempty"` // a trial of the direct start: check what it gave, and stop
 }
 
 // Main runs the shim if the program was started as one (by a Sandbox), and
@@ -68,6 +70,13 @@ func shim() error {
 	var sp spec
 	if err := json.Unmarshal([]byte(raw), &sp); err != nil {
 		return fmt.Errorf("bad instructions: %w", err)
+	}
+	if sp.Direct {
+		if err := checkDirect(&sp); err != nil {
+			return err
+		}
+		fmt.Println(trialOK)
+		os.Exit(0)
 	}
 	var env []string
 	for _, kv := range os.Environ() {
@@ -164,6 +173,33 @@ func shim() error {
 		return fmt.Errorf("execute %s: %w", sp.Path, err)
 	}
 	return runInit(&sp, exe, env, inherited)
+}
+
+// checkDirect checks, in a process started the way workers start without
+// the shim, that it has everything the shim would have given it.
+func checkDirect(sp *spec) error {
+	if v, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil || v != 1 {
+		return fmt.Errorf("a directly started worker would not have no_new_privs (%d, %v)", v, err)
+	}
+	for _, dir := range sp.Cgroups {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return fmt.Errorf("a directly started worker's cell: %w", err)
+		}
+		if !slices.Contains(strings.Fields(string(b)), strconv.Itoa(os.Getpid())) {
+			return fmt.Errorf("a directly started worker would not be in its cell %s", dir)
+		}
+	}
+	if sp.User {
+		groups, err := unix.Getgroups()
+		if err != nil || os.Getuid() != int(sp.UID) || os.Getgid() != int(sp.GID) || len(groups) > 0 {
+			return fmt.Errorf("a directly started worker would not run as %d:%d without supplementary groups (%d:%d %v)", sp.UID, sp.GID, os.Getuid(), os.Getgid(), groups)
+		}
+		if err := unix.Access(sp.Path, unix.X_OK); err != nil {
+			return fmt.Errorf("user %d cannot execute %s: %w", sp.UID, sp.Path, err)
+		}
+	}
+	return nil
 }
 
 type fdReader int
