@@ -20,8 +20,10 @@
 // find DISPATCHER_WORKER_COOKIE in its environment, print go-plugin's
 // handshake line ("1|1|unix|/path/to/socket|netrpc|") as the first line of
 // standard output and serve go-plugin's net/rpc control connection on that
-// socket (used to ping the process and to ask it to quit). Requests never
-// travel over it.
+// socket if one is made (earlier dispatchers and the conformance checker
+// use it to ping the process and to ask it to quit; this dispatcher removes
+// the socket unconnected and stops a worker by closing its slots). Requests
+// never travel over it.
 //
 // Requests travel over slot connections: for each unit of concurrency the
 // dispatcher creates a socketpair(AF_UNIX, SOCK_STREAM) and passes one end to

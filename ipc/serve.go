@@ -1,12 +1,18 @@
 package ipc
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/rpc"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/hashicorp/yamux"
 )
@@ -76,17 +82,25 @@ func ServeWorker(info Info) {
 }
 
 // listenControl listens on a new unix socket in PLUGIN_UNIX_SOCKET_DIR.
+// go-plugin makes that directory for this worker alone, so a fixed name
+// does (one file system entry, where a unique temporary name would cost
+// two); if it is taken, or without that directory (then the system's
+// temporary directory), a random name.
 func listenControl() (net.Listener, string, error) {
-	f, err := os.CreateTemp(os.Getenv(envSocketDir), "plugin")
-	if err != nil {
-		return nil, "", err
+	dir := os.Getenv(envSocketDir)
+	var ln net.Listener
+	var path string
+	var err error
+	for i := range 4 {
+		name := "plugin"
+		if dir == "" || i > 0 {
+			name += strconv.FormatUint(rand.Uint64(), 36)
+		}
+		path = filepath.Join(cmp.Or(dir, os.TempDir()), name)
+		if ln, err = net.Listen("unix", path); !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
 	}
-	path := f.Name()
-	f.Close()
-	if err := os.Remove(path); err != nil {
-		return nil, "", err
-	}
-	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, "", err
 	}

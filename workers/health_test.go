@@ -162,16 +162,29 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 // The memory of a worker counts its descendants' (under a sandbox the
 // worker itself is the child of the process the pool started).
 func TestResidentBytesCountsDescendants(t *testing.T) {
-	p := startPool(t, "hang", Config{Size: 1})
+	p := startPool(t, "hang", Config{Size: 1, CancelGrace: 50 * time.Millisecond})
 	pid := p.Workers()[0]
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	defer func() {
+		// The handler ignores its cancelled context: the worker is killed
+		// after CancelGrace, before the pool closes (a stop would wait for
+		// the handler).
+		cancel()
+		waitFor(t, "the hung worker to be replaced", func() bool {
+			w := p.Workers()
+			return len(w) == 1 && w[0] != pid
+		})
+	}()
 	go get(ctx, p.Pool, "/spawn") // starts `sleep 1000` and never answers
 	var kid int64
 	waitFor(t, "the worker's child, with its memory", func() bool {
-		// Between its fork and its exec the child may show no VmRSS.
+		// Between its fork and its exec the child is a copy of the worker
+		// (or shows no VmRSS): wait until it runs sleep.
 		kids := childPIDs(pid)
 		if len(kids) == 0 {
+			return false
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", kids[0])); err != nil || strings.TrimSpace(string(comm)) != "sleep" {
 			return false
 		}
 		kid, _ = processRSS(kids[0])

@@ -6,8 +6,13 @@
 //   - oneshot throughput (closed loop, -conns clients) with warm spares
 //     against the same mode without spares (a spawn on every request's path);
 //   - p50 latency at concurrency 1: oneshot with spares against pool mode;
-//   - spawn + handshake (the dispatcher's own start_ms) against a bare
-//     fork+exec+wait of the same binary.
+//   - p50 latency at low concurrency, paced (one client, a request every
+//     -pace, slower than spares are replenished, so each finds a warm
+//     spare): oneshot with spares against pool mode;
+//   - spawn + handshake (the dispatcher's own start_ms) on an idle machine
+//     (the cold starts' spawns) against a bare fork+exec+wait of the same
+//     binary; and, for information, start_ms while the oneshot load
+//     saturates both cores.
 //
 // Usage: go run ./bench/modes -dispatcher bin/dispatcher -worker bin/hello
 package main
@@ -39,6 +44,8 @@ var (
 	colds         = flag.Int("cold", 15, "cold starts to measure")
 	duration      = flag.Duration("duration", 5*time.Second, "length of each load run")
 	conns         = flag.Int("conns", 4, "clients of the oneshot throughput runs")
+	pace          = flag.Duration("pace", 20*time.Millisecond, "interval between the requests of the paced latency runs")
+	paced         = flag.Int("paced", 200, "requests of each paced latency run")
 	extra         = flag.String("flags", "", "extra dispatcher flags, space separated")
 )
 
@@ -161,7 +168,9 @@ func pct(d []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
 
-func coldStarts() []time.Duration {
+// coldStarts returns the first-request latencies and the spawn times
+// (start_ms) of the workers started for them.
+func coldStarts() ([]time.Duration, []time.Duration) {
 	s := start("--mode", "ondemand", "--max-workers", "1", "--idle-timeout", "100ms")
 	defer s.stop()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
@@ -180,7 +189,25 @@ func coldStarts() []time.Duration {
 		}
 		out = append(out, time.Since(t0))
 	}
-	return out
+	return out, spawnTimes(s)
+}
+
+// pacedLatencies sends *paced requests, one at a time, one every *pace, and
+// returns their latencies.
+func pacedLatencies(url string) []time.Duration {
+	client := &http.Client{Timeout: 30 * time.Second}
+	var lat []time.Duration
+	tick := time.NewTicker(*pace)
+	defer tick.Stop()
+	for range *paced {
+		<-tick.C
+		t := time.Now()
+		if err := get(client, url); err != nil {
+			fail(err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return lat
 }
 
 // load runs n clients in a closed loop for *duration; it returns req/s and
@@ -250,12 +277,13 @@ func main() {
 	flag.Parse()
 	fmt.Printf("## Modes (%s, %d CPUs)\n\n", time.Now().UTC().Format("2006-01-02 15:04"), numCPU())
 
-	cold := coldStarts()
+	cold, idleSpawns := coldStarts()
 	fmt.Printf("ondemand cold start (first request on an idle dispatcher, %d runs): median %s, p90 %s\n\n", len(cold), ms(pct(cold, 0.5)), ms(pct(cold, 0.9)))
 
 	withSpares := start("--mode", "oneshot", "--spares", "2", "--max-workers", "4")
 	rpsSpares, _ := load(withSpares.url+"/", *conns)
 	_, latSpares := load(withSpares.url+"/", 1)
+	pacedSpares := pacedLatencies(withSpares.url + "/")
 	spawns := spawnTimes(withSpares)
 	withSpares.stop()
 
@@ -265,6 +293,7 @@ func main() {
 
 	pool := start("--mode", "pool")
 	_, latPool := load(pool.url+"/", 1)
+	pacedPool := pacedLatencies(pool.url + "/")
 	pool.stop()
 
 	bare := bareForkExec(50)
@@ -275,12 +304,16 @@ func main() {
 	fmt.Printf("| oneshot without spares (spawn on the request's path), req/s | %.0f |\n", rpsNone)
 	fmt.Printf("| ratio spares / no spares | %.2f |\n", rpsSpares/rpsNone)
 	fmt.Printf("| ratio spares / node fork-per-request (22 req/s, ../shared/ANCHORS.md) | %.1f |\n", rpsSpares/22)
-	fmt.Printf("| p50 at concurrency 1: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
-	fmt.Printf("| p50 at concurrency 1: pool | %s |\n", ms(pct(latPool, 0.5)))
-	fmt.Printf("| ratio oneshot / pool p50 | %.1f |\n", float64(pct(latSpares, 0.5))/float64(pct(latPool, 0.5)))
-	fmt.Printf("| spawn + handshake (start_ms, median of %d) | %s |\n", len(spawns), ms(pct(spawns, 0.5)))
+	fmt.Printf("| p50 at concurrency 1, closed loop: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
+	fmt.Printf("| p50 at concurrency 1, closed loop: pool | %s |\n", ms(pct(latPool, 0.5)))
+	fmt.Printf("| ratio oneshot / pool p50, closed loop (spares run out: requests wait for spawns) | %.1f |\n", float64(pct(latSpares, 0.5))/float64(pct(latPool, 0.5)))
+	fmt.Printf("| p50 paced, a request every %s: oneshot with spares | %s |\n", *pace, ms(pct(pacedSpares, 0.5)))
+	fmt.Printf("| p50 paced, a request every %s: pool | %s |\n", *pace, ms(pct(pacedPool, 0.5)))
+	fmt.Printf("| ratio oneshot / pool p50, paced (warm spares) | %.1f |\n", float64(pct(pacedSpares, 0.5))/float64(pct(pacedPool, 0.5)))
+	fmt.Printf("| spawn + handshake on an idle machine (start_ms of the cold starts, median of %d) | %s |\n", len(idleSpawns), ms(pct(idleSpawns, 0.5)))
 	fmt.Printf("| bare fork+exec+wait of the worker binary (median of %d) | %s |\n", len(bare), ms(pct(bare, 0.5)))
-	fmt.Printf("| ratio spawn / bare | %.1f |\n", float64(pct(spawns, 0.5))/float64(pct(bare, 0.5)))
+	fmt.Printf("| ratio spawn / bare | %.1f |\n", float64(pct(idleSpawns, 0.5))/float64(pct(bare, 0.5)))
+	fmt.Printf("| spawn + handshake under the oneshot load, both cores busy (median of %d) | %s |\n", len(spawns), ms(pct(spawns, 0.5)))
 }
 
 func numCPU() int {

@@ -63,6 +63,7 @@ func (t *target) launch(o launchOpts) (*worker, error) {
 		Depth:        o.depth,
 		StartTimeout: t.startTimeout,
 		SocketDir:    t.socketDir,
+		Control:      true, // a worker must still serve it (PROTOCOL.md 2.2)
 		Logger:       logrus.NewEntry(logger),
 	})
 	if err != nil {

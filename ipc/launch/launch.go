@@ -47,6 +47,16 @@ type Config struct {
 	// SocketDir is the directory in which go-plugin's control socket
 	// directory is created (and removed on exit). If empty, os.TempDir().
 	SocketDir string
+	// Control makes Start open go-plugin's control connection to the worker
+	// (yamux and net/rpc on its unix socket), check it with Control.Ping and
+	// keep it, so that Stop asks the worker to quit with Control.Quit. The
+	// conformance checker uses it to test a worker's side of that
+	// connection. Without it (the dispatcher's way), go-plugin completes the
+	// handshake, the control socket is removed without ever being
+	// connected, and Stop closes the slots, on which a worker exits
+	// (PROTOCOL.md section 9). That saves a worker start the connection's
+	// setup and six goroutines, on each side, for as long as it lives.
+	Control bool
 	// Logger receives the worker's output lines and go-plugin's messages
 	// (at debug level). If nil, logrus's standard logger.
 	Logger *logrus.Entry
@@ -99,11 +109,12 @@ func (e *StartError) Unwrap() error { return e.Err }
 
 // Child is a running worker process with its slot connections.
 type Child struct {
-	path   string
-	client *plugin.Client
-	run    *procRunner
-	conns  []*ipc.Conn
-	stderr *workerLog
+	path    string
+	client  *plugin.Client
+	control bool // Config.Control
+	run     *procRunner
+	conns   []*ipc.Conn
+	stderr  *workerLog
 
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -203,7 +214,7 @@ func Start(cfg Config) (*Child, error) {
 		SyncStderr:       syncErr.sink(),
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: cfg.SocketDir},
 	})
-	c := &Child{path: path, client: client, run: pr, stderr: stderr, stopped: make(chan struct{})}
+	c := &Child{path: path, client: client, control: cfg.Control, run: pr, stderr: stderr, stopped: make(chan struct{})}
 	for _, hc := range hostConns {
 		c.conns = append(c.conns, ipc.NewConn(hc, cfg.MaxFrame))
 	}
@@ -214,19 +225,19 @@ func Start(cfg Config) (*Child, error) {
 		stderrSink.Flush()
 		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(), State: c.ExitState()}
 	}
-	rpc, err := client.Client()
-	if err != nil {
+	if cfg.Control {
+		rpc, err := client.Client()
+		if err != nil {
+			return fail(err)
+		}
+		if err := rpc.Ping(); err != nil {
+			return fail(fmt.Errorf("control connection: %w", err))
+		}
+	} else if _, err := client.Start(); err != nil {
 		return fail(err)
 	}
-	// One RPC round trip proves the worker's go-plugin server is serving,
-	// which it starts only after swapping os.Stdout and os.Stderr for its
-	// own pipes: the sdk undoes that swap when it answers the first slot
-	// ping below.
-	if err := rpc.Ping(); err != nil {
-		return fail(fmt.Errorf("control connection: %w", err))
-	}
-	// Connected: unlink the control socket so that no other process (such
-	// as another worker) can ever connect to this worker's go-plugin server.
+	// Unlink the control socket so that no other process (such as another
+	// worker) can ever connect to this worker's control server.
 	if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
 		_ = os.Remove(rc.Addr.String())
 	}
@@ -320,7 +331,7 @@ func (c *Child) waitStderr(d time.Duration) {
 func (c *Child) Signal(sig syscall.Signal) error { return c.run.signalGroup(sig) }
 
 // Kill stops the worker at once: SIGKILL to its process group, then
-// go-plugin's cleanup (control connection, socket directory). It returns
+// go-plugin's cleanup (control connection if any, socket directory). It returns
 // when the process is reaped. The slot connections stay open for their
 // owner to close (CloseConns), so that an exchange in flight sees the
 // worker's death rather than a closed connection. Safe to call more than
@@ -330,16 +341,22 @@ func (c *Child) Kill() {
 	c.cleanup()
 }
 
-// Stop asks the worker to exit (go-plugin's graceful quit, after which the
-// sdk lets in-flight handlers finish) and waits until ctx is done; then it
-// kills the process group. It returns ctx.Err() if the worker had to be
-// killed.
+// Stop asks the worker to exit and waits until it has, or until ctx is
+// done; then it kills the process group. It returns ctx.Err() if the
+// worker had to be killed. The worker is asked by closing its slots (after
+// which it lets in-flight handlers finish and exits), or with Config.Control
+// by go-plugin's graceful quit (Control.Quit; killed 2 s later).
 func (c *Child) Stop(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.client.Kill() // graceful quit, 2 s, then our runner's group SIGKILL
-	}()
+	if c.control {
+		go func() {
+			defer close(done)
+			c.client.Kill() // graceful quit, 2 s, then our runner's group SIGKILL
+		}()
+	} else {
+		c.CloseConns()
+		done = c.run.waitDone
+	}
 	select {
 	case <-done:
 		c.Kill()
