@@ -71,6 +71,8 @@ type Conn struct {
 
 	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
 	errp atomic.Pointer[error]
+	// headAck: the worker's last pong listed FeatureHeadAck.
+	headAck atomic.Bool
 
 	qmu   sync.Mutex
 	cur   *Ticket   // holder of the turn: it alone reads; nil when idle
@@ -82,6 +84,10 @@ type Conn struct {
 	pump   *pump
 	pmu    sync.Mutex // guards pump for Close; held only to read or set it
 	window int        // credit granted by the worker, consumed by the pump
+	// replay is cur's streamed body while the worker may not have read
+	// it; heard is set once a frame of cur's exchange arrived.
+	replay *Replay
+	heard  bool
 
 	own Ticket // RoundTrip's
 }
@@ -152,6 +158,12 @@ func (c *Conn) Err() error {
 	return nil
 }
 
+// HeadAck reports whether the worker listed FeatureHeadAck in its last pong
+// (Ping): it acknowledges the head of each streamed request before its
+// handler starts, so a streamed request it died without acknowledging can
+// be sent again elsewhere.
+func (c *Conn) HeadAck() bool { return c.headAck.Load() }
+
 // Idle reports whether no exchange is in progress or queued and the
 // connection is usable.
 func (c *Conn) Idle() bool {
@@ -205,6 +217,12 @@ func isReset(err error) bool {
 //
 // An error wrapping ErrNotDelivered means the worker read nothing of the
 // request; t is then not in line.
+//
+// If body is a *Replay and the worker announced FeatureHeadAck (HeadAck),
+// Head may also fail with an error wrapping ErrNotDelivered for a streamed
+// body: the worker died before it acknowledged the request, so its handler
+// never ran; after body.Rewind, the request (with the same first chunk in
+// req.Body) can be sent to another worker.
 func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -244,6 +262,14 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	c.take(t)
 	c.window = Window - len(req.Body)
 	if !req.EOF {
+		if rp, ok := body.(*Replay); ok {
+			c.replay = rp
+			if !c.headAck.Load() {
+				// No acknowledgement will come: from now on the worker may
+				// have read the request.
+				c.hear()
+			}
+		}
 		p := startPump(c, t.id, body, req.Trailer, c.window)
 		c.pmu.Lock()
 		c.pump = p
@@ -257,6 +283,7 @@ func (c *Conn) take(t *Ticket) {
 	c.cur = t
 	c.id = t.id
 	c.state = stHead
+	c.replay, c.heard = nil, false
 }
 
 // Turn returns a channel that is closed when t holds the turn (or was
@@ -323,6 +350,7 @@ func (c *Conn) readHead(t *Ticket) error {
 			if r.ID != c.id {
 				return c.fail(protoErr(k, "response for exchange %d during %d", r.ID, c.id))
 			}
+			c.hear()
 			t.body.data = r.Body
 			c.state = stBody
 			if r.EOF {
@@ -341,6 +369,7 @@ func (c *Conn) readHead(t *Ticket) error {
 			if id != c.id {
 				return c.fail(protoErr(k, "informational response for exchange %d during %d", id, c.id))
 			}
+			c.hear()
 			if t.informer != nil {
 				t.informer.Informational(status, h)
 			}
@@ -361,6 +390,7 @@ func (c *Conn) aborted(t *Ticket) error {
 	if id != c.id {
 		return c.fail(protoErr(KindAbort, "abort for exchange %d during %d", id, c.id))
 	}
+	c.hear()
 	if err := c.finish(t); err != nil {
 		return err
 	}
@@ -378,16 +408,47 @@ func (c *Conn) readFailed(t *Ticket, err error) error {
 		// The worker closed with our only frame, the last one sent, still
 		// unread.
 		err = &notDelivered{err}
+	case c.unacknowledged(t) && (err == io.EOF || isReset(err)):
+		// The worker closed between frames without having acknowledged a
+		// streamed request, which it does before its handler starts
+		// (FeatureHeadAck): the handler never ran, and the body read so
+		// far is kept to be sent again.
+		err = &notDelivered{err}
 	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err):
 		err = fmt.Errorf("%w: %w", ErrPeerClosed, err)
 	}
 	return c.fail(err)
 }
 
+// unacknowledged reports whether t's streamed request can be sent again
+// after the worker died: it sent no frame of the exchange (the stream is
+// between frames), and its body is a Replay still copying what it read.
+func (c *Conn) unacknowledged(t *Ticket) bool {
+	return !t.single && c.state == stHead && t.id == c.id && !c.heard && !c.fr.partial &&
+		c.replay != nil && c.replay.replayable()
+}
+
+// hear notes that the worker has the current request (it sent a frame of
+// the exchange, or it may have read the request without a word): its body
+// is never sent again, and the copy kept for that is dropped.
+func (c *Conn) hear() {
+	if c.heard {
+		return
+	}
+	c.heard = true
+	if c.replay != nil {
+		c.replay.acked()
+		c.replay = nil
+	}
+}
+
 func (c *Conn) credit() error {
 	id, n, err := c.pd.idCount()
 	if err != nil {
 		return c.fail(err)
+	}
+	if id == c.id {
+		c.hear() // the acknowledgement [id, 0], or credit
 	}
 	if id != c.id || c.pump == nil {
 		return nil // late credit for a finished body: harmless
@@ -672,13 +733,14 @@ func (c *Conn) Ping() error {
 	if k != KindPong {
 		return c.fail(protoErr(k, "unexpected while waiting for a pong"))
 	}
-	got, err := c.pd.idOnly()
+	got, headAck, err := c.pd.pong()
 	if err != nil {
 		return c.fail(err)
 	}
 	if got != id {
 		return c.fail(protoErr(k, "pong %d for ping %d", got, id))
 	}
+	c.headAck.Store(headAck)
 	return nil
 }
 

@@ -477,6 +477,10 @@ func TestConnPingProtocolErrors(t *testing.T) {
 			_, err := sc.nc.Write(rawFrame(KindPong, []byte{0x91, 0xa1, 'x'}))
 			return err
 		}},
+		{"pong with features not an array", func(sc *ServerConn, id uint64) error {
+			_, err := sc.nc.Write(rawFrame(KindPong, []byte{0x92, byte(id), 0x05}))
+			return err
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -202,6 +202,16 @@ func decodeCases(tb testing.TB) []decodeCase {
 		{name: "pong/0 fields", kind: KindPong, payload: payload(tb, 0, nil, nil)},
 		{name: "pong/id is a string", kind: KindPong, payload: payload(tb, 1, []fieldEnc{str("3")}, nil)},
 		{name: "pong/bytes after", kind: KindPong, payload: payload(tb, 1, []fieldEnc{uintF(3)}, nil, 0x01)},
+		{name: "pong/features", kind: KindPong, payload: payload(tb, 2, two(uintF(3), raw(0x92, 0xa1, 'x', 0xc4, 0x08, 'h', 'e', 'a', 'd', '-', 'a', 'c', 'k')), nil), ok: true,
+			check: func(tb testing.TB, d decoded) {
+				if d.ID != 3 || !d.HeadAck {
+					tb.Errorf("got %+v, want id 3 with head-ack (sent as bin)", d)
+				}
+			}},
+		{name: "pong/features nil, and more fields", kind: KindPong, payload: payload(tb, 3, []fieldEnc{uintF(3), raw(0xc0), str("x")}, nil), ok: true},
+		{name: "pong/features is a string", kind: KindPong, payload: payload(tb, 2, two(uintF(3), str(FeatureHeadAck)), nil)},
+		{name: "pong/feature is an int", kind: KindPong, payload: payload(tb, 2, two(uintF(3), raw(0x91, 0x01)), nil)},
+		{name: "pong/features array32 of 4Gi", kind: KindPong, payload: payload(tb, 2, two(uintF(3), raw(array32Huge...)), nil)},
 
 		// Window frames.
 		{name: "window/full", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), uintF(Window)), nil), ok: true},

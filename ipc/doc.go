@@ -58,8 +58,10 @@
 //	4 response W>H  [id uint, status int, header map, body bin, eof bool, trailer map]
 //	5 cancel   H>W  [id uint]
 //	6 ping     H>W  [id uint]
-//	7 pong     W>H  [id uint]                           echoes the ping's id
-//	8 window   W>H  [id uint, n uint]                   n <= Window (256 KiB)
+//	7 pong     W>H  [id uint] or [id uint, features [str]]   echoes the ping's id;
+//	                 features: the announced features the worker uses
+//	8 window   W>H  [id uint, n uint]                   n <= Window (256 KiB);
+//	                 [id, 0] first: the acknowledgement ("head-ack")
 //	9 abort    both [id uint, reason str]
 //	10 informational W>H [id uint, status int, header map]   1xx before the head;
 //	                 only if DISPATCHER_IPC_FEATURES lists "informational"
@@ -80,6 +82,14 @@
 // Window body bytes (counting the first chunk) beyond what the worker has
 // acknowledged; the worker acknowledges bytes its handler consumed with
 // window frames, so its reader never blocks and always sees a cancel.
+//
+// A worker whose pongs list FeatureHeadAck ("head-ack", announced by the
+// dispatcher) also acknowledges the head of each request whose body is
+// streamed: a window frame [id, 0], its first frame of the exchange, sent
+// before its handler starts. Until it (or any frame of the exchange)
+// arrives, the dispatcher keeps a copy of the body it sent (Replay); flow
+// control bounds the copy to one Window, since credit comes only in window
+// frames.
 //
 // With DISPATCHER_IPC_DEPTH=d (default 1) the dispatcher may send up to d
 // requests on a slot before the first ends; the worker runs them one at a
@@ -114,7 +124,10 @@
 // dispatcher kills the worker that sent it and its client gets 502. A worker
 // that closes a slot while the dispatcher's request frame is still unread in
 // it (a worker dying while idle) yields ErrNotDelivered: the request is safe to
-// retry elsewhere.
+// retry elsewhere. So does a worker using FeatureHeadAck that closes the slot,
+// between two frames, before it acknowledged a streamed request: its handler
+// never ran, and the body sent so far is replayed from its Replay, followed by
+// the rest of the client's body.
 //
 // # Versions
 //
@@ -125,5 +138,7 @@
 // shorter than it requires. Frame kinds unknown to a receiver are protocol
 // errors. Any other change needs a new ProtocolVersion, or an optional
 // feature the dispatcher announces in EnvFeatures and a worker uses only
-// when announced (FeatureInformational: kind 10).
+// when announced (FeatureInformational: kind 10; FeatureHeadAck: the
+// acknowledgement, which the worker lists in its pongs so that the dispatcher
+// knows to wait for it).
 package ipc

@@ -1,6 +1,7 @@
 package ipc
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -32,7 +33,10 @@ import (
 // deadline without an interrupt is a hang), that every error is of a
 // documented kind and breaks the connection unless it is an abort or an
 // interrupt between frames, that turns pass in order, and that a connection
-// whose exchanges all ended is idle.
+// whose exchanges all ended is idle. Streamed bodies are Replays: one whose
+// exchange failed with ErrNotDelivered (a worker that listed head-ack in a
+// pong and then went without acknowledging) must give back, rewound, the
+// whole body after the first chunk.
 //
 //	go test -run=NONE -fuzz=FuzzConn -fuzztime=1m ./ipc/
 func FuzzConn(f *testing.F) {
@@ -52,6 +56,7 @@ func FuzzConn(f *testing.F) {
 	window := func(id uint64, n int) []byte { return clone(fw.window(id, n)) }
 	abort := func(id uint64) []byte { return clone(fw.abort(id, "handler failed")) }
 	pong := func(id uint64) []byte { return clone(fw.idFrame(KindPong, id)) }
+	pongAck := func(id uint64) []byte { return clone(fw.pong(id, []string{FeatureHeadAck})) }
 
 	// A whole response, then a ping.
 	f.Add([]byte{0x10, 3, 2}, cat(head(1, true, "x"), pong(2)))
@@ -71,6 +76,11 @@ func FuzzConn(f *testing.F) {
 	f.Add([]byte{0x11, 3}, cat(window(1, Window), window(1, Window)))
 	f.Add([]byte{0, 0, 0, 3}, head(1, true, "x")[:9])
 	f.Add([]byte{0, 3}, []byte{0xff, 0xff, 0xff, 0xff, 4})
+	// A worker using head-ack: gone before acknowledging a streamed request
+	// (retried), gone after acknowledging it, and acknowledging it.
+	f.Add([]byte{2, 0x31, 3}, pongAck(1))
+	f.Add([]byte{2, 0x31, 3}, cat(pongAck(1), window(2, 0)))
+	f.Add([]byte{2, 0x31, 3}, cat(pongAck(1), window(2, 0), window(2, 1<<16), head(2, true, "ok")))
 
 	f.Fuzz(func(t *testing.T, script, child []byte) {
 		if len(script) > 64 {
@@ -94,6 +104,8 @@ type fuzzTicket struct {
 	cancel    bool
 	interrupt bool
 	useRead   bool
+	replay    *Replay // a streamed body
+	rest      []byte  // what replay reads
 }
 
 type connDriver struct {
@@ -189,7 +201,9 @@ func (d *connDriver) send(op byte, data []byte, eof bool) {
 		req.Body = data
 	} else {
 		n := min(len(data), ChunkSize)
-		req.Body, body = data[:n], &onlyReader{data[n:]}
+		ft.rest = data[n:]
+		ft.replay = NewReplay(&onlyReader{ft.rest})
+		req.Body, body = data[:n], ft.replay
 		if op&0x20 != 0 {
 			req.Trailer = http.Header{"X-Sum": {"1"}}
 		}
@@ -272,6 +286,12 @@ func (d *connDriver) finish(ft *fuzzTicket) {
 			err = d.readBody(ft, body)
 		}
 	}
+	if ft.replay != nil {
+		if errors.Is(err, ErrNotDelivered) {
+			d.checkReplay(ft)
+		}
+		defer ft.replay.Close()
+	}
 	if err == nil {
 		return
 	}
@@ -294,6 +314,32 @@ func (d *connDriver) finish(ft *fuzzTicket) {
 		return
 	}
 	d.fail(err)
+}
+
+// checkReplay checks that the body of an exchange that failed with
+// ErrNotDelivered can be read again from its start, whole.
+func (d *connDriver) checkReplay(ft *fuzzTicket) {
+	if !ft.replay.Rewind() {
+		d.t.Fatal("not delivered, yet its body cannot be sent again")
+	}
+	var buf [4096]byte
+	rest := ft.rest
+	for {
+		n, err := ft.replay.Read(buf[:])
+		if !bytes.HasPrefix(rest, buf[:n]) {
+			d.t.Fatalf("the replayed body differs %d bytes before its end", len(rest))
+		}
+		rest = rest[n:]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			d.t.Fatalf("reading the replayed body: %v", err)
+		}
+	}
+	if len(rest) > 0 {
+		d.t.Fatalf("the replayed body ends %d bytes early", len(rest))
+	}
 }
 
 func (d *connDriver) readBody(ft *fuzzTicket, b *Body) error {

@@ -136,6 +136,7 @@ type decoded struct {
 	Trailer  map[string][]string
 	Count    int
 	Reason   string
+	HeadAck  bool // a pong lists FeatureHeadAck
 }
 
 // decodePayload decodes the payload of a frame of kind k.
@@ -152,8 +153,10 @@ func decodePayload(pd *payloadDecoder, k Kind, p []byte) (decoded, error) {
 		d.ID, d.Data, err = pd.idData()
 	case KindEnd:
 		d.ID, d.Trailer, err = pd.idHeader()
-	case KindCancel, KindPing, KindPong:
+	case KindCancel, KindPing:
 		d.ID, err = pd.idOnly()
+	case KindPong:
+		d.ID, d.HeadAck, err = pd.pong()
 	case KindWindow:
 		d.ID, d.Count, err = pd.idCount()
 	case KindAbort:

@@ -129,6 +129,22 @@ func (fw *frameWriter) idFrame(k Kind, id uint64) []byte {
 	return fw.finish()
 }
 
+// pong encodes a pong: [id], or [id, features] when the worker lists the
+// optional features it uses.
+func (fw *frameWriter) pong(id uint64, features []string) []byte {
+	if len(features) == 0 {
+		return fw.idFrame(KindPong, id)
+	}
+	fw.begin(KindPong)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeArrayLen(len(features))
+	for _, f := range features {
+		_ = fw.enc.EncodeString(f)
+	}
+	return fw.finish()
+}
+
 func (fw *frameWriter) window(id uint64, n int) []byte {
 	fw.begin(KindWindow)
 	_ = fw.enc.EncodeArrayLen(2)
@@ -325,6 +341,42 @@ func (d *payloadDecoder) idOnly() (uint64, error) {
 		return 0, err
 	}
 	return id, d.skip(n - 1)
+}
+
+// pong decodes pong frames: [id] or [id, features], where features (an
+// array of str, or nil) names the optional features the worker uses. It
+// reports whether FeatureHeadAck is one of them.
+func (d *payloadDecoder) pong() (id uint64, headAck bool, err error) {
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, false, err
+	}
+	if err := d.need(n, 1); err != nil {
+		return 0, false, err
+	}
+	if id, err = d.uint("id"); err != nil {
+		return 0, false, err
+	}
+	if n == 1 {
+		return id, false, d.skip(0)
+	}
+	m, err := d.dec.DecodeArrayLen()
+	if err != nil {
+		return 0, false, d.wrap("features", err)
+	}
+	if m > d.rd.Len() {
+		return 0, false, d.fail("field features: %d names in %d bytes", m, d.rd.Len())
+	}
+	for range m {
+		name, err := d.bytes("features")
+		if err != nil {
+			return 0, false, err
+		}
+		if string(name) == FeatureHeadAck {
+			headAck = true
+		}
+	}
+	return id, headAck, d.skip(n - 2)
 }
 
 // idCount decodes window frames: [id, n].

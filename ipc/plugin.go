@@ -42,10 +42,18 @@ const (
 	// FeatureInformational: the dispatcher relays informational (1xx)
 	// responses sent as KindInformational frames.
 	FeatureInformational = "informational"
+	// FeatureHeadAck: a worker acknowledges the head of each request whose
+	// body is streamed with a window frame granting no credit ([id, 0]; see
+	// ServerConn.WriteAck) before its handler starts, and lists the feature
+	// in its pongs (ServerConn.SetFeatures). The dispatcher then knows that a
+	// worker that died before sending any frame of such an exchange never
+	// ran its handler, and sends the request again to another worker,
+	// replaying the start of its body (Replay).
+	FeatureHeadAck = "head-ack"
 )
 
 // Features are the optional protocol features this dispatcher announces.
-var Features = []string{FeatureInformational}
+var Features = []string{FeatureInformational, FeatureHeadAck}
 
 // HasFeature reports whether the dispatcher that started this worker
 // announced the feature.

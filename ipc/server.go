@@ -26,6 +26,8 @@ type ServerConn struct {
 	pd  *payloadDecoder
 	wmu sync.Mutex
 	fw  *frameWriter
+	// features are listed in every pong; set before serving.
+	features []string
 }
 
 // NewServerConn wraps the worker's end of a slot connection. maxFrame bounds
@@ -39,6 +41,12 @@ func NewServerConn(nc net.Conn, maxFrame int) *ServerConn {
 
 // Close closes the connection.
 func (s *ServerConn) Close() error { return s.nc.Close() }
+
+// SetFeatures names the optional features this worker uses, which every
+// pong lists: only features the dispatcher announced (HasFeature). A
+// worker that acknowledges the heads of streamed requests (WriteAck) lists
+// FeatureHeadAck. Call it before the first Next.
+func (s *ServerConn) SetFeatures(names []string) { s.features = names }
 
 // Next reads and decodes the next frame sent by the dispatcher. It returns
 // io.EOF when the dispatcher closed the connection and a *ProtocolError for
@@ -83,8 +91,6 @@ func (s *ServerConn) WriteResponse(r *Response) error {
 	return s.send(func(fw *frameWriter) []byte { return fw.response(r) })
 }
 
-// WriteBody sends a chunk of the response body; data must not exceed
-// ChunkSize.
 // WriteInformational sends an informational (1xx) response for exchange id
 // before its head. Only for a dispatcher that announced
 // FeatureInformational (see Features).
@@ -92,6 +98,8 @@ func (s *ServerConn) WriteInformational(id uint64, status int, header http.Heade
 	return s.send(func(fw *frameWriter) []byte { return fw.informational(id, status, header) })
 }
 
+// WriteBody sends a chunk of the response body; data must not exceed
+// ChunkSize.
 func (s *ServerConn) WriteBody(id uint64, data []byte) error {
 	return s.send(func(fw *frameWriter) []byte { return fw.body(id, data) })
 }
@@ -106,10 +114,17 @@ func (s *ServerConn) WriteAbort(id uint64, reason string) error {
 	return s.send(func(fw *frameWriter) []byte { return fw.abort(id, reason) })
 }
 
-// WritePong answers a ping.
+// WritePong answers a ping, listing the features given to SetFeatures.
 func (s *ServerConn) WritePong(id uint64) error {
-	return s.send(func(fw *frameWriter) []byte { return fw.idFrame(KindPong, id) })
+	return s.send(func(fw *frameWriter) []byte { return fw.pong(id, s.features) })
 }
+
+// WriteAck acknowledges the head of request id, whose body is streamed,
+// with a window frame granting no credit (FeatureHeadAck). A worker that
+// lists FeatureHeadAck sends it before anything else of the exchange, and
+// before its handler starts: until it arrives, the dispatcher may send the
+// request to another worker if this one dies.
+func (s *ServerConn) WriteAck(id uint64) error { return s.WriteWindow(id, 0) }
 
 // WriteWindow grants the dispatcher credit for n more request body bytes.
 func (s *ServerConn) WriteWindow(id uint64, n int) error {

@@ -94,9 +94,24 @@ func Serve(h http.Handler) {
 		fmt.Fprintf(os.Stderr, "%v\nThis program is a dispatcher worker: run it with `dispatcher --workers %s`.\n", err, os.Args[0])
 		os.Exit(1)
 	}
-	w := &worker{h: h, depth: depth, informational: ipc.HasFeature(ipc.FeatureInformational)}
+	w := &worker{
+		h:             h,
+		depth:         depth,
+		informational: ipc.HasFeature(ipc.FeatureInformational),
+		headAck:       ipc.HasFeature(ipc.FeatureHeadAck),
+	}
+	// The pongs list the announced features this worker uses.
+	var used []string
+	if w.informational {
+		used = append(used, ipc.FeatureInformational)
+	}
+	if w.headAck {
+		used = append(used, ipc.FeatureHeadAck)
+	}
 	for _, c := range conns {
-		s := &slot{w: w, sc: ipc.NewServerConn(c, maxFrame)}
+		sc := ipc.NewServerConn(c, maxFrame)
+		sc.SetFeatures(used)
+		s := &slot{w: w, sc: sc}
 		w.slots.Add(1)
 		go s.serve()
 	}
@@ -115,8 +130,11 @@ type worker struct {
 	depth int // requests the dispatcher may send on a slot before one ends
 	// informational: the dispatcher relays 1xx responses.
 	informational bool
-	slots         sync.WaitGroup
-	inflight      sync.WaitGroup
+	// headAck: the dispatcher keeps a streamed body to send it again
+	// elsewhere until the worker acknowledges its request (WriteAck).
+	headAck  bool
+	slots    sync.WaitGroup
+	inflight sync.WaitGroup
 }
 
 func (w *worker) drain(grace time.Duration) {

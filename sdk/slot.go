@@ -223,6 +223,15 @@ func (s *slot) run(ex *exchange, req *ipc.Request) {
 		_ = s.sc.WriteAbort(ex.id, "cancelled before it started")
 		return
 	}
+	if ex.body != nil && s.w.headAck {
+		// The dispatcher may send the request to another worker if this
+		// one dies before the acknowledgement: it goes out before the
+		// handler can do anything. If it cannot, the dispatcher is gone.
+		if err := s.sc.WriteAck(ex.id); err != nil {
+			ex.body.Close()
+			return
+		}
+	}
 	inline := req.Body
 	req.Body = nil
 	rw := &responseWriter{s: s, ex: ex, header: make(http.Header)}

@@ -35,13 +35,22 @@ func (f *Function) Pool() *Pool { return f.pool.Load() }
 // the caller drains.
 func (f *Function) Swap(p *Pool) *Pool { return f.pool.Swap(p) }
 
-// RoundTrip is Pool.RoundTrip on the current pool.
+// RoundTrip is Pool.RoundTrip on the current pool. A streamed body is
+// wrapped in one *ipc.Replay for all pools: a retry in the old pool may
+// have read some of it before the pool refused it.
 func (f *Function) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
+	rp, own := replayOf(req, body)
+	if own {
+		body = rp
+	}
 	for {
 		p := f.pool.Load()
 		resp, err := p.RoundTrip(ctx, req, body)
 		if errors.Is(err, ErrClosed) && f.pool.Load() != p {
-			continue // refused before anything was sent: a reload replaced p
+			continue // refused before it reached a worker: a reload replaced p
+		}
+		if err != nil && own {
+			rp.Close()
 		}
 		return resp, err
 	}

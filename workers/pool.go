@@ -821,16 +821,62 @@ func (p *Pool) release(s *slot, served bool) {
 // Config.Pipeline outstanding), and runs as soon as the one before it ends.
 // The request timeout counts from the moment a worker takes the request.
 // Waiting for a worker is bounded by ctx only.
+//
+// A request that a worker died without reading is sent to another one (up
+// to maxAttempts in all). A streamed body is sent again too when the worker
+// acknowledges request heads (ipc.FeatureHeadAck): body is wrapped in an
+// *ipc.Replay (unless it is one), which keeps what was read of it until
+// the worker acknowledges the request.
 func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) (*Response, error) {
+	rp, own := replayOf(req, body)
+	if own {
+		body = rp
+	}
+	resp, err := p.roundTrip(ctx, req, body, rp)
+	if err != nil && own {
+		rp.Close()
+	}
+	return resp, err
+}
+
+// replayOf returns body as an *ipc.Replay if the request's body is
+// streamed (nil otherwise), and whether it wrapped body in a new one.
+func replayOf(req *ipc.Request, body io.Reader) (*ipc.Replay, bool) {
+	if req.EOF || body == nil {
+		return nil, false
+	}
+	if rp, ok := body.(*ipc.Replay); ok {
+		return rp, false
+	}
+	return ipc.NewReplay(body), true
+}
+
+// errNoReplay reports a streamed body that cannot be sent again; RoundTrip
+// never meets it unless a caller passes a Replay that already went to a
+// worker.
+var errNoReplay = errors.New("workers: the request body was already sent to a worker and cannot be sent again")
+
+func (p *Pool) roundTrip(ctx context.Context, req *ipc.Request, body io.Reader, rp *ipc.Replay) (*Response, error) {
 	var err error
 	pipelinable := req.EOF
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if attempt > 0 && ctx.Err() != nil {
+			// The client left, or its body went over the limit: no retry.
+			return nil, ctx.Err()
+		}
+		if rp != nil && !rp.Rewind() {
+			if err == nil {
+				err = errNoReplay
+			}
+			return nil, err
+		}
 		var s *slot
 		if s, err = p.acquire(ctx, req, pipelinable); err != nil {
 			return nil, err
 		}
 		var resp *Response
 		if resp, err = p.exchange(ctx, s, req, body); err == nil {
+			resp.replay = rp
 			return resp, nil
 		}
 		if !errors.Is(err, ipc.ErrNotDelivered) {
@@ -840,7 +886,7 @@ func (p *Pool) RoundTrip(ctx context.Context, req *ipc.Request, body io.Reader) 
 		// the retry waits for an idle slot, where only the worker's own
 		// death can stop it.
 		pipelinable = false
-		p.log.WithError(err).WithField("pid", s.c.proc.PID()).Debug("request did not reach its worker; retrying on another")
+		p.log.WithError(err).WithFields(logrus.Fields{"pid": s.c.proc.PID(), "req_id": req.RequestID, "streamed": !req.EOF}).Debug("request did not reach its worker; retrying on another")
 	}
 	return nil, fmt.Errorf("%w: %w", ErrNoWorker, err)
 }
@@ -856,6 +902,7 @@ type Response struct {
 	s         *slot
 	p         *Pool
 	body      *ipc.Body
+	replay    *ipc.Replay // the streamed request body, closed with the exchange
 	stop      func() bool
 	interrupt sync.WaitGroup
 	cancelled atomic.Bool
@@ -944,6 +991,7 @@ func (r *Response) Close() {
 	r.err = context.Canceled
 	r.stopInterrupt()
 	_ = r.t.Cancel()
+	r.replay.Close()
 	r.p.cancelExchange(r)
 }
 
@@ -958,6 +1006,7 @@ func (r *Response) stopInterrupt() {
 func (r *Response) finish() {
 	r.done = true
 	r.stopInterrupt()
+	r.replay.Close()
 	r.p.release(r.s, true)
 }
 
@@ -965,6 +1014,7 @@ func (r *Response) finish() {
 func (r *Response) fail(err error) error {
 	r.done = true
 	r.stopInterrupt()
+	r.replay.Close()
 	p, s, c := r.p, r.s, r.s.c
 	var abort *ipc.AbortError
 	switch {

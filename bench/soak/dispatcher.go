@@ -25,16 +25,17 @@ import (
 
 // logEntry is the part of a dispatcher log line the soak reads.
 type logEntry struct {
-	Level   string `json:"level"`
-	Msg     string `json:"msg"`
-	Addr    string `json:"addr"`
-	Status  int    `json:"status"`
-	Reason  string `json:"reason"`
-	Refused int    `json:"refused"`
-	Stream  string `json:"stream"`
-	PID     int    `json:"pid"`
-	Error   string `json:"error"`
-	ReqID   string `json:"req_id"`
+	Level    string `json:"level"`
+	Msg      string `json:"msg"`
+	Addr     string `json:"addr"`
+	Status   int    `json:"status"`
+	Reason   string `json:"reason"`
+	Refused  int    `json:"refused"`
+	Stream   string `json:"stream"`
+	PID      int    `json:"pid"`
+	Error    string `json:"error"`
+	ReqID    string `json:"req_id"`
+	Streamed bool   `json:"streamed"`
 }
 
 // events counts what the dispatcher logged.
@@ -57,6 +58,8 @@ type events struct {
 	exitAfterPID  map[int]bool         // workers that took an exit-after request
 	exitAfterReq  map[string]bool      // the exit-after requests
 	exitAfterRacy int                  // exit-after workers without the seccomp filter ("chaos: exit-after: no seccomp filter ...")
+	retried       int                  // "request did not reach its worker; retrying on another" (debug)
+	retriedStream int                  // of which with a streamed request body
 	failed        map[string]failure   // requests whose worker failed, by request ID
 	otherErrors   map[string]int       // error-level lines of the dispatcher itself not accounted for above
 	nonJSON       []string             // the first lines that were not JSON
@@ -125,6 +128,11 @@ func (ev *events) add(e *logEntry) {
 		ev.access[e.Status]++
 	case e.Msg == "worker failed during the request", e.Msg == "response failed after its head was sent; connection cut":
 		ev.failed[e.ReqID] = failure{pid: e.PID, err: e.Error}
+	case e.Msg == "request did not reach its worker; retrying on another":
+		ev.retried++
+		if e.Streamed {
+			ev.retriedStream++
+		}
 	case e.Msg == "worker exited unexpectedly; replacing it":
 		ev.exited++
 	case e.Msg == "worker killed; replacing it":
@@ -174,8 +182,8 @@ func (ev *events) snapshot() *events {
 		access: clone(ev.access), oomCgroup: ev.oomCgroup, oomFallback: ev.oomFallback,
 		oomUnenforced: ev.oomUnenforced, otherErrors: clone(ev.otherErrors), faultStart: clone(ev.faultStart),
 		exitAfterPID: clone(ev.exitAfterPID), exitAfterReq: clone(ev.exitAfterReq), failed: clone(ev.failed),
-		exitAfterRacy: ev.exitAfterRacy,
-		nonJSON:       append([]string(nil), ev.nonJSON...),
+		exitAfterRacy: ev.exitAfterRacy, retried: ev.retried, retriedStream: ev.retriedStream,
+		nonJSON: append([]string(nil), ev.nonJSON...),
 	}
 }
 
@@ -206,15 +214,16 @@ type dispatcher struct {
 	tail      []string // the last lines, for error messages
 }
 
-// startDispatcher starts bin with args (--listen and --log-format are
-// added) and waits until it listens. TMPDIR is tmpdir. If it exits first,
-// the error carries its exit status and last log lines.
+// startDispatcher starts bin with args (--listen, --log-format and
+// --log-level are added) and waits until it listens. TMPDIR is tmpdir. If
+// it exits first, the error carries its exit status and last log lines.
 func startDispatcher(ctx context.Context, bin string, args []string, tmpdir, logPath, admin string) (*dispatcher, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	args = append([]string{"--listen", "127.0.0.1:0", "--log-format", "json"}, args...)
+	// Debug: the retries of requests a dead worker never read are counted.
+	args = append([]string{"--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}, args...)
 	if admin != "" {
 		args = append(args, "--admin-listen", admin)
 	}

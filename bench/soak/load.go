@@ -239,6 +239,7 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 	size := 0
 	method := http.MethodGet
 	var reqBody []byte
+	chunked := false
 	healthyLike := k.status == http.StatusOK
 	switch {
 	case k.name == "exit-after":
@@ -249,7 +250,9 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 		q += "&token=" + token + "&size=" + strconv.Itoa(size)
 	case healthyLike:
 		// Bodies of several sizes, some over one 64 KiB frame, and some
-		// request bodies for the worker to checksum.
+		// request bodies for the worker to checksum, half of them chunked:
+		// over 64 KiB or chunked, a body is streamed to the worker, and
+		// retried with it when the worker died idle before reading it.
 		size = []int{0, 16, 1 << 10, 16 << 10, 100 << 10}[rng.IntN(5)]
 		if maxUpload > 0 && rng.IntN(4) == 0 {
 			method = http.MethodPost
@@ -257,6 +260,7 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 			for i := range reqBody {
 				reqBody[i] = byte(rng.Uint32())
 			}
+			chunked = rng.IntN(2) == 0
 		}
 		q += "&token=" + token + "&size=" + strconv.Itoa(size)
 	}
@@ -267,6 +271,10 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 	var rb io.Reader
 	if reqBody != nil {
 		rb = bytes.NewReader(reqBody)
+		if chunked {
+			desc += " chunked"
+			rb = io.MultiReader(rb) // a reader NewRequest cannot take the length of
+		}
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+"/?"+q, rb)
 	if err != nil {

@@ -130,7 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.settle, "settle", 20*time.Second, "how long the workers may take to settle after the load (restart backoff included)")
 	fs.Uint64Var(&c.seed, "seed", 0, "random seed of the request mix (0: from the clock; the report prints the one used)")
 	fs.StringVar(&c.logDir, "logs", "", "keep the dispatchers' logs in this directory (default: kept in a temporary directory only if a check fails)")
-	fs.IntVar(&c.maxUpload, "max-upload", 200<<10, "largest request body of a healthy POST, in bytes (one in four healthy requests is a POST; a body over 64 KiB is streamed to the worker; 0: no POST)")
+	fs.IntVar(&c.maxUpload, "max-upload", 512<<10, "largest request body of a healthy POST, in bytes (one in four healthy requests is a POST, half of them chunked; a body over 64 KiB, or chunked, is streamed to the worker; 0: no POST)")
 	fs.StringVar(&extra, "flags", "", "extra dispatcher flags, space-separated")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./bench/soak [flags]\n\nRuns the dispatcher in each mode against the chaos worker and checks it (see the package doc).\n\nFlags:\n")
@@ -853,6 +853,7 @@ func (s *soak) runMode(ctx context.Context, mode string) *result {
 		r.add("exit-after: %d workers armed their death on their next read of the slot (seccomp), %d could not and exited right after the response",
 			len(ev.exitAfterReq)-ev.exitAfterRacy, ev.exitAfterRacy)
 	}
+	r.add("retried: %d requests a worker died without reading, %d of them with a streamed body (sent again from the dispatcher's copy)", ev.retried, ev.retriedStream)
 	statusCheck(r, ev, load)
 	return r
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/childproc/dispatcher/ipc"
 )
 
 // check is one conformance check. Each runs against a worker process of
@@ -39,6 +42,8 @@ var checks = []check{
 		run: checkBinStrings},
 	{name: "streamed-body", section: "4.2", what: "takes a 1 MiB request body in body frames within its window, then an end frame with trailers",
 		run: checkStreamedBody},
+	{name: "head-ack", section: "4.2, 10", what: "lists only announced features in its pongs; if it lists head-ack, acknowledges a streamed request with a window frame [id, 0] before any other frame of it, without waiting for its body",
+		run: checkHeadAck},
 	{name: "small-max-frame", section: "6", what: "keeps every frame within a DISPATCHER_IPC_MAX_FRAME of 128 KiB",
 		launch: launchOpts{maxFrame: minMaxFrame}, run: checkSmallMaxFrame},
 	{name: "body-abort", section: "4.2", what: "completes the response when the request body ends with an abort frame",
@@ -284,6 +289,47 @@ func checkStreamedBody(t *target, w *worker) (string, error) {
 		return "", err
 	}
 	return res.String() + "; " + detail, w.slots[0].ping()
+}
+
+// checkHeadAck holds back the body of a request: a worker that lists the
+// head-ack feature in its pongs owes the acknowledgement at once, before
+// its handler starts (PROTOCOL.md §4.2).
+func checkHeadAck(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	if err := s.ping(); err != nil {
+		return "", err
+	}
+	for _, f := range s.features {
+		if !slices.Contains(ipc.Features, f) {
+			return "", violated("its pong lists the feature %q, which the dispatcher did not announce (%s=%s)", f, ipc.EnvFeatures, strings.Join(ipc.Features, ","))
+		}
+	}
+	listed := "its pongs list no feature"
+	if len(s.features) > 0 {
+		listed = "its pongs list " + strings.Join(s.features, ", ")
+	}
+	if !slices.Contains(s.features, ipc.FeatureHeadAck) {
+		return listed + ": it does not acknowledge request heads (optional)", nil
+	}
+	r, rest := post(t.uri, 3*chunkSize)
+	id := s.nextID()
+	if err := s.send(kRequest, r.payload(id)); err != nil {
+		return "", err
+	}
+	f, err := s.read()
+	if err != nil {
+		return "", fmt.Errorf("waiting for the acknowledgement of request %d, whose body is held back: %w", id, err)
+	}
+	if f.kind != kWindow || f.id != id || f.n != 0 {
+		return "", violated("%s frame (exchange %d) where the acknowledgement of request %d, a window frame [%d, 0], was due", kindName(f.kind), f.id, id, id)
+	}
+	p := startPump(s, id, len(r.body), rest, nil, "")
+	res, err := s.await(id)
+	p.stop()
+	if err != nil {
+		return "", fmt.Errorf("once its body was sent: %w", err)
+	}
+	return listed + "; acknowledged a request before its body came, then " + res.String(), s.ping()
 }
 
 func checkSmallMaxFrame(t *target, w *worker) (string, error) {

@@ -156,8 +156,8 @@ func frameBytes(t *testing.T, r io.Reader) []byte {
 // and decodes, and what the kit's own decoder accepts.
 func TestProtocolExamples(t *testing.T) {
 	blocks := hexBlocks(t)
-	if len(blocks) != 4 {
-		t.Fatalf("%d hex blocks, want 4", len(blocks))
+	if len(blocks) != 5 {
+		t.Fatalf("%d hex blocks, want 5", len(blocks))
 	}
 	get := &ipc.Request{Method: "GET", URI: "/hi?x=1", Proto: "HTTP/1.1", Header: http.Header{"Accept": {"*/*"}},
 		Host: "example.com", RemoteAddr: "192.0.2.7:51234", RequestID: "r1", EOF: true}
@@ -267,6 +267,42 @@ func TestProtocolExamples(t *testing.T) {
 			t.Errorf("a worker's pong is %x, the document shows %x", pong, fs[3])
 		}
 		kitDecodes(t, append(append([]byte(nil), fs[1]...), fs[3]...))
+	})
+
+	t.Run("head-ack pong and acknowledgement", func(t *testing.T) {
+		fs := frames(t, blocks[4])
+		if len(fs) != 2 {
+			t.Fatalf("%d frames, want 2", len(fs))
+		}
+		written := workerWrites(t, func(sc *ipc.ServerConn) error {
+			sc.SetFeatures([]string{ipc.FeatureInformational, ipc.FeatureHeadAck})
+			if err := sc.WritePong(1); err != nil {
+				return err
+			}
+			return sc.WriteAck(3)
+		})
+		if !bytes.Equal(written, blocks[4]) {
+			t.Errorf("a worker writes\n%x\nthe document shows\n%x", written, blocks[4])
+		}
+		kitDecodes(t, blocks[4])
+		if f, err := decodeW(fs[0][4], fs[0][5:]); err != nil || !reflect.DeepEqual(f.features, []string{"informational", "head-ack"}) {
+			t.Errorf("the kit decodes the pong's features as %q, %v", f.features, err)
+		}
+		// The dispatcher reads the pong's list.
+		h, w := net.Pipe()
+		t.Cleanup(func() { h.Close(); w.Close() })
+		conn := ipc.NewConn(h, 0)
+		pinged := make(chan error, 1)
+		go func() { pinged <- conn.Ping() }()
+		if _, err := io.ReadFull(w, make([]byte, 7)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(fs[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-pinged; err != nil || !conn.HeadAck() {
+			t.Errorf("the dispatcher read the pong: %v, HeadAck %v", err, conn.HeadAck())
+		}
 	})
 }
 

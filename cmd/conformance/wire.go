@@ -147,16 +147,17 @@ func abortPayload(id uint64, reason string) []byte {
 
 // wframe is a decoded frame from the worker.
 type wframe struct {
-	kind    byte
-	size    int // length prefix
-	id      uint64
-	status  int64
-	header  map[string][]string
-	data    []byte // response inline body, body chunk
-	eof     bool
-	trailer map[string][]string
-	n       uint64 // window credit
-	reason  string
+	kind     byte
+	size     int // length prefix
+	id       uint64
+	status   int64
+	header   map[string][]string
+	data     []byte // response inline body, body chunk
+	eof      bool
+	trailer  map[string][]string
+	n        uint64 // window credit
+	reason   string
+	features []string // a pong's list of the features the worker uses
 }
 
 // decodeW decodes a frame the worker sent, strictly, as PROTOCOL.md §3.4
@@ -181,7 +182,28 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 	if f.id, err = d.uint(); err != nil {
 		return fail("id", err)
 	}
+	read := need // elements decoded
 	switch kind {
+	case kPong:
+		if n < 2 {
+			break
+		}
+		read = 2
+		if d.left() > 0 && d.b[d.off] == 0xc0 {
+			d.off++ // nil: none
+			break
+		}
+		m, err := d.arrayLen()
+		if err != nil {
+			return fail("features", err)
+		}
+		for range m {
+			name, err := d.bytes()
+			if err != nil {
+				return fail("features", err)
+			}
+			f.features = append(f.features, string(name))
+		}
 	case kInfo:
 		if f.status, err = d.int(); err != nil {
 			return fail("status", err)
@@ -239,7 +261,7 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 		}
 		f.reason = string(r)
 	}
-	if err := d.skip(n - need); err != nil {
+	if err := d.skip(n - read); err != nil {
 		return fail("appended fields", err)
 	}
 	if err := d.end(); err != nil {
@@ -258,6 +280,8 @@ type slot struct {
 	lastID  uint64 // the last id sent; Launch used 1 for its ping
 	credit  func(id, n uint64) error
 	pending *wframe // a frame read ahead, returned by the next read
+	// features are those the last pong listed.
+	features []string
 }
 
 func newSlot(nc net.Conn, max int, timeout time.Duration) *slot {
@@ -364,6 +388,7 @@ func (s *slot) expectPong(id uint64) error {
 	if f.id != id {
 		return violated("pong %d answers ping %d: a pong must echo the ping's id", f.id, id)
 	}
+	s.features = f.features
 	return nil
 }
 

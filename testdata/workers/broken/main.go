@@ -13,6 +13,9 @@
 //   - while a request's body streams on one slot, pings on the other slots
 //     wait for it to end, as in a worker whose one thread blocks on a body
 //     read (§5);
+//   - its pongs list the head-ack feature, but a streamed request is
+//     acknowledged with credit for its first chunk, not with the window
+//     frame [id, 0] due first (§4.2);
 //   - a malformed, oversized or unexpected frame is skipped instead of
 //     closing the slot (§7);
 //   - asked to quit, it exits with status 3 instead of 0 (§9).
@@ -35,12 +38,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "broken:", err)
 		os.Exit(1)
 	}
+	var features []string
+	if ipc.HasFeature(ipc.FeatureHeadAck) {
+		features = []string{ipc.FeatureHeadAck} // bug: it sends no acknowledgement
+	}
 	var slots sync.WaitGroup
 	for _, c := range conns {
 		slots.Add(1)
+		sc := ipc.NewServerConn(c, maxFrame)
+		sc.SetFeatures(features)
 		go func() {
 			defer slots.Done()
-			serve(ipc.NewServerConn(c, maxFrame))
+			serve(sc)
 		}()
 	}
 	go func() {

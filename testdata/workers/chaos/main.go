@@ -5,7 +5,8 @@
 //	fault=none (or absent)   200; the body is "ok TOKEN CRC PID\n" followed by
 //	                         size bytes of a pattern derived from TOKEN; a
 //	                         request body is read and its CRC-32 reported as
-//	                         "body CRC LEN\n" after the first line
+//	                         "body CRC LEN\n" after the first line; with
+//	                         echo=1, the body is the request body itself
 //	fault=exit-after         the same 200, then the worker dies between two
 //	                         requests: when it next tries to read its slot
 //	                         connection, before it reads a byte (how=racy:
@@ -120,6 +121,14 @@ func body(token string, size int, pid int, bodyCRC uint32, bodyLen int64) []byte
 
 func healthy(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if q.Get("echo") == "1" {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Chaos-Pid", strconv.Itoa(os.Getpid()))
+		if _, err := io.Copy(w, r.Body); err != nil {
+			panic(http.ErrAbortHandler) // the client must not take a short echo for a whole one
+		}
+		return
+	}
 	size, _ := strconv.Atoi(q.Get("size"))
 	size = min(max(size, 0), 8<<20)
 	var bodyCRC uint32

@@ -1,0 +1,99 @@
+package sdk
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/childproc/dispatcher/ipc"
+	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
+)
+
+// readFrame reads one frame a worker wrote and decodes its payload loosely.
+func readFrame(tb testing.TB, c net.Conn) (ipc.Kind, []any) {
+	tb.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [5]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		tb.Fatal(err)
+	}
+	p := make([]byte, binary.BigEndian.Uint32(hdr[:4])-1)
+	if _, err := io.ReadFull(c, p); err != nil {
+		tb.Fatal(err)
+	}
+	var fields []any
+	if err := msgpack.Unmarshal(p, &fields); err != nil {
+		tb.Fatal(err)
+	}
+	return ipc.Kind(hdr[4]), fields
+}
+
+// With FeatureHeadAck announced, the worker lists it in its pongs and
+// acknowledges a streamed request with a window frame [id, 0] before
+// anything its handler writes; without it, neither.
+func TestHeadAck(t *testing.T) {
+	for _, announced := range []bool{true, false} {
+		t.Run(fmt.Sprintf("announced %v", announced), func(t *testing.T) {
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			host, wc := fdConn(t, fds[0]), fdConn(t, fds[1])
+			w := &worker{depth: 1, headAck: announced, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(201)
+				w.(http.Flusher).Flush()
+				n, _ := io.Copy(io.Discard, r.Body)
+				fmt.Fprint(w, n)
+			})}
+			sc := ipc.NewServerConn(wc, 0)
+			wantPong := "[1]"
+			if announced {
+				sc.SetFeatures([]string{ipc.FeatureHeadAck})
+				wantPong = "[1 [head-ack]]"
+			}
+			s := &slot{w: w, sc: sc}
+			w.slots.Add(1)
+			go s.serve()
+			t.Cleanup(func() {
+				host.Close()
+				w.slots.Wait()
+				w.inflight.Wait()
+			})
+
+			in := append(fuzzFrame(ipc.KindPing, 1), reqFrame(2, "POST", "/", []byte("0123456789"), false, nil)...)
+			if _, err := host.Write(in); err != nil {
+				t.Fatal(err)
+			}
+			if k, f := readFrame(t, host); k != ipc.KindPong || fmt.Sprint(f) != wantPong {
+				t.Fatalf("got %s %v, want a pong %s", k, f, wantPong)
+			}
+			k, f := readFrame(t, host)
+			if announced {
+				if k != ipc.KindWindow || fmt.Sprint(f) != "[2 0]" {
+					t.Fatalf("got %s %v, want the acknowledgement: window [2 0]", k, f)
+				}
+				k, f = readFrame(t, host)
+			}
+			if k != ipc.KindResponse || fmt.Sprint(f[:2]) != "[2 201]" {
+				t.Fatalf("got %s %v, want the response head", k, f)
+			}
+			if _, err := host.Write(fuzzFrame(ipc.KindEnd, 2, nil)); err != nil {
+				t.Fatal(err)
+			}
+			var body string
+			for k != ipc.KindEnd {
+				if k, f = readFrame(t, host); k == ipc.KindBody {
+					body += string(f[1].([]byte))
+				}
+			}
+			if body != "10" {
+				t.Errorf("the handler read %q bytes, want 10", body)
+			}
+		})
+	}
+}
