@@ -46,6 +46,7 @@ var (
 	conns         = flag.Int("conns", 4, "clients of the oneshot throughput runs")
 	pace          = flag.Duration("pace", 20*time.Millisecond, "interval between the requests of the paced latency runs")
 	paced         = flag.Int("paced", 200, "requests of each paced latency run")
+	rounds        = flag.Int("rounds", 3, "oneshot throughput runs of each kind, interleaved (medians are reported)")
 	extra         = flag.String("flags", "", "extra dispatcher flags, space separated")
 )
 
@@ -280,16 +281,28 @@ func main() {
 	cold, idleSpawns := coldStarts()
 	fmt.Printf("ondemand cold start (first request on an idle dispatcher, %d runs): median %s, p90 %s\n\n", len(cold), ms(pct(cold, 0.5)), ms(pct(cold, 0.9)))
 
+	// Throughput: with and without spares, interleaved, medians.
+	var rpsSparesAll, rpsNoneAll []float64
+	var spawns []time.Duration
+	for r := range *rounds {
+		for _, spares := range rotate([]string{"2", "0"}, r) {
+			s := start("--mode", "oneshot", "--spares", spares, "--max-workers", "4")
+			rps, _ := load(s.url+"/", *conns)
+			if spares == "0" {
+				rpsNoneAll = append(rpsNoneAll, rps)
+			} else {
+				rpsSparesAll = append(rpsSparesAll, rps)
+				spawns = append(spawns, spawnTimes(s)...)
+			}
+			s.stop()
+		}
+	}
+	rpsSpares, rpsNone := median(rpsSparesAll), median(rpsNoneAll)
+
 	withSpares := start("--mode", "oneshot", "--spares", "2", "--max-workers", "4")
-	rpsSpares, _ := load(withSpares.url+"/", *conns)
 	_, latSpares := load(withSpares.url+"/", 1)
 	pacedSpares := pacedLatencies(withSpares.url + "/")
-	spawns := spawnTimes(withSpares)
 	withSpares.stop()
-
-	noSpares := start("--mode", "oneshot", "--spares", "0", "--max-workers", "4")
-	rpsNone, _ := load(noSpares.url+"/", *conns)
-	noSpares.stop()
 
 	pool := start("--mode", "pool")
 	_, latPool := load(pool.url+"/", 1)
@@ -300,8 +313,8 @@ func main() {
 
 	fmt.Println("| measure | value |")
 	fmt.Println("|---|--:|")
-	fmt.Printf("| oneshot, %d spares-capable clients, req/s with spares | %.0f |\n", *conns, rpsSpares)
-	fmt.Printf("| oneshot without spares (spawn on the request's path), req/s | %.0f |\n", rpsNone)
+	fmt.Printf("| oneshot, %d clients, req/s with spares (median of %d: %s) | %.0f |\n", *conns, len(rpsSparesAll), floats(rpsSparesAll), rpsSpares)
+	fmt.Printf("| oneshot without spares (spawn on the request's path), req/s (median of %d: %s) | %.0f |\n", len(rpsNoneAll), floats(rpsNoneAll), rpsNone)
 	fmt.Printf("| ratio spares / no spares | %.2f |\n", rpsSpares/rpsNone)
 	fmt.Printf("| ratio spares / node fork-per-request (22 req/s, ../shared/ANCHORS.md) | %.1f |\n", rpsSpares/22)
 	fmt.Printf("| p50 at concurrency 1, closed loop: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
@@ -314,6 +327,26 @@ func main() {
 	fmt.Printf("| bare fork+exec+wait of the worker binary (median of %d) | %s |\n", len(bare), ms(pct(bare, 0.5)))
 	fmt.Printf("| ratio spawn / bare | %.1f |\n", float64(pct(idleSpawns, 0.5))/float64(pct(bare, 0.5)))
 	fmt.Printf("| spawn + handshake under the oneshot load, both cores busy (median of %d) | %s |\n", len(spawns), ms(pct(spawns, 0.5)))
+}
+
+// rotate returns l rotated by r: interleaved runs alternate their order.
+func rotate(l []string, r int) []string {
+	r %= len(l)
+	return append(slices.Clone(l[r:]), l[:r]...)
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func floats(v []float64) string {
+	var s []string
+	for _, f := range v {
+		s = append(s, fmt.Sprintf("%.0f", f))
+	}
+	return strings.Join(s, ", ")
 }
 
 func numCPU() int {
