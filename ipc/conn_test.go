@@ -14,8 +14,6 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // echo plays a well-behaved worker until the dispatcher closes the
@@ -883,21 +881,9 @@ func TestConnNotDelivered(t *testing.T) {
 		t.Run(fmt.Sprintf("peer closed with the request unread, streamed %v", streamed), func(t *testing.T) {
 			hfd, wfd := rawSocketpair(t)
 			h := fdConn(t, hfd, "host")
-			closed := make(chan error, 1)
-			go func() {
-				// Wait until the request is queued, then close without
-				// reading it: AF_UNIX resets the connection.
-				fds := []unix.PollFd{{Fd: int32(wfd), Events: unix.POLLIN}}
-				n, err := unix.Poll(fds, int(testTimeout/time.Millisecond))
-				for err == unix.EINTR { // the runtime preempts with signals
-					n, err = unix.Poll(fds, int(testTimeout/time.Millisecond))
-				}
-				if err == nil && n != 1 {
-					err = errors.New("poll timed out")
-				}
-				unix.Close(wfd)
-				closed <- err
-			}()
+			// Once the request is queued, close without reading it:
+			// AF_UNIX resets the connection.
+			closed := closeWhenReadable(wfd)
 			c := NewConn(h, 0)
 			req := &Request{Method: "GET", EOF: !streamed}
 			var body io.Reader

@@ -282,13 +282,7 @@ func TestConnHeadAckRetry(t *testing.T) {
 			if !errors.Is(err, ErrNotDelivered) {
 				t.Fatalf("got %v, want %v", err, ErrNotDelivered)
 			}
-			if !rp.Rewind() {
-				t.Fatal("Rewind refused")
-			}
-			got, err := roundTripAll(ackEcho(t), data[:100], rp)
-			if err != nil || !bytes.Equal(got, data) {
-				t.Fatalf("the retry echoed %d of %d bytes: %v", len(got), len(data), err)
-			}
+			retryEchoes(t, rp, data)
 		})
 	}
 	data := patterned(3 * Window)
@@ -339,13 +333,7 @@ func TestConnHeadAckRetry(t *testing.T) {
 			if !errors.Is(err, ErrNotDelivered) {
 				t.Fatalf("got %v, want %v", err, ErrNotDelivered)
 			}
-			if !rp.Rewind() {
-				t.Fatal("Rewind refused")
-			}
-			got, err := roundTripAll(ackEcho(t), data[:100], rp)
-			if err != nil || !bytes.Equal(got, data) {
-				t.Fatalf("the retry echoed %d of %d bytes: %v", len(got), len(data), err)
-			}
+			retryEchoes(t, rp, data)
 		})
 	}
 	t.Run("trailers", func(t *testing.T) {
@@ -447,4 +435,17 @@ func TestConnHeadAckRetry(t *testing.T) {
 			t.Fatalf("the retry echoed %d of %d bytes: %v", len(got), len(data), err)
 		}
 	})
+}
+
+// retryEchoes rewinds rp after a failed first attempt and checks that a
+// retry on a fresh acknowledging echo worker sends the whole body again.
+func retryEchoes(t *testing.T, rp *Replay, data []byte) {
+	t.Helper()
+	if !rp.Rewind() {
+		t.Fatal("Rewind refused")
+	}
+	got, err := roundTripAll(ackEcho(t), data[:100], rp)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the retry echoed %d of %d bytes: %v", len(got), len(data), err)
+	}
 }
