@@ -1139,7 +1139,7 @@ func TestConnProtocolErrors(t *testing.T) {
 			return [][]byte{clone(fw.response(&Response{ID: id, Status: 42, EOF: true}))}
 		}},
 		{"abort for another exchange", func(id uint64) [][]byte { return [][]byte{clone(fw.abort(id+1, "x"))} }},
-		{"malformed window", func(id uint64) [][]byte { return [][]byte{clone(fw.window(id, Window+1))} }},
+		{"malformed window", func(id uint64) [][]byte { return [][]byte{clone(fw.window(id, WideWindow+1))} }},
 		{"oversized frame", func(id uint64) [][]byte { return [][]byte{{0x7f, 0xff, 0xff, 0xff, byte(KindResponse)}} }},
 		{"empty frame", func(id uint64) [][]byte { return [][]byte{{0, 0, 0, 0}} }},
 		{"body for another exchange", func(id uint64) [][]byte {

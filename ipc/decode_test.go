@@ -215,7 +215,7 @@ func decodeCases(tb testing.TB) []decodeCase {
 
 		// Window frames.
 		{name: "window/full", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), uintF(Window)), nil), ok: true},
-		{name: "window/over", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), uintF(Window+1)), nil)},
+		{name: "window/over", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), uintF(WideWindow+1)), nil)},
 		{name: "window/max uint64", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), uintF(math.MaxUint64)), nil)},
 		{name: "window/negative", kind: KindWindow, payload: payload(tb, 2, two(uintF(4), intF(-1)), nil)},
 		{name: "window/1 field", kind: KindWindow, payload: payload(tb, 1, []fieldEnc{uintF(4)}, nil)},

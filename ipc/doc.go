@@ -60,8 +60,9 @@
 //	6 ping     H>W  [id uint]
 //	7 pong     W>H  [id uint] or [id uint, features [str]]   echoes the ping's id;
 //	                 features: the announced features the worker uses
-//	8 window   W>H  [id uint, n uint]                   n <= Window (256 KiB);
-//	                 [id, 0] first: the acknowledgement ("head-ack")
+//	8 window   W>H  [id uint, n uint]                   n <= WideWindow (1 MiB);
+//	                 [id, 0] first: the acknowledgement ("head-ack"),
+//	                 [id, 786432] with "wide-window": a 1 MiB window
 //	9 abort    both [id uint, reason str]
 //	10 informational W>H [id uint, status int, header map]   1xx before the head;
 //	                 only if DISPATCHER_IPC_FEATURES lists "informational"
@@ -89,7 +90,9 @@
 // before its handler starts. Until it (or any frame of the exchange)
 // arrives, the dispatcher keeps a copy of the body it sent (Replay); flow
 // control bounds the copy to one Window, since credit comes only in window
-// frames.
+// frames. A worker that also lists FeatureWideWindow ("wide-window") grants
+// WideWindow - Window bytes in that acknowledgement, for a 1 MiB window:
+// an upload then waits for credit a quarter as often.
 //
 // With DISPATCHER_IPC_DEPTH=d (default 1) the dispatcher may send up to d
 // requests on a slot before the first ends; the worker runs them one at a

@@ -71,6 +71,9 @@ const (
 	// Window is the number of request body bytes the dispatcher may send
 	// beyond what the worker has acknowledged with window frames.
 	Window = 256 << 10
+	// WideWindow is the window of an exchange whose worker granted the
+	// extra credit of FeatureWideWindow in its acknowledgement.
+	WideWindow = 1 << 20
 
 	lenPrefix = 4
 )

@@ -396,8 +396,8 @@ func (d *payloadDecoder) idCount() (uint64, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	if c > Window {
-		return 0, 0, d.fail("window credit %d exceeds %d", c, Window)
+	if c > WideWindow {
+		return 0, 0, d.fail("window credit %d exceeds %d", c, WideWindow)
 	}
 	return id, int(c), d.skip(n - 2)
 }

@@ -50,10 +50,17 @@ const (
 	// ran its handler, and sends the request again to another worker,
 	// replaying the start of its body (Replay).
 	FeatureHeadAck = "head-ack"
+	// FeatureWideWindow: with FeatureHeadAck, a worker that lists this
+	// feature in its pongs grants WideWindow - Window more bytes of credit
+	// in each acknowledgement ([id, 786432] instead of [id, 0]), and so
+	// buffers up to WideWindow unacknowledged bytes of a streamed request
+	// body: fewer flow-control round trips for an upload. The dispatcher
+	// adds the grant to the exchange's window like any credit.
+	FeatureWideWindow = "wide-window"
 )
 
 // Features are the optional protocol features this dispatcher announces.
-var Features = []string{FeatureInformational, FeatureHeadAck}
+var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow}
 
 // HasFeature reports whether the dispatcher that started this worker
 // announced the feature.

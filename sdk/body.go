@@ -12,12 +12,13 @@ import (
 )
 
 // requestBody is a request body streamed in body frames. The slot's reader
-// pushes chunks without ever blocking (the dispatcher sends at most
-// ipc.Window unacknowledged bytes); the handler's reads return credit to the
-// dispatcher in window frames.
+// pushes chunks without ever blocking (the dispatcher sends at most window
+// unacknowledged bytes); the handler's reads return credit to the
+// dispatcher in window frames, a quarter of the window at a time.
 type requestBody struct {
-	sc *ipc.ServerConn
-	id uint64
+	sc     *ipc.ServerConn
+	id     uint64
+	window int // ipc.Window, or ipc.WideWindow (FeatureWideWindow)
 
 	mu       sync.Mutex
 	cond     sync.Cond
@@ -44,8 +45,8 @@ type chunk struct {
 // allocation (and no garbage collection) per chunk.
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.ChunkSize); return &b }}
 
-func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte) *requestBody {
-	b := &requestBody{sc: sc, id: id}
+func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte, window int) *requestBody {
+	b := &requestBody{sc: sc, id: id, window: window}
 	b.cond.L = &b.mu
 	if len(first) > 0 {
 		b.chunks = append(b.chunks, chunk{data: first})
@@ -62,8 +63,8 @@ func (b *requestBody) push(data []byte) error {
 	if b.done || b.closed || len(data) == 0 {
 		return nil
 	}
-	if b.queued+len(data) > ipc.Window {
-		return fmt.Errorf("dispatcher sent %d body bytes beyond the window", b.queued+len(data)-ipc.Window)
+	if b.queued+len(data) > b.window {
+		return fmt.Errorf("dispatcher sent %d body bytes beyond the window", b.queued+len(data)-b.window)
 	}
 	var c chunk
 	if len(data) <= ipc.ChunkSize {
@@ -157,7 +158,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	b.queued -= n
 	b.consumed += n
 	var credit int
-	if b.consumed >= ipc.Window/4 && !b.done {
+	if b.consumed >= b.window/4 && !b.done {
 		credit, b.consumed = b.consumed, 0
 	}
 	b.mu.Unlock()

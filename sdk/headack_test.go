@@ -97,3 +97,92 @@ func TestHeadAck(t *testing.T) {
 		})
 	}
 }
+
+// With FeatureWideWindow too, the acknowledgement grants the wide window's
+// extra credit, the worker lists both features, and it takes a whole
+// WideWindow of body its handler has not read yet; credit then comes a
+// quarter of the wide window at a time.
+func TestWideWindow(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, wc := fdConn(t, fds[0]), fdConn(t, fds[1])
+	read := make(chan struct{})
+	w := &worker{depth: 1, headAck: true, wide: true, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-read // the whole window arrives before the handler reads a byte
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	})}
+	sc := ipc.NewServerConn(wc, 0)
+	sc.SetFeatures([]string{ipc.FeatureHeadAck, ipc.FeatureWideWindow})
+	s := &slot{w: w, sc: sc}
+	w.slots.Add(1)
+	go s.serve()
+	t.Cleanup(func() {
+		host.Close()
+		w.slots.Wait()
+		w.inflight.Wait()
+	})
+
+	first := make([]byte, 10)
+	if _, err := host.Write(append(fuzzFrame(ipc.KindPing, 1), reqFrame(2, "POST", "/", first, false, nil)...)); err != nil {
+		t.Fatal(err)
+	}
+	if k, f := readFrame(t, host); k != ipc.KindPong || fmt.Sprint(f) != "[1 [head-ack wide-window]]" {
+		t.Fatalf("got %s %v, want a pong listing head-ack and wide-window", k, f)
+	}
+	if k, f := readFrame(t, host); k != ipc.KindWindow || fmt.Sprint(f) != fmt.Sprintf("[2 %d]", ipc.WideWindow-ipc.Window) {
+		t.Fatalf("got %s %v, want the acknowledgement granting %d", k, f, ipc.WideWindow-ipc.Window)
+	}
+	// A whole wide window, unacknowledged, then a ping: the slot must
+	// still answer (a worker over its window closes the slot instead).
+	chunk := make([]byte, ipc.ChunkSize)
+	for sent := len(first); sent < ipc.WideWindow; sent += len(chunk) {
+		chunk = chunk[:min(ipc.ChunkSize, ipc.WideWindow-sent)]
+		if _, err := host.Write(fuzzFrame(ipc.KindBody, 2, chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := host.Write(fuzzFrame(ipc.KindPing, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if k, f := readFrame(t, host); k != ipc.KindPong || fmt.Sprint(f[:1]) != "[3]" {
+		t.Fatalf("got %s %v after a full wide window, want the pong to ping 3", k, f)
+	}
+	close(read)
+	if _, err := host.Write(fuzzFrame(ipc.KindEnd, 2, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var credit int
+	var body string
+	for {
+		k, f := readFrame(t, host)
+		switch k {
+		case ipc.KindWindow:
+			var n int
+			fmt.Sscan(fmt.Sprint(f[1]), &n) // msgpack picks the integer type by size
+			if n < ipc.WideWindow/4 {
+				t.Errorf("credit of %d bytes, want steps of at least %d", n, ipc.WideWindow/4)
+			}
+			credit += n
+			continue
+		case ipc.KindResponse:
+			body += string(f[3].([]byte))
+			if f[4] == true {
+				break
+			}
+			continue
+		case ipc.KindBody:
+			body += string(f[1].([]byte))
+			continue
+		}
+		break
+	}
+	if want := fmt.Sprint(ipc.WideWindow); body != want {
+		t.Errorf("the handler read %s bytes, want %s", body, want)
+	}
+	if credit > ipc.WideWindow {
+		t.Errorf("credit %d for %d bytes", credit, ipc.WideWindow)
+	}
+}

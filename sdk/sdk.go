@@ -100,6 +100,7 @@ func Serve(h http.Handler) {
 		informational: ipc.HasFeature(ipc.FeatureInformational),
 		headAck:       ipc.HasFeature(ipc.FeatureHeadAck),
 	}
+	w.wide = w.headAck && ipc.HasFeature(ipc.FeatureWideWindow)
 	// The pongs list the announced features this worker uses.
 	var used []string
 	if w.informational {
@@ -107,6 +108,9 @@ func Serve(h http.Handler) {
 	}
 	if w.headAck {
 		used = append(used, ipc.FeatureHeadAck)
+	}
+	if w.wide {
+		used = append(used, ipc.FeatureWideWindow)
 	}
 	for _, c := range conns {
 		sc := ipc.NewServerConn(c, maxFrame)
@@ -132,9 +136,21 @@ type worker struct {
 	informational bool
 	// headAck: the dispatcher keeps a streamed body to send it again
 	// elsewhere until the worker acknowledges its request (WriteAck).
-	headAck  bool
+	headAck bool
+	// wide: FeatureWideWindow (see window).
+	wide     bool
 	slots    sync.WaitGroup
 	inflight sync.WaitGroup
+}
+
+// window is the unacknowledged request body bytes a slot accepts per
+// exchange: ipc.WideWindow with FeatureWideWindow (the acknowledgement
+// grants the difference), else ipc.Window.
+func (w *worker) window() int {
+	if w.wide {
+		return ipc.WideWindow
+	}
+	return ipc.Window
 }
 
 func (w *worker) drain(grace time.Duration) {

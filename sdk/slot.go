@@ -160,21 +160,21 @@ func (s *slot) start(req *ipc.Request) bool {
 		if (!req.EOF && !streamOK) || len(s.queue) >= room {
 			return false
 		}
-		s.queue = append(s.queue, queued{newExchange(s.sc, req), req})
+		s.queue = append(s.queue, queued{newExchange(s.sc, req, s.w.window()), req})
 		return true
 	}
-	ex := newExchange(s.sc, req)
+	ex := newExchange(s.sc, req, s.w.window())
 	s.cur = ex
 	s.w.inflight.Add(1)
 	go s.loop(ex, req)
 	return true
 }
 
-func newExchange(sc *ipc.ServerConn, req *ipc.Request) *exchange {
+func newExchange(sc *ipc.ServerConn, req *ipc.Request, window int) *exchange {
 	ex := &exchange{id: req.ID, requestID: req.RequestID}
 	ex.ctx, ex.cancel = context.WithCancel(context.WithValue(context.Background(), ctxKey{}, ex))
 	if !req.EOF {
-		ex.body = newRequestBody(sc, req.ID, req.Body)
+		ex.body = newRequestBody(sc, req.ID, req.Body, window)
 	}
 	return ex
 }
@@ -227,7 +227,9 @@ func (s *slot) run(ex *exchange, req *ipc.Request) {
 		// The dispatcher may send the request to another worker if this
 		// one dies before the acknowledgement: it goes out before the
 		// handler can do anything. If it cannot, the dispatcher is gone.
-		if err := s.sc.WriteAck(ex.id); err != nil {
+		// With FeatureWideWindow, the acknowledgement also grants the
+		// window's extra credit.
+		if err := s.sc.WriteWindow(ex.id, s.w.window()-ipc.Window); err != nil {
 			ex.body.Close()
 			return
 		}

@@ -42,7 +42,7 @@ var checks = []check{
 		run: checkBinStrings},
 	{name: "streamed-body", section: "4.2", what: "takes a 1 MiB request body in body frames within its window, then an end frame with trailers",
 		run: checkStreamedBody},
-	{name: "head-ack", section: "4.2, 10", what: "lists only announced features in its pongs; if it lists head-ack, acknowledges a streamed request with a window frame [id, 0] before any other frame of it, without waiting for its body",
+	{name: "head-ack", section: "4.2, 10", what: "lists only announced features in its pongs; if it lists head-ack, acknowledges a streamed request with a window frame [id, 0] (with wide-window, [id, 786432]) before any other frame of it, without waiting for its body",
 		run: checkHeadAck},
 	{name: "small-max-frame", section: "6", what: "keeps every frame within a DISPATCHER_IPC_MAX_FRAME of 128 KiB",
 		launch: launchOpts{maxFrame: minMaxFrame}, run: checkSmallMaxFrame},
@@ -320,8 +320,12 @@ func checkHeadAck(t *target, w *worker) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("waiting for the acknowledgement of request %d, whose body is held back: %w", id, err)
 	}
-	if f.kind != kWindow || f.id != id || f.n != 0 {
-		return "", violated("%s frame (exchange %d) where the acknowledgement of request %d, a window frame [%d, 0], was due", kindName(f.kind), f.id, id, id)
+	ack := uint64(0)
+	if slices.Contains(s.features, ipc.FeatureWideWindow) {
+		ack = wideWindow - window
+	}
+	if f.kind != kWindow || f.id != id || f.n != ack {
+		return "", violated("%s frame (exchange %d) where the acknowledgement of request %d, a window frame [%d, %d], was due", kindName(f.kind), f.id, id, id, ack)
 	}
 	p := startPump(s, id, len(r.body), rest, nil, "")
 	res, err := s.await(id)

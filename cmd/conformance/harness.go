@@ -71,7 +71,17 @@ func (t *target) launch(o launchOpts) (*worker, error) {
 	}
 	w := &worker{child: child, log: log}
 	for _, nc := range child.RawConns() {
-		w.slots = append(w.slots, newSlot(nc, o.maxFrame, t.timeout))
+		s := newSlot(nc, o.maxFrame, t.timeout)
+		w.slots = append(w.slots, s)
+	}
+	// The start's pongs went to package ipc: one more ping on each slot
+	// tells the checks which features the worker uses (a wide-window
+	// acknowledgement grants credit beyond what was sent).
+	for i, s := range w.slots {
+		if err := s.ping(); err != nil {
+			w.stop()
+			return nil, fmt.Errorf("slot %d: %w", i, err)
+		}
 	}
 	return w, nil
 }

@@ -101,10 +101,10 @@ func TestSDKWorkersConform(t *testing.T) {
 func TestBrokenWorkerFails(t *testing.T) {
 	badFrame := "answered the ping sent after the bad frame instead of closing the slot"
 	wantFail := map[string]string{
-		"cancel-streamed-body": "after the cancel: waiting for the answer to request 2: nothing from the worker within 3s",
-		"ping-while-busy":      "slot 2, while the request on slot 1 waits for its body: waiting for the pong to ping 2: nothing from the worker within 3s",
-		"head-ack":             "window frame (exchange 3) where the acknowledgement of request 3, a window frame [3, 0], was due",
-		"pipelined-cancel":     "abort frame for exchange 4 while exchange 2 was due: answers must come in order, one exchange at a time; the cancelled request 4 was answered ahead of the ones before it instead of in its turn",
+		"cancel-streamed-body": "after the cancel: waiting for the answer to request 3: nothing from the worker within 3s",
+		"ping-while-busy":      "slot 2, while the request on slot 1 waits for its body: waiting for the pong to ping 3: nothing from the worker within 3s",
+		"head-ack":             "window frame (exchange 4) where the acknowledgement of request 4, a window frame [4, 0], was due",
+		"pipelined-cancel":     "abort frame for exchange 5 while exchange 3 was due: answers must come in order, one exchange at a time; the cancelled request 5 was answered ahead of the ones before it instead of in its turn",
 		"oversized-frame":      "slot still open after the bad frame: nothing from the worker within 3s",
 		"empty-frame":          badFrame,
 		"unknown-kind":         badFrame,

@@ -8,9 +8,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/childproc/dispatcher/ipc"
 )
 
 // Frame kinds and limits, as PROTOCOL.md §3 and §6 define them.
@@ -28,6 +31,7 @@ const (
 
 	chunkSize   = 64 << 10  // largest body chunk in one frame
 	window      = 256 << 10 // request body bytes sent beyond the worker's acknowledgements
+	wideWindow  = 1 << 20   // the window after a wide-window acknowledgement
 	minMaxFrame = chunkSize + 64<<10
 )
 
@@ -251,8 +255,8 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 		if f.n, err = d.uint(); err != nil {
 			return fail("n", err)
 		}
-		if f.n > window {
-			return f, violated("window credit %d exceeds the window (%d)", f.n, window)
+		if f.n > wideWindow {
+			return f, violated("window credit %d exceeds the widest window (%d)", f.n, wideWindow)
 		}
 	case kAbort:
 		r, err := d.bytes()
@@ -491,8 +495,9 @@ type pump struct {
 	mu      sync.Mutex
 	cond    sync.Cond
 	credit  int
-	sent    int // bytes sent so far, the first chunk included
-	granted int // credit received so far
+	sent    int  // bytes sent so far, the first chunk included
+	granted int  // credit received so far, for bytes sent
+	acked   bool // the first window frame of the exchange arrived
 	stopped bool
 	done    chan struct{}
 	err     error
@@ -514,6 +519,15 @@ func (p *pump) grant(id, n uint64) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	first := !p.acked
+	p.acked = true
+	if first && n == wideWindow-window && slices.Contains(p.s.features, ipc.FeatureWideWindow) {
+		// A wide-window acknowledgement: the window grows, no byte is
+		// acknowledged.
+		p.credit += int(n)
+		p.cond.Signal()
+		return nil
+	}
 	p.granted += int(n)
 	if p.granted > p.sent {
 		return violated("window frames acknowledge %d request body bytes of exchange %d, but only %d were sent", p.granted, p.id, p.sent)
