@@ -30,8 +30,12 @@ import (
 )
 
 // maxAttempts bounds how many workers one request is offered to when the
-// earlier ones turn out dead before reading it.
-const maxAttempts = 3
+// earlier ones turn out dead before reading it. A retry costs little, and
+// with several slots per worker a request can land, again and again, on
+// the idle slot of a worker whose other slot is running a crashing handler
+// (a replacement starts in a few milliseconds and its slots are the next
+// idle ones); the bound only stops a request from circling forever.
+const maxAttempts = 6
 
 // Pool runs the worker processes of one function.
 type Pool struct {
