@@ -33,37 +33,47 @@ func readFrame(tb testing.TB, c net.Conn) (ipc.Kind, []any) {
 	return ipc.Kind(hdr[4]), fields
 }
 
+// serveOneSlot serves one slot of w, listing features in its pongs, and
+// returns the dispatcher's end of it; the slot stops with the test.
+func serveOneSlot(t *testing.T, w *worker, features []string) net.Conn {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, wc := fdConn(t, fds[0]), fdConn(t, fds[1])
+	sc := ipc.NewServerConn(wc, 0)
+	sc.SetFeatures(features)
+	s := &slot{w: w, sc: sc}
+	w.slots.Add(1)
+	go s.serve()
+	t.Cleanup(func() {
+		host.Close()
+		w.slots.Wait()
+		w.inflight.Wait()
+	})
+	return host
+}
+
 // With FeatureHeadAck announced, the worker lists it in its pongs and
 // acknowledges a streamed request with a window frame [id, 0] before
 // anything its handler writes; without it, neither.
 func TestHeadAck(t *testing.T) {
 	for _, announced := range []bool{true, false} {
 		t.Run(fmt.Sprintf("announced %v", announced), func(t *testing.T) {
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			host, wc := fdConn(t, fds[0]), fdConn(t, fds[1])
 			w := &worker{depth: 1, headAck: announced, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(201)
 				w.(http.Flusher).Flush()
 				n, _ := io.Copy(io.Discard, r.Body)
 				fmt.Fprint(w, n)
 			})}
-			sc := ipc.NewServerConn(wc, 0)
+			var features []string
 			wantPong := "[1]"
 			if announced {
-				sc.SetFeatures([]string{ipc.FeatureHeadAck})
+				features = []string{ipc.FeatureHeadAck}
 				wantPong = "[1 [head-ack]]"
 			}
-			s := &slot{w: w, sc: sc}
-			w.slots.Add(1)
-			go s.serve()
-			t.Cleanup(func() {
-				host.Close()
-				w.slots.Wait()
-				w.inflight.Wait()
-			})
+			host := serveOneSlot(t, w, features)
 
 			in := append(fuzzFrame(ipc.KindPing, 1), reqFrame(2, "POST", "/", []byte("0123456789"), false, nil)...)
 			if _, err := host.Write(in); err != nil {
@@ -103,27 +113,13 @@ func TestHeadAck(t *testing.T) {
 // WideWindow of body its handler has not read yet; credit then comes a
 // quarter of the wide window at a time.
 func TestWideWindow(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, wc := fdConn(t, fds[0]), fdConn(t, fds[1])
 	read := make(chan struct{})
 	w := &worker{depth: 1, headAck: true, wide: true, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		<-read // the whole window arrives before the handler reads a byte
 		n, _ := io.Copy(io.Discard, r.Body)
 		fmt.Fprint(w, n)
 	})}
-	sc := ipc.NewServerConn(wc, 0)
-	sc.SetFeatures([]string{ipc.FeatureHeadAck, ipc.FeatureWideWindow})
-	s := &slot{w: w, sc: sc}
-	w.slots.Add(1)
-	go s.serve()
-	t.Cleanup(func() {
-		host.Close()
-		w.slots.Wait()
-		w.inflight.Wait()
-	})
+	host := serveOneSlot(t, w, []string{ipc.FeatureHeadAck, ipc.FeatureWideWindow})
 
 	first := make([]byte, 10)
 	if _, err := host.Write(append(fuzzFrame(ipc.KindPing, 1), reqFrame(2, "POST", "/", first, false, nil)...)); err != nil {
