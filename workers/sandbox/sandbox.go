@@ -170,8 +170,10 @@ func New(path string, opts Options) (*Sandbox, error) {
 			// 5.7), or a seccomp policy refusing clone3: the shim does it.
 			s.direct = false
 			s.notes = append(s.notes, "started through the shim ("+strings.TrimPrefix(err.Error(), "sandbox: ")+")")
-		} else {
+		} else if len(s.groups) > 0 {
 			s.notes = append(s.notes, "started directly into the cell")
+		} else {
+			s.notes = append(s.notes, "started directly")
 		}
 	}
 	if !s.direct {
