@@ -20,9 +20,11 @@ import (
 // The worker's side of go-plugin's handshake and control connection
 // (go-plugin's "netrpc" protocol), written here so that worker binaries do
 // not link go-plugin: its dependencies (gRPC, protobuf) cost a worker about
-// 10 ms of start-up and 10 MB of binary. The dispatcher still launches,
-// handshakes and stops workers with go-plugin itself (package launch), so
-// this side must keep to what go-plugin's client does:
+// 10 ms of start-up and 10 MB of binary. The dispatcher still launches and
+// handshakes workers with go-plugin itself (package launch); it no longer
+// connects to the control socket (it stops a worker by closing its slots),
+// but earlier dispatchers and the conformance checker do, so this side must
+// keep to what go-plugin's client does:
 //
 //   - print "1|<ProtocolVersion>|unix|<socket path>|netrpc|" on standard
 //     output, with the socket in PLUGIN_UNIX_SOCKET_DIR;
@@ -39,7 +41,9 @@ const (
 )
 
 // ServeWorker runs the worker's side of the handshake and blocks until the
-// dispatcher asks the worker to quit, or its control connection ends.
+// dispatcher asks the worker to quit over the control connection, or that
+// connection ends; a worker whose dispatcher never connects stops when its
+// slots close (the sdk's Serve).
 // Nothing may be written to standard output before it: the first line is
 // the handshake. info describes the worker.
 func ServeWorker(info Info) {

@@ -759,7 +759,7 @@ func TestFaultSIGSTOPIdle(t *testing.T) {
 }
 
 // Workers stopped (SIGSTOP) when the dispatcher shuts down: they cannot
-// answer go-plugin's graceful quit, so they are killed; the shutdown is
+// exit when their slots close, so they are killed after --stop-timeout; the shutdown is
 // bounded and leaves nothing behind.
 func TestFaultSIGSTOPAtShutdown(t *testing.T) {
 	t.Parallel()
