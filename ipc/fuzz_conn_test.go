@@ -7,9 +7,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/allocs"
 )
 
 // FuzzConn plays a worker that writes arbitrary bytes on a real socketpair,
@@ -86,7 +87,7 @@ func FuzzConn(f *testing.F) {
 		if len(script) > 64 {
 			script = script[:64]
 		}
-		checkAllocsExact(t, 512<<10+64*uint64(len(child)), func() { fuzzConn(t, script, child) })
+		allocs.AtMost(t, 512<<10+64*uint64(len(child)), func() { fuzzConn(t, script, child) })
 	})
 }
 
@@ -172,24 +173,6 @@ func fuzzConn(t *testing.T, script, child []byte) {
 	d.c.Close()
 	for range 2 {
 		recvOrFail(t, done, "the worker goroutines to end")
-	}
-}
-
-// checkAllocsExact runs fn once and fails if it allocated more than limit
-// bytes. Unlike checkAllocs, it counts exactly: runtime.ReadMemStats stops
-// the world and flushes every P's cache, where runtime/metrics counts the
-// objects of a cached span only when the span is released, possibly long
-// after they were allocated (or during fn, for objects allocated before
-// it). It costs two short stops of the world: for targets that do much
-// more than that per input.
-func checkAllocsExact(t testing.TB, limit uint64, fn func()) {
-	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	fn()
-	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > limit {
-		t.Fatalf("allocated %d bytes (limit %d)", n, limit)
 	}
 }
 

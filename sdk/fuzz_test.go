@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/childproc/dispatcher/internal/allocs"
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
@@ -276,7 +277,7 @@ func fuzzSlot(t *testing.T, depth int, linger bool, in []byte) {
 	// context, the http.Request, the response writer and its frame)
 	// whatever its size.
 	limit := uint64(512<<10 + 8*len(in) + 16<<10*len(want.requests))
-	checkAllocs(t, limit, func() {
+	allocs.AtMost(t, limit, func() {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -466,19 +467,4 @@ func fdConn(tb testing.TB, fd int) net.Conn {
 		tb.Fatal(err)
 	}
 	return c
-}
-
-// checkAllocs runs fn once and fails if it allocated more than limit bytes.
-// runtime.ReadMemStats counts exactly: it stops the world and flushes every
-// P's cache (runtime/metrics counts a cached span's objects only when the
-// span is released, possibly long after they were allocated).
-func checkAllocs(t *testing.T, limit uint64, fn func()) {
-	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	fn()
-	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > limit {
-		t.Fatalf("allocated %d bytes (limit %d)", n, limit)
-	}
 }

@@ -2,11 +2,11 @@ package launch
 
 import (
 	"bytes"
-	"runtime"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/childproc/dispatcher/internal/allocs"
 	"github.com/sirupsen/logrus"
 )
 
@@ -43,7 +43,7 @@ func FuzzWorkerLog(f *testing.F) {
 		lines := bytes.Count(b, []byte{'\n'}) + 1
 		// An entry costs a fixed amount whatever its line's length.
 		limit := 64<<10 + 64*uint64(len(b)) + uint64(lines)*4<<10
-		checkAllocsExact(t, limit, func() {
+		allocs.AtMost(t, limit, func() {
 			s := w.sink()
 			k := 0
 			if len(b) > 0 {
@@ -108,19 +108,5 @@ func checkSanitized(t *testing.T, what, s string) {
 		if r < 0x20 && r != '\t' || r == 0x7f {
 			t.Fatalf("%s keeps control character %#x: %q", what, r, s)
 		}
-	}
-}
-
-// checkAllocsExact runs fn once and fails if it allocated more than limit
-// bytes, counted with runtime.ReadMemStats (exact: it flushes every P's
-// cache).
-func checkAllocsExact(t testing.TB, limit uint64, fn func()) {
-	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	fn()
-	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > limit {
-		t.Fatalf("allocated %d bytes (limit %d)", n, limit)
 	}
 }
