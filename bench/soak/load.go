@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/chaos"
 )
 
 // A kind of request and the answer it must get.
@@ -311,7 +313,7 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 		if reqBody != nil {
 			crc, n = crc32.ChecksumIEEE(reqBody), int64(len(reqBody))
 		}
-		if want := expectedBody(token, size, pid, crc, n); !bytes.Equal(body, want) {
+		if want := chaos.HealthyBody(token, size, pid, crc, n); !bytes.Equal(body, want) {
 			return lat, reqID, got, false, fmt.Sprintf("%s: body of %d bytes differs from the expected %d: %s", desc, len(body), len(want), snippet(body))
 		}
 	case k.name == "panic":
@@ -320,22 +322,6 @@ func send(ctx context.Context, client *http.Client, base string, k kind, rng *ra
 		}
 	}
 	return lat, reqID, got, true, desc
-}
-
-// expectedBody is the chaos worker's healthy body (testdata/workers/chaos,
-// func body).
-func expectedBody(token string, size int, pid int, bodyCRC uint32, bodyLen int64) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "ok %s %08x %d\n", token, crc32.ChecksumIEEE([]byte(token)), pid)
-	if bodyLen >= 0 {
-		fmt.Fprintf(&b, "body %08x %d\n", bodyCRC, bodyLen)
-	}
-	out := []byte(b.String())
-	seed := crc32.ChecksumIEEE([]byte(token))
-	for i := range size {
-		out = append(out, 'a'+byte((seed+uint32(i)*7)%26))
-	}
-	return out
 }
 
 func snippet(b []byte) string {

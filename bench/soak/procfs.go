@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/childproc/dispatcher/internal/chaos"
 	"golang.org/x/sys/unix"
 )
 
@@ -162,48 +163,10 @@ func reapOrphans(known map[int]bool) []string {
 // mounted hierarchy (a dispatcher it starts inherits them and makes its
 // cells below them).
 func cgroupDirs() []string {
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return nil
-	}
-	mounts := map[string][]string{} // "cgroup2" or a v1 option -> mount points
-	if f, err := os.Open("/proc/self/mounts"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fs := strings.Fields(sc.Text())
-			if len(fs) < 4 {
-				continue
-			}
-			switch fs[2] {
-			case "cgroup2":
-				mounts["cgroup2"] = append(mounts["cgroup2"], fs[1])
-			case "cgroup":
-				for _, o := range strings.Split(fs[3], ",") {
-					mounts[o] = append(mounts[o], fs[1])
-				}
-			}
-		}
-		f.Close()
-	}
 	var dirs []string
-	for _, line := range strings.Split(string(own), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 {
-			continue
-		}
-		var mps []string
-		if f[0] == "0" && f[1] == "" {
-			mps = mounts["cgroup2"]
-		} else {
-			for _, c := range strings.Split(f[1], ",") {
-				mps = append(mps, mounts[c]...)
-			}
-		}
-		for _, m := range mps {
-			d := filepath.Join(m, f[2])
-			if fi, err := os.Stat(d); err == nil && fi.IsDir() && !slices.Contains(dirs, d) {
-				dirs = append(dirs, d)
-			}
+	for _, g := range chaos.OwnCgroups() {
+		if fi, err := os.Stat(g.Dir); err == nil && fi.IsDir() && !slices.Contains(dirs, g.Dir) {
+			dirs = append(dirs, g.Dir)
 		}
 	}
 	return dirs

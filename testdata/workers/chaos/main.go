@@ -42,7 +42,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,12 +51,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/childproc/dispatcher/internal/chaos"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -102,23 +103,6 @@ func serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// body returns the healthy response body for token, size and the request
-// body's CRC-32 and length (bodyLen < 0: no request body). The soak has its
-// own copy of this function.
-func body(token string, size int, pid int, bodyCRC uint32, bodyLen int64) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "ok %s %08x %d\n", token, crc32.ChecksumIEEE([]byte(token)), pid)
-	if bodyLen >= 0 {
-		fmt.Fprintf(&b, "body %08x %d\n", bodyCRC, bodyLen)
-	}
-	out := []byte(b.String())
-	seed := crc32.ChecksumIEEE([]byte(token))
-	for i := range size {
-		out = append(out, 'a'+byte((seed+uint32(i)*7)%26))
-	}
-	return out
-}
-
 func healthy(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if q.Get("echo") == "1" {
@@ -142,7 +126,7 @@ func healthy(w http.ResponseWriter, r *http.Request) {
 		}
 		bodyCRC, bodyLen = h.Sum32(), n
 	}
-	b := body(q.Get("token"), size, os.Getpid(), bodyCRC, bodyLen)
+	b := chaos.HealthyBody(q.Get("token"), size, os.Getpid(), bodyCRC, bodyLen)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.Header().Set("X-Chaos-Pid", strconv.Itoa(os.Getpid()))
@@ -286,75 +270,26 @@ func oom() {
 // memoryLimit returns the limit of the worker's memory cgroup and the file
 // it read, or 0 if it has none it can find (or one above 1 TiB: "max").
 func memoryLimit() (int64, string) {
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return 0, ""
-	}
-	mounts := cgroupMounts()
-	for _, line := range strings.Split(string(own), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 {
+	for _, g := range chaos.OwnCgroups() {
+		var file string
+		switch {
+		case g.V2:
+			file = filepath.Join(g.Dir, "memory.max")
+		case slices.Contains(g.Controllers, "memory"):
+			file = filepath.Join(g.Dir, "memory.limit_in_bytes")
+		default:
 			continue
 		}
-		var files []string
-		switch {
-		case f[0] == "0" && f[1] == "":
-			for _, m := range mounts["cgroup2"] {
-				files = append(files, filepath.Join(m, f[2], "memory.max"))
-			}
-		case hasField(f[1], "memory"):
-			for _, m := range mounts["memory"] {
-				files = append(files, filepath.Join(m, f[2], "memory.limit_in_bytes"))
-			}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
 		}
-		for _, file := range files {
-			b, err := os.ReadFile(file)
-			if err != nil {
-				continue
-			}
-			n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-			if err == nil && n > 0 && n < 1<<40 {
-				return n, file
-			}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err == nil && n > 0 && n < 1<<40 {
+			return n, file
 		}
 	}
 	return 0, ""
-}
-
-func hasField(list, s string) bool {
-	for _, x := range strings.Split(list, ",") {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// cgroupMounts returns the mount points of the cgroup2 file system (key
-// "cgroup2") and of v1 hierarchies by controller.
-func cgroupMounts() map[string][]string {
-	m := map[string][]string{}
-	f, err := os.Open("/proc/self/mounts")
-	if err != nil {
-		return m
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 4 {
-			continue
-		}
-		switch fs[2] {
-		case "cgroup2":
-			m["cgroup2"] = append(m["cgroup2"], fs[1])
-		case "cgroup":
-			for _, o := range strings.Split(fs[3], ",") {
-				m[o] = append(m[o], fs[1])
-			}
-		}
-	}
-	return m
 }
 
 // malformed writes a bad frame on the worker's slot connections: the
