@@ -59,6 +59,7 @@ import (
 	"unsafe"
 
 	"github.com/childproc/dispatcher/internal/chaos"
+	"github.com/childproc/dispatcher/internal/rawslots"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -153,7 +154,7 @@ func healthy(w http.ResponseWriter, r *http.Request) {
 // then fails with the worker, by design.
 func exitAfter(r *http.Request, how string) {
 	if how != "racy" {
-		err := killOnRead(slotFDs())
+		err := killOnRead(rawslots.FDs())
 		if err == nil {
 			return
 		}
@@ -314,36 +315,10 @@ func malformed(how string) {
 		msg = []byte("this is not a frame, this is chaos\n")
 	}
 	fmt.Fprintf(stderr, "chaos: writing a malformed frame (%s), as asked\n", how)
-	for _, fd := range slotFDs() {
+	for _, fd := range rawslots.FDs() {
 		_, _ = unix.Write(fd, msg)
 	}
 	if how == "truncated" {
 		os.Exit(3) // what was written stays readable: the rest never comes
 	}
-}
-
-func slotFDs() []int {
-	entries, _ := os.ReadDir("/proc/self/fd")
-	var fds []int
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
-			continue
-		}
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
-			continue
-		}
-		if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != "" && ua.Name != "@" {
-			continue
-		}
-		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
-			continue
-		}
-		if _, err := unix.Getpeername(fd); err != nil {
-			continue
-		}
-		fds = append(fds, fd)
-	}
-	return fds
 }

@@ -40,6 +40,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/childproc/dispatcher/internal/rawslots"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -375,26 +376,8 @@ func junk(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("giant") != "" {
 		msg = []byte{0x7f, 0xff, 0xff, 0xff, 0x81, 0xa1}
 	}
-	entries, _ := os.ReadDir("/proc/self/fd")
 	wrote := 0
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
-			continue
-		}
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
-			continue
-		}
-		if ua, ok := sa.(*unix.SockaddrUnix); !ok || ua.Name != "" && ua.Name != "@" { // unnamed
-			continue
-		}
-		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
-			continue
-		}
-		if _, err := unix.Getpeername(fd); err != nil {
-			continue
-		}
+	for _, fd := range rawslots.FDs() {
 		if _, err := unix.Write(fd, msg); err == nil {
 			wrote++
 		}
