@@ -347,15 +347,16 @@ func (c *Child) Kill() {
 // which it lets in-flight handlers finish and exits), or with Config.Control
 // by go-plugin's graceful quit (Control.Quit; killed 2 s later).
 func (c *Child) Stop(ctx context.Context) error {
-	done := make(chan struct{})
+	done := c.run.waitDone
 	if c.control {
+		quit := make(chan struct{})
 		go func() {
-			defer close(done)
+			defer close(quit)
 			c.client.Kill() // graceful quit, 2 s, then our runner's group SIGKILL
 		}()
+		done = quit
 	} else {
 		c.CloseConns()
-		done = c.run.waitDone
 	}
 	select {
 	case <-done:

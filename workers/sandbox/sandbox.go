@@ -520,11 +520,10 @@ type Cell struct {
 	memory *group
 
 	// Started directly (see the package doc): from the spawning thread,
-	// into cgroupFD's cgroup (if >= 0), as uid:gid if user.
+	// into cgroupFD's cgroup (if >= 0), with the identity cred (if set).
 	spawn    bool
 	cgroupFD int
-	user     bool
-	uid, gid uint32
+	cred     *syscall.Credential // the sandbox's User, or nil
 	poolDir  string
 
 	once    sync.Once
@@ -588,8 +587,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if s.direct {
-		c.spawn, c.user, c.poolDir = true, sp.User, socketDir
-		c.uid, c.gid = sp.UID, sp.GID
+		c.spawn, c.cred, c.poolDir = true, s.cred, socketDir
 		if len(c.groups) == 1 {
 			fd, err := unix.Open(c.groups[0].dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 			if err != nil {
@@ -600,7 +598,8 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 		}
 		if s.cred != nil {
-			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.cred.Uid, Gid: s.cred.Gid, Groups: []uint32{}}
+			cred := *s.cred // no supplementary groups (lookupUser)
+			cmd.SysProcAttr.Credential = &cred
 		}
 		if !trial {
 			return c, nil
@@ -698,11 +697,11 @@ func (c *Cell) Start(cmd *exec.Cmd) error {
 		return cmd.Start()
 	}
 	defer c.closeCgroupFD()
-	if c.user {
+	if c.cred != nil {
 		// go-plugin made the worker's control socket directory (0700) in
 		// the pool's: give it to the worker.
 		if dir := envValue(cmd.Env, envSockDir); dir != "" && c.poolDir != "" && filepath.Dir(filepath.Clean(dir)) == filepath.Clean(c.poolDir) {
-			if err := os.Chown(dir, int(c.uid), int(c.gid)); err != nil {
+			if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
 				return fmt.Errorf("give the socket directory to the worker: %w", err)
 			}
 		}
