@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/childproc/dispatcher/internal/procstatus"
 	"github.com/sirupsen/logrus"
 )
 
@@ -232,7 +233,7 @@ func (p *Pool) checkRSS() {
 // descendants (under a sandbox, the process the pool started is the
 // sandbox's init, and the worker is its child), summed from /proc.
 func residentBytes(pid int) (int64, error) {
-	total, err := processRSS(pid)
+	total, err := procstatus.Bytes(pid, "VmRSS")
 	if err != nil {
 		return 0, err
 	}
@@ -247,7 +248,7 @@ func residentBytes(pid int) (int64, error) {
 			}
 			seen[child] = true
 			queue = append(queue, child)
-			if rss, err := processRSS(child); err == nil {
+			if rss, err := procstatus.Bytes(child, "VmRSS"); err == nil {
 				total += rss
 			}
 		}
@@ -275,24 +276,6 @@ func childPIDs(pid int) []int {
 		}
 	}
 	return pids
-}
-
-// processRSS reads one process's resident set size from /proc.
-func processRSS(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("VmRSS of %d: %w", pid, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for %d", pid)
 }
 
 // pingIdle checks the health of idle slots that have not been used for a

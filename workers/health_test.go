@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/procstatus"
 )
 
 // MaxRequests recycles workers under concurrent load without failing a
@@ -187,10 +189,10 @@ func TestResidentBytesCountsDescendants(t *testing.T) {
 		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", kids[0])); err != nil || strings.TrimSpace(string(comm)) != "sleep" {
 			return false
 		}
-		kid, _ = processRSS(kids[0])
+		kid, _ = procstatus.Bytes(kids[0], "VmRSS")
 		return kid > 0
 	})
-	own, err := processRSS(pid)
+	own, err := procstatus.Bytes(pid, "VmRSS")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/procstatus"
 )
 
 type config struct {
@@ -533,7 +535,7 @@ func (ss *session) sample() {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if rss, err := statusField(ss.d.pid, "VmRSS"); err == nil {
+		if rss, err := procstatus.Bytes(ss.d.pid, "VmRSS"); err == nil {
 			ss.mu.Lock()
 			ss.rssPeak = max(ss.rssPeak, rss)
 			ss.mu.Unlock()
@@ -653,7 +655,7 @@ func (ss *session) steady(ctx context.Context) (fds, goroutines int) {
 // finish stops the dispatcher and checks that it left nothing behind.
 func (ss *session) finish() {
 	r, d := ss.r, ss.d
-	hwm, _ := statusField(d.pid, "VmHWM")
+	hwm, _ := procstatus.Bytes(d.pid, "VmHWM")
 	took, killed := d.stop(30 * time.Second)
 	<-ss.sampled
 	ss.mu.Lock()
@@ -802,7 +804,7 @@ func (s *soak) runMode(ctx context.Context, mode string) *result {
 		r.fail("after the warm-up: %d children alive, %d zombies, want %s and none", alive, zombies, wantDesc)
 	}
 	fd0, g0 := ss.steady(ctx)
-	rss0, _ := statusField(ss.d.pid, "VmRSS")
+	rss0, _ := procstatus.Bytes(ss.d.pid, "VmRSS")
 	alive0, _ := ss.children()
 
 	s.progress("%s: %s of load", mode, c.duration)
@@ -823,7 +825,7 @@ func (s *soak) runMode(ctx context.Context, mode string) *result {
 	alive1, zombies1, settled := ss.settle(ctx, want)
 	settleTook := time.Since(t0)
 	fd1, g1 := ss.steady(ctx)
-	rss1, _ := statusField(ss.d.pid, "VmRSS")
+	rss1, _ := procstatus.Bytes(ss.d.pid, "VmRSS")
 	ss.mu.Lock()
 	peak, maxAlive := max(ss.rssPeak, rss1), ss.maxAlive
 	ss.mu.Unlock()

@@ -5,7 +5,6 @@ package main
 // and the cgroup cells a dispatcher leaves behind.
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -90,27 +89,6 @@ func alive(pid int, startTime uint64) (procStat, bool) {
 		return procStat{}, false
 	}
 	return st, true
-}
-
-// statusField returns a "kB" field of /proc/PID/status (VmRSS, VmHWM) in
-// bytes.
-func statusField(pid int, field string) (int64, error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				return 0, err
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no %s for pid %d", field, pid)
 }
 
 // openFDs counts the open file descriptors of pid.

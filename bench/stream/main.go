@@ -26,6 +26,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/procstatus"
 )
 
 var (
@@ -120,7 +122,7 @@ func run(n int64) error {
 			}
 		}
 	}
-	hwm := vmHWM(disp.cmd.Process.Pid)
+	hwm, _ := procstatus.Bytes(disp.cmd.Process.Pid, "VmHWM")
 	fmt.Printf("## Streaming %s bodies (%d rounds, interleaved; medians)\n\n", *size, *rounds)
 	fmt.Println("| direction | in-process MiB/s | dispatcher MiB/s | ratio |")
 	fmt.Println("|---|---:|---:|---:|")
@@ -187,20 +189,6 @@ func median(v []float64) float64 {
 		return 0
 	}
 	return s[len(s)/2]
-}
-
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // start runs a server on a free loopback port and waits until it answers.
