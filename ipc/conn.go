@@ -293,6 +293,21 @@ func (t *Ticket) Turn() <-chan struct{} { return t.turn }
 // ID returns the exchange id of t's request.
 func (t *Ticket) ID() uint64 { return t.id }
 
+// Holds reports whether t holds the turn, also a dead one: after a failed
+// Send on an idle connection, or a failed Head or Body read. Only the holder
+// may Discard the connection. A ticket whose Send failed while another
+// exchange held the turn, or that Discard released, leaves it alone: the
+// holder's read fails too, and it discards.
+func (t *Ticket) Holds() bool {
+	c := t.c
+	if c == nil {
+		return false
+	}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return c.cur == t
+}
+
 // Head reads the response head. t must hold the turn. The returned response
 // and body belong to t and stay valid while t is not reused; the body's
 // chunks alias connection buffers and are valid until the next read.
@@ -669,7 +684,9 @@ func (c *Conn) Drain() error {
 
 // Discard ends the use of a connection after a failure (the exchange
 // holding the turn failed, and the caller made sure the worker process is
-// dead), and releases every ticket queued behind it. A queued request gets
+// dead), and releases every ticket queued behind it. It is called by the
+// holder of the turn (Ticket.Holds), after its read returned: it inspects
+// what is left unread. A queued request gets
 // an error wrapping ErrNotDelivered if the worker cannot have started it:
 // the failure was the worker closing its end or a timeout, not a protocol
 // violation, and the worker wrote nothing after what was read (it starts a

@@ -342,7 +342,13 @@ func TestConnPipelineDiscard(t *testing.T) {
 			if closed(t2.Turn()) {
 				t.Fatal("a failure passed the turn on")
 			}
+			if !t1.Holds() || t2.Holds() {
+				t.Fatalf("after the failure: holds %v, %v; want the failed holder alone", t1.Holds(), t2.Holds())
+			}
 			c.Discard(err)
+			if t2.Holds() || t3.Holds() {
+				t.Error("a released ticket holds the turn")
+			}
 			for i, q := range []*Ticket{t2, t3} {
 				recvOrFail(t, q.Turn(), "the release of a queued ticket")
 				if _, _, err := q.Head(); !errors.Is(err, tt.want) {
@@ -401,4 +407,56 @@ func TestExtendAfterInterrupt(t *testing.T) {
 	if _, _, err := t1.Head(); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("head after Interrupt then Extend: %v, want a deadline error", err)
 	}
+}
+
+// TestConnQueuedSendFailure: a request queued behind a running one, on a
+// connection whose worker has gone, fails to send, as not delivered. Its
+// ticket does not hold the turn, so its caller leaves Discard to the
+// holder, whose read fails too (the two discarding at once was a data race
+// on the frame reader).
+func TestConnQueuedSendFailure(t *testing.T) {
+	h, w := socketpair(t)
+	c, sc := NewConn(h, 0), NewServerConn(w, 0)
+	wait := goWorker(t, func() error {
+		defer w.Close()
+		if nextRequest(t, sc) == nil {
+			return errors.New("missing request")
+		}
+		return nil
+	}, h)
+	t1 := sendQueued(t, c, "/1")
+	wait() // the worker read the request and closed its end
+	t2 := new(Ticket)
+	err := c.Send(t2, &Request{Method: "GET", URI: "/2", EOF: true}, nil)
+	if !errors.Is(err, ErrNotDelivered) {
+		t.Fatalf("send behind the holder to a closed worker: %v, want not delivered", err)
+	}
+	if !t1.Holds() || t2.Holds() {
+		t.Fatalf("holds %v, %v; want the running exchange alone", t1.Holds(), t2.Holds())
+	}
+	_, _, headErr := t1.Head()
+	if headErr == nil {
+		t.Fatal("the holder's read did not fail")
+	}
+	if !t1.Holds() {
+		t.Error("the failed holder does not hold the turn")
+	}
+	c.Discard(headErr)
+	if t2.Holds() {
+		t.Error("the failed send holds the turn")
+	}
+	// On an idle connection, the ticket whose send failed holds the dead
+	// turn: its caller discards.
+	h2, w2 := socketpair(t)
+	w2.Close()
+	c2 := NewConn(h2, 0)
+	t3 := new(Ticket)
+	err = c2.Send(t3, &Request{Method: "GET", URI: "/3", EOF: true}, nil)
+	if !errors.Is(err, ErrNotDelivered) {
+		t.Fatalf("send on an idle connection to a closed worker: %v, want not delivered", err)
+	}
+	if !t3.Holds() {
+		t.Error("the failed send on an idle connection does not hold the turn")
+	}
+	c2.Discard(err)
 }

@@ -1024,7 +1024,7 @@ func (r *Response) fail(err error) error {
 	switch {
 	case errors.Is(err, ipc.ErrNotDelivered):
 		c.kill(CauseBroken, "died before reading a request")
-		p.discard(s, err)
+		p.discard(s, &r.t, err)
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load() && s.conn.Err() == nil:
 		err = context.Canceled
 		_ = r.t.Cancel()
@@ -1036,16 +1036,16 @@ func (r *Response) fail(err error) error {
 		// worker cannot be told. It goes. (A deadline alone, even inside a
 		// frame, leaves the connection usable: the case above.)
 		c.kill(CauseBroken, "exchange interrupted on a broken connection")
-		p.discard(s, err)
+		p.discard(s, &r.t, err)
 		err = context.Canceled
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		p.quarantine(c, CauseTimeout, "request timed out")
 		err = &TimeoutError{Path: p.cfg.Path, PID: c.proc.PID(), Timeout: p.cfg.Timeout}
-		p.discard(s, err)
+		p.discard(s, &r.t, err)
 	case errors.As(err, &abort) && s.conn.Err() == nil:
 	default:
 		err = p.crashed(c, err)
-		p.discard(s, err)
+		p.discard(s, &r.t, err)
 	}
 	r.err = err
 	p.done(s)
@@ -1053,8 +1053,13 @@ func (r *Response) fail(err error) error {
 }
 
 // discard gives up on the connection of s once its worker is dead, telling
-// the requests queued on it whether they can be retried.
-func (p *Pool) discard(s *slot, cause error) {
+// the requests queued on it whether they can be retried. Only the exchange
+// holding the connection's turn does it (t.Holds): another one whose send
+// failed leaves it to the holder, which may still be reading.
+func (p *Pool) discard(s *slot, t *ipc.Ticket, cause error) {
+	if !t.Holds() {
+		return
+	}
 	select {
 	case <-s.c.proc.Exited():
 		s.conn.Discard(cause)
@@ -1126,7 +1131,7 @@ func (p *Pool) cancelExchange(r *Response) {
 				}
 				p.quarantine(s.c, CauseQuarantined, reason)
 			}
-			p.discard(s, err)
+			p.discard(s, t, err)
 		}
 		p.done(s)
 	}()
