@@ -6,25 +6,23 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/rpc"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
-
-	"github.com/hashicorp/yamux"
 )
 
 // The worker's side of go-plugin's handshake and control connection
 // (go-plugin's "netrpc" protocol), written here so that worker binaries do
 // not link go-plugin: its dependencies (gRPC, protobuf) cost a worker about
-// 10 ms of start-up and 10 MB of binary. The dispatcher still launches and
-// handshakes workers with go-plugin itself (package launch); it no longer
-// connects to the control socket (it stops a worker by closing its slots),
-// but earlier dispatchers and the conformance checker do, so this side must
-// keep to what go-plugin's client does:
+// 10 ms of start-up and 10 MB of binary; the control connection itself is
+// served without yamux and net/rpc too (control.go). The dispatcher still
+// launches and handshakes workers with go-plugin itself (package launch); it
+// no longer connects to the control socket (it stops a worker by closing
+// its slots), but earlier dispatchers and the conformance checker do, so
+// this side must keep to what go-plugin's client does:
 //
 //   - print "1|<ProtocolVersion>|unix|<socket path>|netrpc|" on standard
 //     output, with the socket in PLUGIN_UNIX_SOCKET_DIR;
@@ -32,9 +30,9 @@ import (
 //     connection, the next two carry standard output and error (unused
 //     here: the worker's standard output and error stay its own, and the
 //     dispatcher reads them line by line);
-//   - net/rpc on the control stream: Control.Ping, Control.Quit (graceful
-//     stop) and Dispenser.Dispense (no plugin is dispensed: requests travel
-//     on the slots).
+//   - net/rpc (gob) on the control stream: Control.Ping, Control.Quit
+//     (graceful stop); Dispenser.Dispense and any other method are refused
+//     (no plugin is dispensed: requests travel on the slots).
 const (
 	coreProtocolVersion = 1 // go-plugin's CoreProtocolVersion
 	envSocketDir        = "PLUGIN_UNIX_SOCKET_DIR"
@@ -110,55 +108,4 @@ func listenControl() (net.Listener, string, error) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(true)
 	return ln, path, nil
-}
-
-// serveControl serves one control connection until it ends.
-func serveControl(conn net.Conn, quit func()) {
-	mux, err := yamux.Server(conn, nil)
-	if err != nil {
-		conn.Close()
-		return
-	}
-	defer mux.Close()
-	control, err := mux.Accept()
-	if err != nil {
-		return
-	}
-	// The standard output and error streams: accepted, never written.
-	for range 2 {
-		s, err := mux.Accept()
-		if err != nil {
-			return
-		}
-		defer s.Close()
-	}
-	srv := rpc.NewServer()
-	_ = srv.RegisterName("Control", &controlService{quit: quit})
-	_ = srv.RegisterName("Dispenser", dispenserService{})
-	srv.ServeConn(control)
-}
-
-// controlService is go-plugin's Control service.
-type controlService struct{ quit func() }
-
-// Ping answers the dispatcher's liveness check of the control connection.
-func (*controlService) Ping(_ bool, reply *struct{}) error {
-	*reply = struct{}{}
-	return nil
-}
-
-// Quit asks the worker to stop gracefully.
-func (c *controlService) Quit(_ bool, reply *struct{}) error {
-	c.quit()
-	*reply = struct{}{}
-	return nil
-}
-
-// dispenserService is go-plugin's Dispenser service: requests go over the
-// slots, so no plugin is dispensed.
-type dispenserService struct{}
-
-// Dispense refuses every plugin name.
-func (dispenserService) Dispense(name string, _ *uint32) error {
-	return fmt.Errorf("unknown plugin type: %s", name)
 }

@@ -1,0 +1,197 @@
+package ipc
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/rpc"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// controlClient connects to serveControl the way go-plugin's client does:
+// a yamux client opening three streams, net/rpc with gob on the first.
+// quit is closed when the worker's side calls its quit function, and ended
+// when serveControl returns.
+type controlClient struct {
+	mux         *yamux.Session
+	rpc         *rpc.Client
+	streams     []net.Conn
+	quit, ended chan struct{}
+	quitOnce    bool
+}
+
+func newControlClient(t *testing.T) *controlClient {
+	t.Helper()
+	host, worker := socketpair(t)
+	c := &controlClient{quit: make(chan struct{}), ended: make(chan struct{})}
+	go func() {
+		defer close(c.ended)
+		serveControl(worker, func() {
+			if !c.quitOnce {
+				c.quitOnce = true
+				close(c.quit)
+			}
+		})
+	}()
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	mux, err := yamux.Client(host, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mux = mux
+	for range 3 {
+		s, err := mux.Open()
+		if err != nil {
+			t.Fatalf("open stream: %v", err)
+		}
+		c.streams = append(c.streams, s)
+	}
+	c.rpc = rpc.NewClient(c.streams[0])
+	t.Cleanup(func() {
+		c.rpc.Close()
+		mux.Close()
+		select {
+		case <-c.ended:
+		case <-time.After(testTimeout):
+			t.Error("serveControl did not return after the session closed")
+		}
+	})
+	return c
+}
+
+func TestControlPingQuit(t *testing.T) {
+	c := newControlClient(t)
+	// Past 127 and 65535, sequence numbers take several bytes.
+	for i := range 300 {
+		var reply struct{}
+		if err := c.rpc.Call("Control.Ping", true, &reply); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+	}
+	select {
+	case <-c.quit:
+		t.Fatal("quit before Control.Quit")
+	default:
+	}
+	var reply struct{}
+	if err := c.rpc.Call("Control.Quit", true, &reply); err != nil {
+		t.Fatalf("Control.Quit: %v", err)
+	}
+	select {
+	case <-c.quit:
+	case <-time.After(testTimeout):
+		t.Fatal("Control.Quit did not quit")
+	}
+	// Still served after Quit, until the dispatcher closes.
+	if err := c.rpc.Call("Control.Ping", true, &reply); err != nil {
+		t.Fatalf("ping after quit: %v", err)
+	}
+}
+
+func TestControlRefusesOtherMethods(t *testing.T) {
+	c := newControlClient(t)
+	var id uint32
+	err := c.rpc.Call("Dispenser.Dispense", "kv", &id)
+	if err == nil || err.Error() != "unknown plugin type" {
+		t.Fatalf("Dispense: %v, want unknown plugin type", err)
+	}
+	var reply struct{}
+	err = c.rpc.Call("Control.Explode", true, &reply)
+	if err == nil || !strings.Contains(err.Error(), "Control.Explode") {
+		t.Fatalf("unknown method: %v", err)
+	}
+	// Long names (lengths of 128 and more take several bytes) and a long
+	// argument.
+	long := "Control." + strings.Repeat("x", 300)
+	if err := c.rpc.Call(long, strings.Repeat("y", 2000), &reply); err == nil {
+		t.Fatal("long unknown method answered without error")
+	}
+	if err := c.rpc.Call("Control.Ping", true, &reply); err != nil {
+		t.Fatalf("ping after refusals: %v", err)
+	}
+}
+
+func TestControlYamuxPingAndWindows(t *testing.T) {
+	c := newControlClient(t)
+	if _, err := c.mux.Ping(); err != nil {
+		t.Fatalf("yamux ping: %v", err)
+	}
+	// Four windows' worth on the standard error stream, which the worker
+	// discards: the writes only finish if it gives the window back.
+	data := bytes.Repeat([]byte("e"), 1<<20)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.streams[2].Write(data)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("write of 1 MiB stalled: no window updates")
+	}
+	var reply struct{}
+	if err := c.rpc.Call("Control.Ping", true, &reply); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+}
+
+func TestControlEndsOnStreamClose(t *testing.T) {
+	c := newControlClient(t)
+	var reply struct{}
+	if err := c.rpc.Call("Control.Ping", true, &reply); err != nil {
+		t.Fatal(err)
+	}
+	c.streams[0].Close() // FIN on the control stream
+	select {
+	case <-c.ended:
+	case <-time.After(testTimeout):
+		t.Fatal("serveControl still serving after the control stream closed")
+	}
+}
+
+func TestControlRejectsGarbage(t *testing.T) {
+	for _, in := range [][]byte{
+		{1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0},                // yamux version 1
+		{0, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0},                // frame type 9
+		{0, 0, 0, 1, 0, 0, 0, 1, 0, 0x10, 0, 0},             // 1 MiB of data: beyond the window
+		{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0xfd, 1, 0, 0}, // a message of 64 KiB
+		{0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0},                // even stream
+	} {
+		host, worker := socketpair(t)
+		ended := make(chan struct{})
+		go func() {
+			defer close(ended)
+			serveControl(worker, func() {})
+		}()
+		if _, err := host.Write(in); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-ended:
+		case <-time.After(testTimeout):
+			t.Fatalf("% x: still serving", in)
+		}
+		host.Close()
+	}
+}
+
+func TestGobUint(t *testing.T) {
+	for _, v := range []uint64{0, 1, 127, 128, 255, 256, 300, 65535, 1 << 32, 1<<64 - 1} {
+		b := appendGobUint(nil, v)
+		got, k, ok := gobUint(b)
+		if !ok || got != v || k != len(b) {
+			t.Errorf("%d: encoded % x, decoded %d, %d bytes, %v", v, b, got, k, ok)
+		}
+	}
+	if b := appendGobUint(nil, 300); !bytes.Equal(b, []byte{0xfe, 0x01, 0x2c}) {
+		t.Errorf("300 encoded as % x, want fe 01 2c", b)
+	}
+}
