@@ -169,6 +169,13 @@ func (b *requestBody) release() {
 	// the next request. Give the discard a short, bounded time instead; the
 	// next request on the connection gets the server's own deadlines.
 	_ = rc.SetReadDeadline(time.Now().Add(discardTime))
+	if b.r.ProtoMajor == 1 && !b.eof.Load() {
+		// The interrupted read may have broken the body's framing (a
+		// chunked body's reader keeps its error), and then net/http closes
+		// at once, with unread data: the client, still sending, would get
+		// a reset instead of the response.
+		lingerClose(b.w)
+	}
 }
 
 // discardTime bounds net/http's discarding of the unread rest of a body

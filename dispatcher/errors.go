@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
@@ -63,10 +65,32 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, in *info, err erro
 		// answer. (An HTTP/2 stream is reset; the connection lives on.)
 		_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 		if r.ProtoMajor == 1 {
+			lingerClose(w)
 			w = &closingWriter{ResponseWriter: w}
 		}
 	}
 	s.onError(w, r, err)
+}
+
+// lingerClose has net/http close an HTTP/1 connection after the response
+// the way it does when its own MaxBytesReader trips: it sends the response,
+// half-closes the connection, waits half a second, then closes it. A client
+// still sending a body it was not read to the end then gets the response,
+// not a connection reset (closing a socket with unread data resets it).
+// net/http offers this only through MaxBytesReader, which calls the
+// unexported requestTooLarge of its ResponseWriter: a zero limit and one
+// byte reach it. It does nothing to a ResponseWriter that does not unwrap
+// to net/http's HTTP/1 one.
+func lingerClose(w http.ResponseWriter) {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
+	var b [1]byte
+	_, _ = http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(b[:])
 }
 
 // closingWriter adds Connection: close to the response head, whatever the

@@ -183,6 +183,48 @@ func TestMaxBodyChunked(t *testing.T) {
 	}
 }
 
+// A client still sending a body far over MaxBody, with Go's own client,
+// reads the 413: the connection is half-closed and closed after a delay,
+// not closed at once with unread data, which resets it (the client would
+// see "connection reset by peer" instead of the answer). The same for a
+// body of known length, refused before it is read, and for a worker that
+// answers early.
+func TestOverLimitClientGetsAnswer(t *testing.T) {
+	f := startFrontWith(t, "fidelity", frontOpts{server: Config{MaxBody: 64 << 10}})
+	unlimited := startFrontWith(t, "fidelity", frontOpts{})
+	data := bytes.Repeat([]byte("z"), 8<<20)
+	for i := range 10 {
+		for _, tc := range []struct {
+			name, path string
+			body       io.Reader
+			want       int
+		}{
+			{"chunked", "/count", io.MultiReader(bytes.NewReader(data)), http.StatusRequestEntityTooLarge},
+			{"length", "/count", bytes.NewReader(data), http.StatusRequestEntityTooLarge},
+			// No limit, answered before the body is read.
+			{"early answer", "/status?code=201", io.MultiReader(bytes.NewReader(data)), http.StatusCreated},
+		} {
+			url := f.url
+			if tc.want == http.StatusCreated {
+				url = unlimited.url
+			}
+			req, err := http.NewRequest("POST", url+tc.path, tc.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := f.client.Do(req)
+			if err != nil {
+				t.Fatalf("%s, try %d: %v, want a %d", tc.name, i, err, tc.want)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("%s, try %d: %d, want %d", tc.name, i, resp.StatusCode, tc.want)
+			}
+		}
+	}
+}
+
 // Over HTTP/2, a body crossing MaxBody gets 413 while the client is still
 // sending it; the stream is reset and the connection serves on.
 func TestMaxBodyHTTP2(t *testing.T) {
