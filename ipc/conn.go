@@ -264,6 +264,7 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	if !req.EOF {
 		if rp, ok := body.(*Replay); ok {
 			c.replay = rp
+			body = rp.view()
 			if !c.headAck.Load() {
 				// No acknowledgement will come: from now on the worker may
 				// have read the request.

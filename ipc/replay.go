@@ -57,6 +57,30 @@ func NewReplay(src io.Reader) *Replay { return &Replay{src: src, recording: true
 
 // Read reads what is left of the copy to read again, then src.
 func (r *Replay) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	gen := r.gen
+	r.mu.Unlock()
+	return r.read(p, gen)
+}
+
+// view returns the reader of one exchange: it reads as Read does until the
+// next Rewind, and then fails, leaving what is left to the next exchange.
+// (A pump its exchange abandoned may still be reading.)
+func (r *Replay) view() io.Reader {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return &replayView{r: r, gen: r.gen}
+}
+
+type replayView struct {
+	r   *Replay
+	gen uint64
+}
+
+func (v *replayView) Read(p []byte) (int, error) { return v.r.read(p, v.gen) }
+
+// read is a read by the exchange of generation gen.
+func (r *Replay) read(p []byte, gen uint64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -67,6 +91,10 @@ func (r *Replay) Read(p []byte) (int, error) {
 	case r.closed:
 		r.mu.Unlock()
 		return 0, errReplayClosed
+	case gen != r.gen:
+		// An abandoned exchange's pump: the copy is the next one's.
+		r.mu.Unlock()
+		return 0, errReplayRewound
 	case r.off < r.n:
 		k := r.copyOut(p)
 		if !r.recording && r.off == r.n {
@@ -79,7 +107,6 @@ func (r *Replay) Read(p []byte) (int, error) {
 		r.mu.Unlock()
 		return 0, err
 	}
-	gen := r.gen
 	r.mu.Unlock()
 
 	k, err := r.src.Read(p)

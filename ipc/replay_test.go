@@ -124,6 +124,22 @@ func TestReplay(t *testing.T) {
 		var none *Replay
 		none.Close()
 	})
+	t.Run("an abandoned exchange's reader takes nothing of the copy", func(t *testing.T) {
+		r := NewReplay(bytes.NewReader(data))
+		old := r.view()
+		readN(t, old, 2*ChunkSize)
+		if !r.Rewind() {
+			t.Fatal("Rewind refused")
+		}
+		// The abandoned pump reads once more, after the rewind.
+		if n, err := old.Read(make([]byte, ChunkSize)); n != 0 || !errors.Is(err, errReplayRewound) {
+			t.Fatalf("abandoned reader after Rewind: %d bytes, %v; want none, %v", n, err, errReplayRewound)
+		}
+		all, err := io.ReadAll(r.view())
+		if err != nil || !bytes.Equal(all, data) {
+			t.Fatalf("the next exchange read %d bytes (%v), not the body", len(all), err)
+		}
+	})
 	t.Run("a read in flight when rewound goes to the next reader", func(t *testing.T) {
 		pr, pw := io.Pipe()
 		defer pr.Close()
