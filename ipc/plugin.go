@@ -35,6 +35,12 @@ const (
 	EnvDepth = "DISPATCHER_IPC_DEPTH"
 	// MaxDepth bounds the pipelining depth.
 	MaxDepth = 64
+	// EnvControl, set to ControlNone, tells the worker that the dispatcher
+	// will not connect to its control socket: the worker prints the
+	// handshake line without listening on the path it names (PROTOCOL.md
+	// 2.2). Unset, the worker listens.
+	EnvControl  = "DISPATCHER_CONTROL"
+	ControlNone = "none"
 	// EnvFeatures lists the optional protocol features the dispatcher
 	// understands, comma-separated. A worker uses a feature only if it is
 	// listed.

@@ -45,6 +45,14 @@ const (
 // Nothing may be written to standard output before it: the first line is
 // the handshake. info describes the worker.
 func ServeWorker(info Info) {
+	if os.Getenv(EnvControl) == ControlNone {
+		// No connection will come: the handshake names the socket the
+		// worker would have listened on. Making and removing it cost a
+		// tenth of a oneshot worker's CPU on an ext4 /tmp.
+		ignoreInterrupt()
+		fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, filepath.Join(socketDir(), "plugin"))
+		select {} // the sdk exits when its slots close
+	}
 	ln, path, err := listenControl()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: control socket: %v\n", err)
@@ -52,16 +60,7 @@ func ServeWorker(info Info) {
 	}
 	defer ln.Close()
 	defer os.Remove(path)
-	// A Ctrl-C at the dispatcher's terminal reaches the whole process group:
-	// the dispatcher stops its workers itself.
-	// (Notify, not Ignore: an ignored signal would stay ignored in the
-	// processes the handler starts.)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt)
-	go func() {
-		for range sigs {
-		}
-	}()
+	ignoreInterrupt()
 	fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, path)
 
 	done := make(chan struct{})
@@ -83,6 +82,23 @@ func ServeWorker(info Info) {
 	<-done
 }
 
+// ignoreInterrupt: a Ctrl-C at the dispatcher's terminal reaches the whole
+// process group; the dispatcher stops its workers itself. (Notify, not
+// Ignore: an ignored signal would stay ignored in the processes the handler
+// starts.)
+func ignoreInterrupt() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt)
+	go func() {
+		for range sigs {
+		}
+	}()
+}
+
+// socketDir is where the control socket goes: PLUGIN_UNIX_SOCKET_DIR, or
+// the system's temporary directory.
+func socketDir() string { return cmp.Or(os.Getenv(envSocketDir), os.TempDir()) }
+
 // listenControl listens on a new unix socket in PLUGIN_UNIX_SOCKET_DIR.
 // go-plugin makes that directory for this worker alone, so a fixed name
 // does (one file system entry, where a unique temporary name would cost
@@ -98,7 +114,7 @@ func listenControl() (net.Listener, string, error) {
 		if dir == "" || i > 0 {
 			name += strconv.FormatUint(rand.Uint64(), 36)
 		}
-		path = filepath.Join(cmp.Or(dir, os.TempDir()), name)
+		path = filepath.Join(socketDir(), name)
 		if ln, err = net.Listen("unix", path); !errors.Is(err, syscall.EADDRINUSE) {
 			break
 		}

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -233,5 +235,83 @@ func TestCancelFrameCancelsContext(t *testing.T) {
 	}
 	if r := <-done; r.status != 499 {
 		t.Fatalf("status %d, want the handler's 499 after its context was cancelled", r.status)
+	}
+}
+
+// The handshake of a worker started by hand: without DISPATCHER_CONTROL it
+// listens on the socket its handshake line names; with
+// DISPATCHER_CONTROL=none it names a path in the socket directory and
+// makes nothing there. Either way it serves its slot, and exits when the
+// slot closes.
+func TestHandshakeControlSocket(t *testing.T) {
+	for _, control := range []string{"", ipc.ControlNone} {
+		t.Run("control="+control, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "sdk") // short enough for a socket path
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			workerEnd := os.NewFile(uintptr(fds[1]), "worker")
+			hostFile := os.NewFile(uintptr(fds[0]), "host")
+			hostConn, err := net.FileConn(hostFile)
+			hostFile.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bins["hello"])
+			cmd.Env = []string{ipc.CookieKey + "=" + ipc.CookieValue, ipc.EnvFDs + "=3",
+				"PLUGIN_PROTOCOL_VERSIONS=1", "PLUGIN_UNIX_SOCKET_DIR=" + dir}
+			if control != "" {
+				cmd.Env = append(cmd.Env, ipc.EnvControl+"="+control)
+			}
+			cmd.ExtraFiles = []*os.File{workerEnd}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			workerEnd.Close()
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() {
+				hostConn.Close()
+				select {
+				case err := <-exited:
+					if err != nil {
+						t.Errorf("worker exit: %v", err)
+					}
+				case <-time.After(10 * time.Second):
+					cmd.Process.Kill()
+					t.Error("worker still running 10 s after its slot closed")
+				}
+			}()
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			fields := strings.Split(strings.TrimSpace(line), "|")
+			if len(fields) != 6 || fields[2] != "unix" || filepath.Dir(fields[3]) != dir {
+				t.Fatalf("handshake line %q, want a unix socket in %s", line, dir)
+			}
+			// Its slot answers: the worker is up.
+			host := ipc.NewConn(hostConn, 0)
+			host.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := host.Ping(); err != nil {
+				t.Fatalf("slot ping: %v", err)
+			}
+			fi, err := os.Stat(fields[3])
+			switch {
+			case control == ipc.ControlNone && err == nil:
+				t.Errorf("told no connection comes, the worker made %s anyway", fields[3])
+			case control == "" && (err != nil || fi.Mode()&os.ModeSocket == 0):
+				t.Errorf("the worker did not listen on %s: %v", fields[3], err)
+			}
+		})
 	}
 }

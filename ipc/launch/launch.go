@@ -176,6 +176,9 @@ func Start(cfg Config) (*Child, error) {
 	if cfg.Depth > 1 {
 		cmd.Env = append(cmd.Env, ipc.EnvDepth+"="+strconv.Itoa(cfg.Depth))
 	}
+	if !cfg.Control {
+		cmd.Env = append(cmd.Env, ipc.EnvControl+"="+ipc.ControlNone)
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -237,7 +240,9 @@ func Start(cfg Config) (*Child, error) {
 		return fail(err)
 	}
 	// Unlink the control socket so that no other process (such as another
-	// worker) can ever connect to this worker's control server.
+	// worker) can ever connect to this worker's control server. (A worker
+	// told that no connection comes may not have made it; go-plugin
+	// removes the directory at the end.)
 	if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
 		_ = os.Remove(rc.Addr.String())
 	}
