@@ -13,6 +13,7 @@ import (
 
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Config fields left at their zero value.
@@ -116,8 +117,9 @@ type Config struct {
 	// Backoff spaces restarts of workers that keep dying. Zero fields take
 	// the defaults documented on Backoff.
 	Backoff Backoff
-	// SocketDir is where per-worker control socket directories are made. If
-	// empty, os.TempDir().
+	// SocketDir is where go-plugin makes a directory for each worker (for
+	// a control socket the sdk no longer creates). If empty,
+	// DefaultSocketDir().
 	SocketDir string
 	// Sandbox, if set, confines each worker (identity, limits, namespaces,
 	// a cell whose processes all die with it); see workers/sandbox. If nil,
@@ -215,7 +217,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxFrame = ipc.DefaultMaxFrame
 	}
 	if c.SocketDir == "" {
-		c.SocketDir = os.TempDir()
+		c.SocketDir = DefaultSocketDir()
 	}
 	if c.Logger == nil {
 		c.Logger = logrus.NewEntry(logrus.StandardLogger())
@@ -290,4 +292,22 @@ func CheckEnvKey(key string) error {
 		return fmt.Errorf("variable name %q contains '=' or NUL", key)
 	}
 	return nil
+}
+
+// DefaultSocketDir is where workers' socket directories go by default:
+// $TMPDIR if it is set; else a memory file system, $XDG_RUNTIME_DIR or
+// /dev/shm, if there is a writable one; else /tmp. Every worker start
+// makes and removes a directory there: on a disk file system (ext4) that
+// was a tenth of the dispatcher's CPU in oneshot mode.
+func DefaultSocketDir() string {
+	if d := os.Getenv("TMPDIR"); d != "" {
+		return d
+	}
+	for _, d := range []string{os.Getenv("XDG_RUNTIME_DIR"), "/dev/shm"} {
+		var st unix.Statfs_t
+		if d != "" && unix.Statfs(d, &st) == nil && st.Type == unix.TMPFS_MAGIC && unix.Access(d, unix.W_OK|unix.X_OK) == nil {
+			return d
+		}
+	}
+	return os.TempDir()
 }

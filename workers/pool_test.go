@@ -19,6 +19,7 @@ import (
 	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
+	"golang.org/x/sys/unix"
 )
 
 var bins map[string]string
@@ -458,5 +459,32 @@ func BenchmarkRoundTrip(b *testing.B) {
 		if _, _, _, err := get(ctx, p.Pool, "/"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TMPDIR, when set, is where sockets go; else a writable memory file
+// system; else the system's temporary directory.
+func TestDefaultSocketDir(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("TMPDIR", dir)
+	if got := DefaultSocketDir(); got != dir {
+		t.Errorf("with TMPDIR=%s: %s", dir, got)
+	}
+	t.Setenv("TMPDIR", "")
+	// Not a memory file system (t.TempDir is under TMPDIR's disk, or
+	// /tmp): skipped for /dev/shm, or /tmp.
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	got := DefaultSocketDir()
+	var st unix.Statfs_t
+	shm := unix.Statfs("/dev/shm", &st) == nil && st.Type == unix.TMPFS_MAGIC && unix.Access("/dev/shm", unix.W_OK) == nil
+	want := "/tmp"
+	if shm {
+		want = "/dev/shm"
+	}
+	if unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		want = dir
+	}
+	if got != want {
+		t.Errorf("without TMPDIR, XDG_RUNTIME_DIR=%s: %s, want %s", dir, got, want)
 	}
 }
