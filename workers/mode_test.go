@@ -173,6 +173,49 @@ func TestQueueTimeout(t *testing.T) {
 	<-first
 }
 
+// Waiters that came at different times are each refused QueueTimeout after
+// they came, not when the one before them is.
+func TestQueueTimeoutEach(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	p := startPool(t, "hang", Config{Size: 1, Pipeline: 1, QueueTimeout: timeout})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan error, 1)
+	go func() { _, _, _, err := get(ctx, p.Pool, "/ctx"); first <- err }()
+	waitFor(t, "the first request to run", func() bool { return countLines(p, "hang: waiting") == 1 })
+	type refusal struct {
+		waited time.Duration
+		err    error
+	}
+	results := make(chan refusal, 3)
+	for i := range 3 {
+		if i > 0 {
+			// The next one comes while the one before still waits.
+			waitFor(t, "the waiter before to queue", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return len(p.waiters) == i
+			})
+		}
+		go func() {
+			t0 := time.Now()
+			_, _, _, err := get(context.Background(), p.Pool, "/")
+			results <- refusal{time.Since(t0), err}
+		}()
+	}
+	for range 3 {
+		r := <-results
+		if !errors.Is(r.err, ErrOverloaded) {
+			t.Errorf("waiting request: %v, want ErrOverloaded", r.err)
+		}
+		if r.waited < timeout {
+			t.Errorf("refused after %s, before the queue timeout", r.waited)
+		}
+	}
+	cancel()
+	<-first
+}
+
 // ondemand with a binary that cannot start: the waiting request gets the
 // start error instead of waiting out the queue timeout.
 func TestOnDemandStartFailureReachesTheRequest(t *testing.T) {
