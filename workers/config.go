@@ -22,7 +22,13 @@ const (
 	DefaultStartTimeout = 10 * time.Second
 	DefaultStopTimeout  = 5 * time.Second
 	DefaultCancelGrace  = 5 * time.Second
-	DefaultPipeline     = 8
+	// DefaultPipeline lets 32 concurrent requests on 2 single-slot
+	// workers all be queued in a worker: at 8, half of them waited in the
+	// dispatcher, which cost 3 us of dispatcher CPU per hello request and
+	// 10-20% of the throughput (bench/README.md). A slot that finished
+	// nothing for 10 ms gets no more (pipelineStall), which bounds what
+	// waits behind a slow request.
+	DefaultPipeline = 16
 )
 
 // Config describes one function: a worker binary and how many of its

@@ -94,7 +94,16 @@ func TestOneShotFreshProcessPerRequest(t *testing.T) {
 		seen[pid] = true
 		waitGone(t, pid)
 	}
-	waitFor(t, "a spare to be ready", func() bool { return len(p.Workers()) == 1 })
+	deadline := time.Now().Add(10 * time.Second)
+	for len(p.Workers()) != 1 {
+		if time.Now().After(deadline) {
+			for _, e := range p.hook.AllEntries() {
+				t.Logf("%s %s %v", e.Level, e.Message, e.Data)
+			}
+			t.Fatalf("workers %v, want one spare", p.Workers())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if e := logLine(p.hook, "worker exited unexpectedly"); e != nil {
 		t.Fatalf("a discarded worker was logged as a failure: %v", e.Message)
 	}
