@@ -8,6 +8,11 @@
 //	GET  /big?n=N[&cl=1]  N bytes in 32 KiB writes (like the fidelity worker)
 //	POST /count           reads the body, answers "read N bytes" (likewise)
 //
+// With -fork BINARY it is instead the fork-per-request baseline, after
+// of-watchdog's serializing mode (../shared/ANCHORS.md, ofwd-serializing):
+// each request runs BINARY once, with the request body on its standard
+// input, and answers with what it writes on standard output.
+//
 // The echo handler enables full duplex: without it, net/http stops reading
 // an HTTP/1.x request body once the response has started, so io.Copy would
 // echo only the first 512 bytes (what ResponseWriter.ReadFrom sniffs before
@@ -20,13 +25,18 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os/exec"
 	"strconv"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on")
+	fork := flag.String("fork", "", "serve every request by running `binary` (see bench/forkchild) instead")
 	flag.Parse()
 
+	if *fork != "" {
+		log.Fatal(http.ListenAndServe(*listen, forkPerRequest(*fork)))
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "hello world")
@@ -66,4 +76,20 @@ func main() {
 		fmt.Fprintf(w, "read %d bytes\n", n)
 	})
 	log.Fatal(http.ListenAndServe(*listen, mux))
+}
+
+// forkPerRequest runs bin once per request: the body in on standard input,
+// the response body from standard output (of-watchdog's serializing mode).
+func forkPerRequest(bin string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cmd := exec.Command(bin)
+		cmd.Env = []string{}
+		cmd.Stdin = r.Body
+		out, err := cmd.Output()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Write(out)
+	})
 }

@@ -4,7 +4,11 @@
 //   - ondemand cold start: the first request on an idle dispatcher (spawn,
 //     handshake and request), repeated after each idle stop; median and p90;
 //   - oneshot throughput (closed loop, -conns clients) with warm spares
-//     against the same mode without spares (a spawn on every request's path);
+//     against the same mode without spares (a spawn on every request's path),
+//     and against a fork-per-request baseline in the same run: a net/http
+//     server running a small static Go program per request, stdin to stdout,
+//     as of-watchdog's serializing mode does (bench/inproc -fork,
+//     bench/forkchild; ../shared/ANCHORS.md, ofwd-serializing);
 //   - p50 latency at concurrency 1: oneshot with spares against pool mode;
 //   - p50 latency at low concurrency, paced (one client, a request every
 //     -pace, slower than spares are replenished, so each finds a warm
@@ -20,6 +24,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -54,6 +59,7 @@ type server struct {
 	cmd  *exec.Cmd
 	url  string
 	logs *lines
+	dir  string // removed by stop
 }
 
 type lines struct {
@@ -114,7 +120,41 @@ func start(args ...string) *server {
 	return s
 }
 
+// startFork starts the fork-per-request baseline: bench/inproc -fork with
+// bench/forkchild, both built static (CGO_ENABLED=0), as the anchors'
+// ofwd-serializing entry runs a static Go binary.
+func startFork() *server {
+	dir, err := os.MkdirTemp("", "modes-fork-")
+	if err != nil {
+		fail(err)
+	}
+	build := exec.Command("go", "build", "-o", dir+"/", "./bench/inproc", "./bench/forkchild")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fail(fmt.Errorf("go build: %v\n%s", err, out))
+	}
+	addr := freePort()
+	cmd := exec.Command(filepath.Join(dir, "inproc"), "-listen", addr, "-fork", filepath.Join(dir, "forkchild"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		fail(err)
+	}
+	s := &server{cmd: cmd, url: "http://" + addr, logs: &lines{}, dir: dir}
+	c := &http.Client{Timeout: time.Second}
+	for deadline := time.Now().Add(30 * time.Second); get(c, s.url+"/") != nil; {
+		if time.Now().After(deadline) {
+			s.stop()
+			fail(errors.New("the fork-per-request baseline did not start"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s
+}
+
 func (s *server) stop() {
+	if s.dir != "" {
+		defer os.RemoveAll(s.dir)
+	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { s.cmd.Wait(); close(done) }()
@@ -282,10 +322,17 @@ func main() {
 	fmt.Printf("ondemand cold start (first request on an idle dispatcher, %d runs): median %s, p90 %s\n\n", len(cold), ms(pct(cold, 0.5)), ms(pct(cold, 0.9)))
 
 	// Throughput: with and without spares, interleaved, medians.
-	var rpsSparesAll, rpsNoneAll []float64
+	var rpsSparesAll, rpsNoneAll, rpsForkAll, ratioForkAll []float64
 	var spawns []time.Duration
 	for r := range *rounds {
-		for _, spares := range rotate([]string{"2", "0"}, r) {
+		for _, spares := range rotate([]string{"2", "0", "fork"}, r) {
+			if spares == "fork" {
+				s := startFork()
+				rps, _ := load(s.url+"/", *conns)
+				rpsForkAll = append(rpsForkAll, rps)
+				s.stop()
+				continue
+			}
 			s := start("--mode", "oneshot", "--spares", spares, "--max-workers", "4")
 			rps, _ := load(s.url+"/", *conns)
 			if spares == "0" {
@@ -297,7 +344,10 @@ func main() {
 			s.stop()
 		}
 	}
-	rpsSpares, rpsNone := median(rpsSparesAll), median(rpsNoneAll)
+	for i := range rpsForkAll {
+		ratioForkAll = append(ratioForkAll, rpsSparesAll[i]/rpsForkAll[i])
+	}
+	rpsSpares, rpsNone, rpsFork := median(rpsSparesAll), median(rpsNoneAll), median(rpsForkAll)
 
 	withSpares := start("--mode", "oneshot", "--spares", "2", "--max-workers", "4")
 	_, latSpares := load(withSpares.url+"/", 1)
@@ -316,6 +366,8 @@ func main() {
 	fmt.Printf("| oneshot, %d clients, req/s with spares (median of %d: %s) | %.0f |\n", *conns, len(rpsSparesAll), floats(rpsSparesAll), rpsSpares)
 	fmt.Printf("| oneshot without spares (spawn on the request's path), req/s (median of %d: %s) | %.0f |\n", len(rpsNoneAll), floats(rpsNoneAll), rpsNone)
 	fmt.Printf("| ratio spares / no spares | %.2f |\n", rpsSpares/rpsNone)
+	fmt.Printf("| fork-per-request baseline (inproc -fork forkchild, static), %d clients, req/s (median of %d: %s) | %.0f |\n", *conns, len(rpsForkAll), floats(rpsForkAll), rpsFork)
+	fmt.Printf("| ratio oneshot with spares / fork-per-request baseline (per round: %s) | %.2f |\n", floatsPrec(ratioForkAll, 2), median(ratioForkAll))
 	fmt.Printf("| ratio spares / node fork-per-request (22 req/s, ../shared/ANCHORS.md) | %.1f |\n", rpsSpares/22)
 	fmt.Printf("| p50 at concurrency 1, closed loop: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
 	fmt.Printf("| p50 at concurrency 1, closed loop: pool | %s |\n", ms(pct(latPool, 0.5)))
@@ -345,6 +397,14 @@ func floats(v []float64) string {
 	var s []string
 	for _, f := range v {
 		s = append(s, fmt.Sprintf("%.0f", f))
+	}
+	return strings.Join(s, ", ")
+}
+
+func floatsPrec(v []float64, prec int) string {
+	var s []string
+	for _, f := range v {
+		s = append(s, strconv.FormatFloat(f, 'f', prec, 64))
 	}
 	return strings.Join(s, ", ")
 }
