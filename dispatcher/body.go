@@ -31,6 +31,7 @@ type requestBody struct {
 	eof     atomic.Bool // the client's body was read to its end
 
 	mu       sync.Mutex
+	started  bool          // a read of src began: a client waiting for 100 Continue got it
 	reading  bool          // a read of src is in flight
 	released chan struct{} // closed by the read in flight once release waits for it
 	closed   bool          // ServeHTTP is returning: no more reads of src
@@ -120,7 +121,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, errBodyReleased
 	}
-	b.reading = true
+	b.reading, b.started = true, true
 	b.mu.Unlock()
 	n, err := b.readSrc(p)
 	b.mu.Lock()
@@ -175,6 +176,24 @@ func (b *requestBody) release() {
 		// at once, with unread data: the client, still sending, would get
 		// a reset instead of the response.
 		lingerClose(b.w)
+	}
+}
+
+// refuseUnread ends the exchange of a client that asked for 100 Continue
+// and was answered without its body being read: it got no 100 and must not
+// send the body, which nothing would read. Without this, net/http would
+// wait for it (up to 256 KiB) before closing the connection, and the
+// client waits for the close. Called after release.
+func (b *requestBody) refuseUnread() {
+	b.mu.Lock()
+	started := b.started
+	b.mu.Unlock()
+	if started {
+		return
+	}
+	_ = http.NewResponseController(b.w).SetReadDeadline(time.Unix(1, 0))
+	if b.r.ProtoMajor == 1 {
+		lingerClose(b.w) // a client that sends anyway gets the answer, not a reset
 	}
 }
 

@@ -429,6 +429,28 @@ func TestExpectContinue(t *testing.T) {
 	}
 }
 
+// Expect: 100-continue, to a handler that answers without reading the
+// body: the client gets the answer and no 100 Continue, so it never sends
+// the body (the 100 comes when the handler reads, not when the request is
+// forwarded). The connection then closes: the body was announced, and not
+// read.
+func TestExpectContinueRefusedWithoutBody(t *testing.T) {
+	f := startFront(t, "fidelity", workers.Config{})
+	for _, te := range []string{"Content-Length: 1048576", "Transfer-Encoding: chunked"} {
+		c, br := dialRaw(t, f)
+		writeRaw(t, c, "PUT /status?code=401 HTTP/1.1\r\nHost: front\r\n"+te+"\r\nExpect: 100-continue\r\n\r\n")
+		resp, body := readResponse(t, br, "PUT")
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%s: first response %d %q, want the handler's 401 without 100 Continue", te, resp.StatusCode, body)
+		}
+		expectClosed(t, br)
+	}
+	// The worker served on.
+	if r, body := mustGet(t, f.url+"/status?code=200"); r.StatusCode != 200 {
+		t.Fatalf("next request: %d %q", r.StatusCode, body)
+	}
+}
+
 // sendWithTrailer POSTs size bytes of chunked body to path with the request
 // trailer X-Req-Trailer: sum-<size>, and returns the response and its body.
 func sendWithTrailer(tb testing.TB, c *http.Client, url string, size int) (*http.Response, string) {

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -267,18 +268,31 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
 		body = newRequestBody(w, r, s.maxBody, func(err error) { cancel(&ipc.BodyError{Err: err}) })
-		defer body.release()
-		bp := chunkPool.Get().(*[]byte)
-		defer chunkPool.Put(bp)
-		n, eof, err := body.first(*bp, r.ContentLength)
-		if err != nil {
-			s.fail(w, r, in, &ipc.BodyError{Err: err})
-			return
+		cont := expectsContinue(r)
+		if cont {
+			defer body.refuseUnread() // after release: nothing reads any more
 		}
-		req.Body = (*bp)[:n]
-		// Trailers travel in the end frame: a body with trailers (declared
-		// or received) is streamed even when it fits in the first chunk.
-		req.EOF = eof && len(body.trailer) == 0 && len(r.Trailer) == 0
+		defer body.release()
+		if cont {
+			// The client waits for 100 Continue, which net/http sends at
+			// the first read of the body: nothing is read until the
+			// worker's handler asks for it (ipc.FeatureContinue), and a
+			// handler that answers without it gets no body sent.
+			req.EOF, req.Continue = false, true
+		} else {
+			bp := chunkPool.Get().(*[]byte)
+			defer chunkPool.Put(bp)
+			n, eof, err := body.first(*bp, r.ContentLength)
+			if err != nil {
+				s.fail(w, r, in, &ipc.BodyError{Err: err})
+				return
+			}
+			req.Body = (*bp)[:n]
+			// Trailers travel in the end frame: a body with trailers
+			// (declared or received) is streamed even when it fits in the
+			// first chunk.
+			req.EOF = eof && len(body.trailer) == 0 && len(r.Trailer) == 0
+		}
 		if !req.EOF {
 			req.Trailer = body.trailer
 			bodyReader = body
@@ -449,4 +463,17 @@ func validRequestID(id string) bool {
 		}
 	}
 	return true
+}
+
+// expectsContinue reports whether the client sent "Expect: 100-continue"
+// and waits for the 100 before it sends its body.
+func expectsContinue(r *http.Request) bool {
+	for _, v := range r.Header["Expect"] {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "100-continue") {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -71,8 +71,9 @@ type Conn struct {
 
 	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
 	errp atomic.Pointer[error]
-	// headAck: the worker's last pong listed FeatureHeadAck.
-	headAck atomic.Bool
+	// headAck, cont: the worker's last pong listed FeatureHeadAck,
+	// FeatureContinue.
+	headAck, cont atomic.Bool
 
 	qmu   sync.Mutex
 	cur   *Ticket   // holder of the turn: it alone reads; nil when idle
@@ -234,10 +235,13 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 		return errors.New("ipc: a streamed request body on a busy connection")
 	}
 	*t = Ticket{c: c, single: req.EOF, informer: req.Informer}
+	// A worker without FeatureContinue gets the usual window: the body is
+	// read at once, as if the client had not asked to wait.
+	cont := req.Continue && !req.EOF && len(req.Body) == 0 && c.cont.Load()
 	c.wmu.Lock()
 	t.id = c.sent.Add(1)
 	req.ID = t.id
-	err := c.write(c.fw.request(req))
+	err := c.write(c.fw.request(req, cont))
 	c.wmu.Unlock()
 	if err != nil {
 		if queued {
@@ -261,6 +265,9 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	}
 	c.take(t)
 	c.window = Window - len(req.Body)
+	if cont {
+		c.window = 0 // until the handler reads
+	}
 	if !req.EOF {
 		if rp, ok := body.(*Replay); ok {
 			c.replay = rp
@@ -751,14 +758,15 @@ func (c *Conn) Ping() error {
 	if k != KindPong {
 		return c.fail(protoErr(k, "unexpected while waiting for a pong"))
 	}
-	got, headAck, err := c.pd.pong()
+	got, f, err := c.pd.pong()
 	if err != nil {
 		return c.fail(err)
 	}
 	if got != id {
 		return c.fail(protoErr(k, "pong %d for ping %d", got, id))
 	}
-	c.headAck.Store(headAck)
+	c.headAck.Store(f.headAck)
+	c.cont.Store(f.cont)
 	return nil
 }
 

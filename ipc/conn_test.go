@@ -1133,7 +1133,7 @@ func TestConnProtocolErrors(t *testing.T) {
 		{"body before the head", func(id uint64) [][]byte { return [][]byte{clone(fw.body(id, []byte("x")))} }},
 		{"end before the head", func(id uint64) [][]byte { return [][]byte{clone(fw.end(id, nil))} }},
 		{"pong before the head", func(id uint64) [][]byte { return [][]byte{clone(fw.idFrame(KindPong, id))} }},
-		{"request from the worker", func(id uint64) [][]byte { return [][]byte{clone(fw.request(&Request{ID: id, EOF: true}))} }},
+		{"request from the worker", func(id uint64) [][]byte { return [][]byte{clone(fw.request(&Request{ID: id, EOF: true}, false))} }},
 		{"unknown kind", func(id uint64) [][]byte { return [][]byte{rawFrame(77, []byte{0x91, 0x01})} }},
 		{"bad status", func(id uint64) [][]byte {
 			return [][]byte{clone(fw.response(&Response{ID: id, Status: 42, EOF: true}))}
@@ -1255,7 +1255,7 @@ func TestServerConnNext(t *testing.T) {
 		want  Frame
 		proto bool
 	}{
-		{name: "request", frame: clone(fw.request(&Request{ID: 3, Method: "GET", Body: []byte("b"), EOF: true})),
+		{name: "request", frame: clone(fw.request(&Request{ID: 3, Method: "GET", Body: []byte("b"), EOF: true}, false)),
 			want: Frame{Kind: KindRequest, ID: 3, Request: &Request{ID: 3, Method: "GET", Body: []byte("b"), EOF: true}}},
 		{name: "body", frame: clone(fw.body(3, []byte("d"))), want: Frame{Kind: KindBody, ID: 3, Data: []byte("d")}},
 		{name: "end", frame: clone(fw.end(3, http.Header{"T": {"v"}})), want: Frame{Kind: KindEnd, ID: 3, Trailer: http.Header{"T": {"v"}}}},

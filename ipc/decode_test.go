@@ -98,9 +98,10 @@ func decodeCases(tb testing.TB) []decodeCase {
 	respCase := func(name string, repl map[int]fieldEnc, ok bool) decodeCase {
 		return decodeCase{name: "response/" + name, kind: KindResponse, payload: payload(tb, len(resp), resp, repl), ok: ok}
 	}
-	extraReq := withExtra(req, hdrF(http.Header{"x": {"y"}}), raw(0xd4, 0x01, 0x02), nested(8),
+	// The twelfth element (continue) is a bool; later ones are unknown.
+	extraReq := withExtra(req, boolF(false), hdrF(http.Header{"x": {"y"}}), raw(0xd4, 0x01, 0x02), nested(8),
 		func(e *msgpack.Encoder) { _ = e.EncodeFloat64(1.5) }, str(strings.Repeat("z", 300)), binF(make([]byte, 70000)))
-	deep := withExtra(req, nested(10000))
+	deep := withExtra(req, boolF(false), nested(10000))
 
 	return []decodeCase{
 		// Requests.
@@ -122,6 +123,15 @@ func decodeCases(tb testing.TB) []decodeCase {
 		{name: "request/10 fields", kind: KindRequest, payload: payload(tb, 10, req[:10], nil)},
 		{name: "request/0 fields", kind: KindRequest, payload: payload(tb, 0, nil, nil)},
 		{name: "request/declares more fields than present", kind: KindRequest, payload: payload(tb, 12, req, nil)},
+		{name: "request/continue not a bool", kind: KindRequest, payload: payload(tb, 12, withExtra(req, str("yes")), nil)},
+		{name: "request/continue on a whole body", kind: KindRequest, payload: payload(tb, 12, withExtra(req, boolF(true)), nil)},
+		{name: "request/continue", kind: KindRequest, ok: true,
+			payload: payload(tb, 12, withExtra(req, boolF(true)), map[int]fieldEnc{9: binF(nil), 10: boolF(false)}),
+			check: func(tb testing.TB, d decoded) {
+				if !d.Request.Continue || d.Request.EOF {
+					tb.Errorf("continue lost: %+v", d.Request)
+				}
+			}},
 		{name: "request/empty payload", kind: KindRequest, payload: nil},
 		{name: "request/nil", kind: KindRequest, payload: []byte{0xc0}},
 		{name: "request/map", kind: KindRequest, payload: []byte{0x80}},
@@ -316,7 +326,7 @@ func TestDecodeErrorsAreProtocolErrors(t *testing.T) {
 // iterative.
 func TestDecodeDeepNesting(t *testing.T) {
 	req := requestFieldsEnc()
-	fields := append(requestFieldsEnc(), nested(DefaultMaxFrame-128))
+	fields := append(requestFieldsEnc(), boolF(false), nested(DefaultMaxFrame-128))
 	p := payload(t, len(fields), fields, nil)
 	frame := rawFrame(KindRequest, p)
 	fr := newFrameReader(bytes.NewReader(frame), DefaultMaxFrame)

@@ -53,6 +53,7 @@
 //	1 request  H>W  [id uint, method str, uri str, proto str, header map,
 //	                 host str, remote_addr str, content_length int,
 //	                 request_id str, body bin, eof bool]
+//	                 + continue bool, only with "continue" (below)
 //	2 body     both [id uint, data bin]                 data <= ChunkSize (64 KiB)
 //	3 end      both [id uint, trailer map]
 //	4 response W>H  [id uint, status int, header map, body bin, eof bool, trailer map]
@@ -93,6 +94,13 @@
 // frames. A worker that also lists FeatureWideWindow ("wide-window") grants
 // WideWindow - Window bytes in that acknowledgement, for a 1 MiB window:
 // an upload then waits for credit a quarter as often.
+//
+// A worker whose pongs list FeatureContinue ("continue") may get requests
+// with a twelfth element, continue, true (Request.Continue): the client
+// waits for "100 Continue", no byte of its body was read, and the exchange
+// starts with no credit. The worker grants its whole window when the
+// handler first reads the body; a handler that answers without reading it
+// grants nothing, and the client never sends the body.
 //
 // With DISPATCHER_IPC_DEPTH=d (default 1) the dispatcher may send up to d
 // requests on a slot before the first ends; the worker runs them one at a

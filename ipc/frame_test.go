@@ -77,7 +77,7 @@ func TestRoundTripRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := tt.req
-			frame := clone(fw.request(&in))
+			frame := clone(fw.request(&in, in.Continue))
 			d := decodeFrame(t, frame)
 			if d.Kind != KindRequest {
 				t.Fatalf("kind %s, want request", d.Kind)
@@ -200,7 +200,7 @@ func TestFrameStream(t *testing.T) {
 		want = append(want, d)
 	}
 	req := Request{ID: 1, Method: "POST", URI: "/", Header: http.Header{"A": {"b"}}, ContentLength: -1, Body: big[:10]}
-	add(fw.request(&req), decoded{Kind: KindRequest, Request: &Request{ID: 1, Method: "POST", URI: "/", Header: http.Header{"A": {"b"}}, ContentLength: -1, Body: big[:10]}})
+	add(fw.request(&req, false), decoded{Kind: KindRequest, Request: &Request{ID: 1, Method: "POST", URI: "/", Header: http.Header{"A": {"b"}}, ContentLength: -1, Body: big[:10]}})
 	add(fw.body(1, big[:ChunkSize]), decoded{Kind: KindBody, ID: 1, Data: big[:ChunkSize]})
 	add(fw.window(1, 1000), decoded{Kind: KindWindow, ID: 1, Count: 1000})
 	resp := Response{ID: 1, Status: 201, Body: big}

@@ -64,7 +64,7 @@ func checkDecodeError(t *testing.T, k Kind, err error) {
 func reencode(fw *frameWriter, d decoded) []byte {
 	switch d.Kind {
 	case KindRequest:
-		return fw.request(d.Request)
+		return fw.request(d.Request, d.Request.Continue)
 	case KindResponse:
 		return fw.response(d.Response)
 	case KindBody:
@@ -118,9 +118,10 @@ func addPayloadSeeds(f *testing.F, frames ...[]byte) {
 func FuzzDecodeRequest(f *testing.F) {
 	fw := newFrameWriter()
 	addPayloadSeeds(f,
-		fw.request(&Request{ID: 1, Method: "GET", URI: "/", Proto: "HTTP/1.1", EOF: true}),
+		fw.request(&Request{ID: 1, Method: "GET", URI: "/", Proto: "HTTP/1.1", EOF: true}, false),
 		fw.request(&Request{ID: 2, Method: "POST", URI: "/x?y", Header: http.Header{"A": {"1", "2"}, "B": nil, "C": {}},
-			Host: "h", RemoteAddr: "1.2.3.4:5", ContentLength: -1, RequestID: "r", Body: []byte("body")}),
+			Host: "h", RemoteAddr: "1.2.3.4:5", ContentLength: -1, RequestID: "r", Body: []byte("body")}, false),
+		fw.request(&Request{ID: 5, Method: "PUT", URI: "/up", Header: http.Header{"Expect": {"100-continue"}}, ContentLength: 10, Continue: true}, true),
 		fw.body(3, []byte("data")),
 		fw.end(3, http.Header{"T": {"v"}}),
 		fw.idFrame(KindCancel, 4),
@@ -170,7 +171,7 @@ func readFrames(t *testing.T, r io.Reader, max int) ([][]byte, error) {
 func FuzzFrameReader(f *testing.F) {
 	fw := newFrameWriter()
 	var stream []byte
-	stream = append(stream, fw.request(&Request{ID: 1, Method: "GET", EOF: true})...)
+	stream = append(stream, fw.request(&Request{ID: 1, Method: "GET", EOF: true}, false)...)
 	stream = append(stream, fw.body(1, []byte("abc"))...)
 	stream = append(stream, fw.end(1, nil)...)
 	f.Add(clone(stream))
@@ -235,7 +236,7 @@ func FuzzServerConnNext(f *testing.F) {
 	fw := newFrameWriter()
 	var stream []byte
 	stream = append(stream, fw.idFrame(KindPing, 1)...)
-	stream = append(stream, fw.request(&Request{ID: 2, Method: "POST", URI: "/", Header: http.Header{"A": {"b"}}, ContentLength: -1, Body: []byte("a")})...)
+	stream = append(stream, fw.request(&Request{ID: 2, Method: "POST", URI: "/", Header: http.Header{"A": {"b"}}, ContentLength: -1, Body: []byte("a")}, false)...)
 	stream = append(stream, fw.body(2, []byte("bc"))...)
 	stream = append(stream, fw.end(2, http.Header{"T": {"1"}})...)
 	stream = append(stream, fw.idFrame(KindCancel, 2)...)

@@ -156,7 +156,9 @@ func decodePayload(pd *payloadDecoder, k Kind, p []byte) (decoded, error) {
 	case KindCancel, KindPing:
 		d.ID, err = pd.idOnly()
 	case KindPong:
-		d.ID, d.HeadAck, err = pd.pong()
+		var f pongFeatures
+		d.ID, f, err = pd.pong()
+		d.HeadAck = f.headAck
 	case KindWindow:
 		d.ID, d.Count, err = pd.idCount()
 	case KindAbort:

@@ -16,6 +16,13 @@ type Request struct {
 	RequestID     string      // correlates logs of the dispatcher and worker
 	Body          []byte      // the whole body if EOF, else its first chunk
 	EOF           bool        // true: Body is complete, no body frames follow
+	// Continue: the client sent "Expect: 100-continue", and no byte of
+	// its body is read before the worker's handler asks for it. Sent (as
+	// the request's twelfth element) only to a worker that lists
+	// FeatureContinue in its pongs: the exchange then starts with no
+	// credit, and the worker grants the window at the handler's first read
+	// of the body. Body must be empty and EOF false.
+	Continue bool
 
 	// Set lists header fields sent in place of Header's fields of the same
 	// name (one value each, distinct names): a sender adds or replaces a few
@@ -57,14 +64,21 @@ type Response struct {
 }
 
 const (
-	requestFields  = 11
+	requestFields  = 11 // at least; the twelfth, continue, is optional
 	responseFields = 6
 )
 
-func (fw *frameWriter) request(r *Request) []byte {
+// request encodes r; cont sets its continue element (Request.Continue),
+// which is sent only when set, so that workers see the eleven elements
+// they always did.
+func (fw *frameWriter) request(r *Request, cont bool) []byte {
 	fw.begin(KindRequest)
 	e := fw.enc
-	_ = e.EncodeArrayLen(requestFields)
+	if cont {
+		_ = e.EncodeArrayLen(requestFields + 1)
+	} else {
+		_ = e.EncodeArrayLen(requestFields)
+	}
 	_ = e.EncodeUint(r.ID)
 	_ = e.EncodeString(r.Method)
 	_ = e.EncodeString(r.URI)
@@ -80,6 +94,9 @@ func (fw *frameWriter) request(r *Request) []byte {
 	_ = e.EncodeString(r.RequestID)
 	_ = e.EncodeBytes(r.Body)
 	_ = e.EncodeBool(r.EOF)
+	if cont {
+		_ = e.EncodeBool(true)
+	}
 	return fw.finish()
 }
 
@@ -211,6 +228,15 @@ func (d *payloadDecoder) request() (*Request, error) {
 	}
 	if r.EOF, err = d.bool("eof"); err != nil {
 		return nil, err
+	}
+	if n > requestFields {
+		if r.Continue, err = d.bool("continue"); err != nil {
+			return nil, err
+		}
+		if r.Continue && (r.EOF || len(r.Body) > 0) {
+			return nil, d.fail("field continue: set on a request whose body was read")
+		}
+		return r, d.skip(n - requestFields - 1)
 	}
 	return r, d.skip(n - requestFields)
 }
@@ -346,37 +372,46 @@ func (d *payloadDecoder) idOnly() (uint64, error) {
 // pong decodes pong frames: [id] or [id, features], where features (an
 // array of str, or nil) names the optional features the worker uses. It
 // reports whether FeatureHeadAck is one of them.
-func (d *payloadDecoder) pong() (id uint64, headAck bool, err error) {
+// pongFeatures are the features a pong lists that change what the
+// dispatcher does.
+type pongFeatures struct {
+	headAck, cont bool
+}
+
+func (d *payloadDecoder) pong() (id uint64, f pongFeatures, err error) {
 	n, err := d.arrayLen()
 	if err != nil {
-		return 0, false, err
+		return 0, f, err
 	}
 	if err := d.need(n, 1); err != nil {
-		return 0, false, err
+		return 0, f, err
 	}
 	if id, err = d.uint("id"); err != nil {
-		return 0, false, err
+		return 0, f, err
 	}
 	if n == 1 {
-		return id, false, d.skip(0)
+		return id, f, d.skip(0)
 	}
 	m, err := d.dec.DecodeArrayLen()
 	if err != nil {
-		return 0, false, d.wrap("features", err)
+		return 0, f, d.wrap("features", err)
 	}
 	if m > d.rd.Len() {
-		return 0, false, d.fail("field features: %d names in %d bytes", m, d.rd.Len())
+		return 0, f, d.fail("field features: %d names in %d bytes", m, d.rd.Len())
 	}
 	for range m {
 		name, err := d.bytes("features")
 		if err != nil {
-			return 0, false, err
+			return 0, f, err
 		}
-		if string(name) == FeatureHeadAck {
-			headAck = true
+		switch string(name) {
+		case FeatureHeadAck:
+			f.headAck = true
+		case FeatureContinue:
+			f.cont = true
 		}
 	}
-	return id, headAck, d.skip(n - 2)
+	return id, f, d.skip(n - 2)
 }
 
 // idCount decodes window frames: [id, n].

@@ -63,10 +63,19 @@ const (
 	// body: fewer flow-control round trips for an upload. The dispatcher
 	// adds the grant to the exchange's window like any credit.
 	FeatureWideWindow = "wide-window"
+	// FeatureContinue: a worker that lists this feature in its pongs
+	// accepts requests with the continue element (Request.Continue): such
+	// an exchange starts with no credit, and the worker grants its window
+	// (Window, or WideWindow with FeatureWideWindow) in a window frame when
+	// the handler first reads the body; with FeatureHeadAck its
+	// acknowledgement grants nothing. The dispatcher reads nothing of the
+	// client's body until then, so the client's "100 Continue" comes when
+	// the handler wants the body, and not at all if it answers without it.
+	FeatureContinue = "continue"
 )
 
 // Features are the optional protocol features this dispatcher announces.
-var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow}
+var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow, FeatureContinue}
 
 // HasFeature reports whether the dispatcher that started this worker
 // announced the feature.

@@ -465,3 +465,77 @@ func retryEchoes(t *testing.T, rp *Replay, data []byte) {
 		t.Fatalf("the retry echoed %d of %d bytes: %v", len(got), len(data), err)
 	}
 }
+
+// FeatureContinue: a request marked Continue goes out with no credit, and
+// nothing of its body is read until the worker grants its window; to a
+// worker that does not list the feature, it goes out unmarked with the
+// usual window, and the body is read at once.
+func TestConnContinue(t *testing.T) {
+	for _, listed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("worker lists it: %v", listed), func(t *testing.T) {
+			h, w := socketpair(t)
+			sc := NewServerConn(w, 0)
+			if listed {
+				sc.SetFeatures([]string{FeatureContinue})
+			}
+			grant := make(chan struct{})
+			got := make(chan *Request, 1)
+			goWorker(t, func() error {
+				for {
+					f, err := sc.Next()
+					if err != nil {
+						return nil
+					}
+					switch f.Kind {
+					case KindPing:
+						err = sc.WritePong(f.ID)
+					case KindRequest:
+						r := *f.Request
+						got <- &r
+						if r.Continue {
+							<-grant
+							if err := sc.WriteWindow(r.ID, Window); err != nil {
+								return err
+							}
+						}
+						err = echoExchange(sc, &r)
+					}
+					if err != nil {
+						return err
+					}
+				}
+			}, h)
+			c := NewConn(h, 0)
+			if err := c.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			data := patterned(3 * ChunkSize)
+			src := &enteredReader{r: bytes.NewReader(data), entered: make(chan struct{}, 1)}
+			done := make(chan error, 1)
+			var echoed []byte
+			go func() {
+				_, b, err := c.RoundTrip(&Request{Method: "PUT", ContentLength: int64(len(data)), Continue: true}, src)
+				if err == nil {
+					echoed, err = io.ReadAll(b)
+				}
+				done <- err
+			}()
+			r := recvOrFail(t, got, "the request")
+			if r.Continue != listed {
+				t.Fatalf("continue element %v, want %v", r.Continue, listed)
+			}
+			if listed {
+				select {
+				case <-src.entered:
+					t.Fatal("the body was read before the worker granted credit")
+				case <-time.After(50 * time.Millisecond):
+				}
+				close(grant)
+			}
+			recvOrFail(t, src.entered, "the first read of the body")
+			if err := recvOrFail(t, done, "the exchange"); err != nil || !bytes.Equal(echoed, data) {
+				t.Fatalf("echoed %d of %d bytes: %v", len(echoed), len(data), err)
+			}
+		})
+	}
+}

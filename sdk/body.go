@@ -19,6 +19,10 @@ type requestBody struct {
 	sc     *ipc.ServerConn
 	id     uint64
 	window int // ipc.Window, or ipc.WideWindow (FeatureWideWindow)
+	// grant is credit to give at the first read: the whole window, for a
+	// request marked continue (ipc.FeatureContinue), which the dispatcher
+	// sends with none.
+	grant int
 
 	mu       sync.Mutex
 	cond     sync.Cond
@@ -45,8 +49,11 @@ type chunk struct {
 // allocation (and no garbage collection) per chunk.
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.ChunkSize); return &b }}
 
-func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte, window int) *requestBody {
+func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte, window int, cont bool) *requestBody {
 	b := &requestBody{sc: sc, id: id, window: window}
+	if cont {
+		b.grant = window
+	}
 	b.cond.L = &b.mu
 	if len(first) > 0 {
 		b.chunks = append(b.chunks, chunk{data: first})
@@ -124,6 +131,14 @@ func (b *requestBody) expired() bool {
 
 func (b *requestBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
+	if grant := b.grant; grant > 0 && !b.closed {
+		// The handler wants the body: the dispatcher starts reading it
+		// (and its client gets its 100 Continue).
+		b.grant = 0
+		b.mu.Unlock()
+		_ = b.sc.WriteWindow(b.id, grant)
+		b.mu.Lock()
+	}
 	for len(b.chunks) == 0 && !b.done && !b.closed && !b.expired() {
 		b.cond.Wait()
 	}

@@ -182,3 +182,62 @@ func TestWideWindow(t *testing.T) {
 		t.Errorf("credit %d for %d bytes", credit, ipc.WideWindow)
 	}
 }
+
+// A request marked continue (ipc.FeatureContinue) comes with no credit: the
+// acknowledgement grants none, even with the wide window, and the whole
+// window is granted when the handler first reads the body; a handler that
+// answers without reading grants nothing.
+func TestContinue(t *testing.T) {
+	for _, reads := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handler reads %v", reads), func(t *testing.T) {
+			start := make(chan struct{})
+			w := &worker{depth: 1, headAck: true, wide: true, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !reads {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				<-start
+				n, _ := io.Copy(io.Discard, r.Body)
+				fmt.Fprint(w, n)
+			})}
+			host := serveOneSlot(t, w, []string{ipc.FeatureHeadAck, ipc.FeatureWideWindow, ipc.FeatureContinue})
+			req := fuzzFrame(ipc.KindRequest, 2, "PUT", "/", "HTTP/1.1", map[string][]string{"Expect": {"100-continue"}},
+				"example.com", "192.0.2.1:1234", 5, "rid", []byte{}, false, true)
+			if _, err := host.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			if k, f := readFrame(t, host); k != ipc.KindWindow || fmt.Sprint(f) != "[2 0]" {
+				t.Fatalf("got %s %v, want the acknowledgement granting nothing: window [2 0]", k, f)
+			}
+			if !reads {
+				k, f := readFrame(t, host)
+				if k != ipc.KindResponse || fmt.Sprint(f[:2]) != "[2 401]" || f[4] != true {
+					t.Fatalf("got %s %v, want the whole 401 and no credit", k, f)
+				}
+				return
+			}
+			close(start)
+			k, f := readFrame(t, host)
+			var n int
+			fmt.Sscan(fmt.Sprint(f[1]), &n)
+			if k != ipc.KindWindow || n != ipc.WideWindow {
+				t.Fatalf("got %s %v, want the whole window granted: [2 %d]", k, f, ipc.WideWindow)
+			}
+			if _, err := host.Write(append(fuzzFrame(ipc.KindBody, 2, []byte("hello")), fuzzFrame(ipc.KindEnd, 2, nil)...)); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				k, f := readFrame(t, host)
+				if k == ipc.KindResponse {
+					if body := string(f[3].([]byte)); f[4] == true && body != "5" {
+						t.Fatalf("the handler read %q bytes, want 5", body)
+					}
+					return
+				}
+				if k != ipc.KindWindow {
+					t.Fatalf("got %s %v, want the response", k, f)
+				}
+			}
+		})
+	}
+}

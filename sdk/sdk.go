@@ -112,6 +112,11 @@ func Serve(h http.Handler) {
 	if w.wide {
 		used = append(used, ipc.FeatureWideWindow)
 	}
+	if ipc.HasFeature(ipc.FeatureContinue) {
+		// Nothing to decide: a request marked continue gets its window at
+		// its handler's first read (requestBody).
+		used = append(used, ipc.FeatureContinue)
+	}
 	for _, c := range conns {
 		sc := ipc.NewServerConn(c, maxFrame)
 		sc.SetFeatures(used)

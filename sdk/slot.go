@@ -174,7 +174,7 @@ func newExchange(sc *ipc.ServerConn, req *ipc.Request, window int) *exchange {
 	ex := &exchange{id: req.ID, requestID: req.RequestID}
 	ex.ctx, ex.cancel = context.WithCancel(context.WithValue(context.Background(), ctxKey{}, ex))
 	if !req.EOF {
-		ex.body = newRequestBody(sc, req.ID, req.Body, window)
+		ex.body = newRequestBody(sc, req.ID, req.Body, window, req.Continue)
 	}
 	return ex
 }
@@ -228,8 +228,13 @@ func (s *slot) run(ex *exchange, req *ipc.Request) {
 		// one dies before the acknowledgement: it goes out before the
 		// handler can do anything. If it cannot, the dispatcher is gone.
 		// With FeatureWideWindow, the acknowledgement also grants the
-		// window's extra credit.
-		if err := s.sc.WriteWindow(ex.id, s.w.window()-ipc.Window); err != nil {
+		// window's extra credit; a request marked continue gets all of its
+		// window at the handler's first read instead.
+		grant := s.w.window() - ipc.Window
+		if req.Continue {
+			grant = 0
+		}
+		if err := s.sc.WriteWindow(ex.id, grant); err != nil {
 			ex.body.Close()
 			return
 		}

@@ -238,8 +238,11 @@ func checkRequestFields(t *target, w *worker) (string, error) {
 	}
 	r.requestID = "conformance-fields"
 	r.proto = "HTTP/2.0"
-	r.extraCount = 4
+	// The twelfth element is continue (false: the body is whole), then
+	// elements of a future version.
+	r.extraCount = 5
 	r.extra = func(e *enc) {
+		e.bool(false)
 		e.float64(1.5)
 		e.mapLen(1)
 		e.str("future")
