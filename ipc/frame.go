@@ -109,8 +109,14 @@ type frameReader struct {
 	partial bool // the last error struck inside a frame: the stream is desynchronised
 }
 
+// newFrameReader reads frames from r. Its read buffer is 16 KiB: enough for
+// the frames of small exchanges to arrive many per read, and smaller than
+// a body chunk, whose payload then mostly bypasses it (bufio reads a large
+// remainder straight into the frame buffer). It was 64 KiB, allocated for
+// every worker: in oneshot mode that and go-plugin's stderr reader were
+// three quarters of the bytes the dispatcher allocated.
 func newFrameReader(r io.Reader, max int) *frameReader {
-	return &frameReader{br: bufio.NewReaderSize(r, 64<<10), max: max}
+	return &frameReader{br: bufio.NewReaderSize(r, 16<<10), max: max}
 }
 
 // next returns the next frame. A clean end of stream between frames returns

@@ -397,7 +397,8 @@ func TestHangTimeoutKillsGroup(t *testing.T) {
 
 func TestStderrJunk(t *testing.T) {
 	t.Parallel()
-	d := startDispatcher(t, "--workers", bin(t, "stderrjunk"), "--pool-size", "2")
+	// At debug level, go-plugin's own copies of long lines would show.
+	d := startDispatcher(t, "--workers", bin(t, "stderrjunk"), "--pool-size", "2", "--log-level", "debug")
 	for i := range 5 {
 		resp, body := d.get("/")
 		if resp.StatusCode != http.StatusOK || body != "ok\n" {
@@ -417,6 +418,9 @@ func TestStderrJunk(t *testing.T) {
 		}
 		if len(l) > 64<<10 {
 			t.Errorf("log line of %d bytes: worker lines should be capped", len(l))
+		}
+		if strings.Contains(l, "xxxxxxxxxxxxxxxx") && !strings.Contains(l, "stream=stderr") {
+			t.Errorf("a piece of the 1 MiB line logged other than as the worker's line: %.300s", l)
 		}
 	}
 	for _, pid := range d.workers {

@@ -209,13 +209,17 @@ func Start(cfg Config) (*Child, error) {
 			cmd.Env = append(cmd.Env, spec.Env...)
 			return pr, nil
 		},
-		SkipHostEnv:      true,
-		StartTimeout:     cfg.StartTimeout,
-		Logger:           newHclog(log),
-		Stderr:           stderrSink,
-		SyncStdout:       syncOut.sink(),
-		SyncStderr:       syncErr.sink(),
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: cfg.SocketDir},
+		SkipHostEnv: true,
+		// go-plugin's reader of the worker's standard error: 64 KiB by
+		// default, allocated for every worker; lineSink joins the pieces
+		// of longer lines.
+		PluginLogBufferSize: 16 << 10,
+		StartTimeout:        cfg.StartTimeout,
+		Logger:              newHclog(log),
+		Stderr:              stderrSink,
+		SyncStdout:          syncOut.sink(),
+		SyncStderr:          syncErr.sink(),
+		UnixSocketConfig:    &plugin.UnixSocketConfig{TempDir: cfg.SocketDir},
 	})
 	c := &Child{path: path, client: client, control: cfg.Control, run: pr, stderr: stderr, stopped: make(chan struct{})}
 	for _, hc := range hostConns {

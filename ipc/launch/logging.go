@@ -22,6 +22,11 @@ type hclogAdapter struct {
 	e    *logrus.Entry
 	name string
 	args []any
+	// named: a logger go-plugin named, which it does only to copy a
+	// worker's standard error (client.go, logStderr), and which then logs
+	// the pieces of a line longer than its read buffer at debug level.
+	// lineSink logs those lines already: the pieces are dropped.
+	named bool
 }
 
 var _ hclog.Logger = (*hclogAdapter)(nil)
@@ -29,7 +34,7 @@ var _ hclog.Logger = (*hclogAdapter)(nil)
 func newHclog(e *logrus.Entry) *hclogAdapter { return &hclogAdapter{e: e} }
 
 func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
-	if !h.e.Logger.IsLevelEnabled(logrus.DebugLevel) {
+	if !h.e.Logger.IsLevelEnabled(logrus.DebugLevel) || (h.named && level < hclog.Warn) {
 		return
 	}
 	f := logrus.Fields{"component": "go-plugin"}
@@ -59,18 +64,18 @@ func (h *hclogAdapter) SetLevel(hclog.Level)          {}
 func (h *hclogAdapter) GetLevel() hclog.Level         { return hclog.Off }
 
 func (h *hclogAdapter) With(args ...any) hclog.Logger {
-	return &hclogAdapter{e: h.e, name: h.name, args: append(append([]any(nil), h.args...), args...)}
+	return &hclogAdapter{e: h.e, name: h.name, args: append(append([]any(nil), h.args...), args...), named: h.named}
 }
 
 func (h *hclogAdapter) Named(name string) hclog.Logger {
 	if h.name != "" {
 		name = h.name + "." + name
 	}
-	return &hclogAdapter{e: h.e, name: name, args: h.args}
+	return &hclogAdapter{e: h.e, name: name, args: h.args, named: true}
 }
 
 func (h *hclogAdapter) ResetNamed(name string) hclog.Logger {
-	return &hclogAdapter{e: h.e, name: name, args: h.args}
+	return &hclogAdapter{e: h.e, name: name, args: h.args, named: true}
 }
 
 func (h *hclogAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger {
