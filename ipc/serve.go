@@ -82,11 +82,18 @@ func ServeWorker(info Info) {
 	<-done
 }
 
-// ignoreInterrupt: a Ctrl-C at the dispatcher's terminal reaches the whole
-// process group; the dispatcher stops its workers itself. (Notify, not
-// Ignore: an ignored signal would stay ignored in the processes the handler
-// starts.)
+// ignoreInterrupt: a Ctrl-C at a terminal reaches the whole foreground
+// process group, and a worker in its dispatcher's group must leave its
+// stopping to the dispatcher. (Notify, not Ignore: an ignored signal would
+// stay ignored in the processes the handler starts.) The dispatcher makes
+// each worker the leader of a group of its own (PROTOCOL.md 2.1), which no
+// terminal has in the foreground: there is nothing to ignore then, and
+// Notify would cost the worker three more threads (os/signal locks one for
+// itself), a twentieth of a oneshot worker's CPU.
 func ignoreInterrupt() {
+	if syscall.Getpgrp() == os.Getpid() {
+		return
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt)
 	go func() {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,6 +239,72 @@ func TestCancelFrameCancelsContext(t *testing.T) {
 	}
 }
 
+// startByHand starts the hello worker as a dispatcher would, with one slot,
+// extra environment variables, and its socket directory in a new temporary
+// directory; in its own process group if leader. It returns the worker,
+// the handshake line's fields, the dispatcher's end of the slot, and the
+// socket directory. Cleanup closes the slot and checks the worker exits.
+func startByHand(t *testing.T, leader bool, env ...string) (*exec.Cmd, []string, *ipc.Conn, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sdk") // short enough for a socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerEnd := os.NewFile(uintptr(fds[1]), "worker")
+	hostFile := os.NewFile(uintptr(fds[0]), "host")
+	hostConn, err := net.FileConn(hostFile)
+	hostFile.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bins["hello"])
+	cmd.Env = append([]string{ipc.CookieKey + "=" + ipc.CookieValue, ipc.EnvFDs + "=3",
+		"PLUGIN_PROTOCOL_VERSIONS=1", "PLUGIN_UNIX_SOCKET_DIR=" + dir}, env...)
+	cmd.ExtraFiles = []*os.File{workerEnd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: leader, Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	workerEnd.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		hostConn.Close()
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("worker exit: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Error("worker still running 10 s after its slot closed")
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	fields := strings.Split(strings.TrimSpace(line), "|")
+	if len(fields) != 6 || fields[2] != "unix" || filepath.Dir(fields[3]) != dir {
+		t.Fatalf("handshake line %q, want a unix socket in %s", line, dir)
+	}
+	host := ipc.NewConn(hostConn, 0)
+	host.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := host.Ping(); err != nil {
+		t.Fatalf("slot ping: %v", err)
+	}
+	return cmd, fields, host, dir
+}
+
 // The handshake of a worker started by hand: without DISPATCHER_CONTROL it
 // listens on the socket its handshake line names; with
 // DISPATCHER_CONTROL=none it names a path in the socket directory and
@@ -246,65 +313,11 @@ func TestCancelFrameCancelsContext(t *testing.T) {
 func TestHandshakeControlSocket(t *testing.T) {
 	for _, control := range []string{"", ipc.ControlNone} {
 		t.Run("control="+control, func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "sdk") // short enough for a socket path
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer os.RemoveAll(dir)
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			workerEnd := os.NewFile(uintptr(fds[1]), "worker")
-			hostFile := os.NewFile(uintptr(fds[0]), "host")
-			hostConn, err := net.FileConn(hostFile)
-			hostFile.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(bins["hello"])
-			cmd.Env = []string{ipc.CookieKey + "=" + ipc.CookieValue, ipc.EnvFDs + "=3",
-				"PLUGIN_PROTOCOL_VERSIONS=1", "PLUGIN_UNIX_SOCKET_DIR=" + dir}
+			var env []string
 			if control != "" {
-				cmd.Env = append(cmd.Env, ipc.EnvControl+"="+control)
+				env = append(env, ipc.EnvControl+"="+control)
 			}
-			cmd.ExtraFiles = []*os.File{workerEnd}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			workerEnd.Close()
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			defer func() {
-				hostConn.Close()
-				select {
-				case err := <-exited:
-					if err != nil {
-						t.Errorf("worker exit: %v", err)
-					}
-				case <-time.After(10 * time.Second):
-					cmd.Process.Kill()
-					t.Error("worker still running 10 s after its slot closed")
-				}
-			}()
-			line, err := bufio.NewReader(stdout).ReadString('\n')
-			if err != nil {
-				t.Fatalf("handshake: %v", err)
-			}
-			fields := strings.Split(strings.TrimSpace(line), "|")
-			if len(fields) != 6 || fields[2] != "unix" || filepath.Dir(fields[3]) != dir {
-				t.Fatalf("handshake line %q, want a unix socket in %s", line, dir)
-			}
-			// Its slot answers: the worker is up.
-			host := ipc.NewConn(hostConn, 0)
-			host.SetDeadline(time.Now().Add(10 * time.Second))
-			if err := host.Ping(); err != nil {
-				t.Fatalf("slot ping: %v", err)
-			}
+			_, fields, _, _ := startByHand(t, true, env...)
 			fi, err := os.Stat(fields[3])
 			switch {
 			case control == ipc.ControlNone && err == nil:
@@ -313,5 +326,24 @@ func TestHandshakeControlSocket(t *testing.T) {
 				t.Errorf("the worker did not listen on %s: %v", fields[3], err)
 			}
 		})
+	}
+}
+
+// A worker in its dispatcher's process group (an older dispatcher's, or
+// another host's) survives the SIGINT a Ctrl-C at the terminal sends to
+// the whole group: stopping it is the dispatcher's business. (A worker
+// leading its own group, as this dispatcher starts them, installs no
+// handler: no terminal sends it SIGINT.)
+func TestInterruptIgnoredInTheDispatchersGroup(t *testing.T) {
+	cmd, _, host, _ := startByHand(t, false, ipc.EnvControl+"="+ipc.ControlNone)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	// SIGINT is handled asynchronously; a ping round trip after it shows
+	// the worker alive (a default SIGINT kills at once, before the pong).
+	for range 3 {
+		if err := host.Ping(); err != nil {
+			t.Fatalf("ping after SIGINT: %v", err)
+		}
 	}
 }
