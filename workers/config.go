@@ -54,7 +54,11 @@ type Config struct {
 	// zero, runtime.NumCPU().
 	Size int
 	// MaxWorkers caps the workers running at once (busy, idle or starting)
-	// in ModeOnDemand and ModeOneShot. If zero, runtime.NumCPU().
+	// in ModeOnDemand and ModeOneShot. If zero, runtime.NumCPU(), and twice
+	// that in ModeOneShot: a oneshot worker spends much of its short life
+	// starting, and with only as many workers as CPUs the CPUs wait on the
+	// starts (hello, 2 CPUs, 8 clients: 655-681 req/s with 2, 744-795 with
+	// 4; bench/results/2026-11-30-session5.md).
 	MaxWorkers int
 	// IdleTimeout is how long a worker may stay idle in ModeOnDemand before
 	// it is stopped. If zero, DefaultIdleTimeout.
@@ -165,6 +169,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxWorkers == 0 {
 		c.MaxWorkers = runtime.NumCPU()
+		if c.Mode == ModeOneShot {
+			c.MaxWorkers *= 2
+		}
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -259,4 +260,26 @@ func TestStoppedWorkersLeaveNoDescriptors(t *testing.T) {
 		cycle()
 	}
 	waitFor(t, fmt.Sprintf("descriptors back to %d", base), func() bool { return fds() <= base })
+}
+
+// MaxWorkers defaults to the CPUs, and to twice that in oneshot mode; a
+// value given is kept.
+func TestMaxWorkersDefault(t *testing.T) {
+	for _, tc := range []struct {
+		mode  Mode
+		given int
+		want  int
+	}{
+		{ModeOnDemand, 0, runtime.NumCPU()},
+		{ModeOneShot, 0, 2 * runtime.NumCPU()},
+		{ModeOneShot, 3, 3},
+	} {
+		c, err := Config{Path: "/bin/true", Mode: tc.mode, MaxWorkers: tc.given}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.MaxWorkers != tc.want {
+			t.Errorf("%v, MaxWorkers %d: %d, want %d", tc.mode, tc.given, c.MaxWorkers, tc.want)
+		}
+	}
 }

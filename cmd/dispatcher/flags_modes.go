@@ -31,7 +31,7 @@ type modeFlags struct {
 
 func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.mode, "mode", "pool", "how workers run: pool (--pool-size kept running), ondemand (started by load, stopped when idle) or oneshot (a fresh worker per request)")
-	fs.IntVar(&f.maxWorkers, "max-workers", runtime.NumCPU(), "ondemand and oneshot: most workers running at once")
+	fs.IntVar(&f.maxWorkers, "max-workers", runtime.NumCPU(), "ondemand and oneshot: most workers running at once (oneshot, unless set: twice the CPUs)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", workers.DefaultIdleTimeout, "ondemand: stop a worker idle for this long")
 	fs.IntVar(&f.spares, "spares", runtime.NumCPU(), "oneshot: started, unused workers kept ready (within --max-workers; 0: none)")
 	fs.IntVar(&f.queue, "queue", 0, "most requests waiting for a worker; more get 503 (0: 100 per worker)")
@@ -53,8 +53,11 @@ func (f *modeFlags) check(concurrency, pipeline int, set map[string]bool) error 
 		return usageErrorf("--mode %q: must be pool, ondemand or oneshot", f.mode)
 	}
 	f.parsed = m
+	if m == workers.ModeOneShot && !set["max-workers"] {
+		f.maxWorkers = 0 // workers.Config's default for the mode
+	}
 	switch {
-	case f.maxWorkers < 1:
+	case f.maxWorkers < 1 && set["max-workers"]:
 		return usageErrorf("--max-workers %d: must be at least 1", f.maxWorkers)
 	case f.idleTimeout <= 0:
 		return usageErrorf("--idle-timeout %s: must be positive", f.idleTimeout)

@@ -2,14 +2,46 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/workers"
 )
+
+// Unless --max-workers is given, oneshot mode leaves it to workers.Config's
+// default for the mode (twice the CPUs); other modes take the flag's.
+func TestMaxWorkersFlagDefault(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--mode", "oneshot"}, 0},
+		{[]string{"--mode", "oneshot", "--max-workers", "3"}, 3},
+		{[]string{"--mode", "ondemand"}, runtime.NumCPU()},
+	} {
+		fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
+		var f modeFlags
+		f.register(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		set := map[string]bool{}
+		fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+		if err := f.check(1, 1, set); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := f.apply(workers.Config{}).MaxWorkers; got != tc.want {
+			t.Errorf("%v: MaxWorkers %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}
 
 func TestModeUsageErrors(t *testing.T) {
 	t.Parallel()
@@ -24,6 +56,7 @@ func TestModeUsageErrors(t *testing.T) {
 		{"oneshot pipeline", []string{"--mode", "oneshot", "--pipeline", "4"}, "--pipeline 4: a oneshot worker serves one request"},
 		{"pool size outside pool mode", []string{"--mode", "ondemand", "--pool-size", "3"}, "--pool-size: only for --mode pool"},
 		{"max workers", []string{"--mode", "ondemand", "--max-workers", "0"}, "--max-workers 0: must be at least 1"},
+		{"max workers oneshot", []string{"--mode", "oneshot", "--max-workers", "0"}, "--max-workers 0: must be at least 1"},
 		{"idle timeout", []string{"--idle-timeout", "0s"}, "--idle-timeout 0s: must be positive"},
 		{"spares", []string{"--spares", "-1"}, "--spares -1: must not be negative"},
 		{"queue", []string{"--queue", "-5"}, "--queue -5: must not be negative"},
