@@ -38,6 +38,8 @@ var checks = []check{
 		run: checkRequest},
 	{name: "request-fields", section: "3.4, 10", what: "accepts a request with every field set and extra fields appended",
 		run: checkRequestFields},
+	{name: "continue", section: "4.2, 10", what: "if it lists continue, completes a request marked continue: no credit before the handler reads, then the whole window",
+		run: checkContinue},
 	{name: "bin-strings", section: "3.2", what: "accepts every str field sent as bin",
 		run: checkBinStrings},
 	{name: "streamed-body", section: "4.2", what: "takes a 1 MiB request body in body frames within its window, then an end frame with trailers",
@@ -337,6 +339,42 @@ func checkHeadAck(t *target, w *worker) (string, error) {
 		return "", fmt.Errorf("once its body was sent: %w", err)
 	}
 	return listed + "; acknowledged a request before its body came, then " + res.String(), s.ping()
+}
+
+// checkContinue sends a request marked continue to a worker that lists the
+// continue feature: it starts with no credit, and the worker grants the
+// whole window when its handler reads the body, or answers without it
+// (PROTOCOL.md §4.2). Either way the exchange completes.
+func checkContinue(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	if err := s.ping(); err != nil {
+		return "", err
+	}
+	if !slices.Contains(s.features, ipc.FeatureContinue) {
+		return "its pongs do not list continue: it gets no request marked continue (optional)", nil
+	}
+	r, rest := post(t.uri, 3*chunkSize)
+	rest = append(r.body, rest...)
+	r.body, r.eof, r.cont = nil, false, true
+	r.header["Expect"] = []string{"100-continue"}
+	id := s.nextID()
+	if err := s.send(kRequest, r.payload(id)); err != nil {
+		return "", err
+	}
+	p := startPumpCredit(s, id, 0, rest, nil, "", 0, true)
+	res, err := s.await(id)
+	sent, _ := p.stop()
+	if err == nil && p.err != nil {
+		err = p.err
+	}
+	if err != nil {
+		return "", err
+	}
+	how := "answered without the body"
+	if sent > 0 {
+		how = fmt.Sprintf("granted the window, then got %d body bytes", sent)
+	}
+	return how + "; " + res.String(), s.ping()
 }
 
 func checkSmallMaxFrame(t *target, w *worker) (string, error) {

@@ -77,6 +77,7 @@ type request struct {
 	requestID            string
 	body                 []byte
 	eof                  bool
+	cont                 bool         // the continue element, true (feature continue)
 	asBin                bool         // send every str as bin
 	extra                func(e *enc) // fields appended after the known ones
 	extraCount           int
@@ -86,6 +87,9 @@ type request struct {
 func (r *request) payload(id uint64) []byte {
 	e := &enc{}
 	n := 11 + r.extraCount
+	if r.cont {
+		n++
+	}
 	if r.omitLast {
 		n = 10
 	}
@@ -112,6 +116,9 @@ func (r *request) payload(id uint64) []byte {
 		return e.b
 	}
 	e.bool(r.eof)
+	if r.cont {
+		e.bool(true)
+	}
 	if r.extra != nil {
 		r.extra(e)
 	}
@@ -498,15 +505,25 @@ type pump struct {
 	sent    int  // bytes sent so far, the first chunk included
 	granted int  // credit received so far, for bytes sent
 	acked   bool // the first window frame of the exchange arrived
-	stopped bool
-	done    chan struct{}
-	err     error
+	// cont: the request was marked continue, and the pump started with no
+	// credit; opened once the worker granted the window.
+	cont, opened bool
+	stopped      bool
+	done         chan struct{}
+	err          error
 }
 
 // startPump sends the rest of exchange id's body (first bytes already sent
 // in the request frame) and installs the slot's credit hook.
 func startPump(s *slot, id uint64, first int, rest []byte, trailer map[string][]string, abort string) *pump {
-	p := &pump{s: s, id: id, rest: rest, trailer: trailer, abort: abort, credit: window - first, sent: first, done: make(chan struct{})}
+	return startPumpCredit(s, id, first, rest, trailer, abort, window-first, false)
+}
+
+// startPumpCredit is startPump with the initial credit given; cont marks
+// a request sent with the continue element (no credit until the worker
+// grants the window).
+func startPumpCredit(s *slot, id uint64, first int, rest []byte, trailer map[string][]string, abort string, credit int, cont bool) *pump {
+	p := &pump{s: s, id: id, rest: rest, trailer: trailer, abort: abort, credit: credit, sent: first, cont: cont, done: make(chan struct{})}
 	p.cond.L = &p.mu
 	s.credit = p.grant
 	go p.run()
@@ -519,6 +536,25 @@ func (p *pump) grant(id, n uint64) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cont && !p.opened {
+		// Before the handler reads: the acknowledgement, [id, 0], or the
+		// window granted at its first read (PROTOCOL.md §4.2).
+		want := uint64(window)
+		if slices.Contains(p.s.features, ipc.FeatureWideWindow) {
+			want = wideWindow
+		}
+		switch {
+		case n == 0 && !p.acked:
+			p.acked = true
+			return nil
+		case n != want:
+			return violated("window frame [%d, %d] for a request marked continue, before any body byte was sent: want the whole window, %d, granted once its handler reads", p.id, n, want)
+		}
+		p.acked, p.opened = true, true
+		p.credit += int(n)
+		p.cond.Signal()
+		return nil
+	}
 	first := !p.acked
 	p.acked = true
 	if first && n == wideWindow-window && slices.Contains(p.s.features, ipc.FeatureWideWindow) {
