@@ -195,3 +195,76 @@ func TestGobUint(t *testing.T) {
 		t.Errorf("300 encoded as % x, want fe 01 2c", b)
 	}
 }
+
+// controlSession is the start of a control connection as go-plugin's
+// client makes it (PROTOCOL.md appendix B): three streams opened, then a
+// Control.Ping call on stream 1, then one with a sequence number past 127.
+func controlSession() []byte {
+	var b []byte
+	for _, id := range []uint32{1, 3, 5} {
+		b = appendYamux(b, yamuxWindowUpdate, yamuxSYN, id, 0)
+	}
+	call := []byte{
+		0x2e, 0x7f, 0x03, 0x01, 0x01, 0x07, 'R', 'e', 'q', 'u', 'e', 's', 't', 0x01, 0xff, 0x80, 0x00, 0x01, 0x02,
+		0x01, 0x0d, 'S', 'e', 'r', 'v', 'i', 'c', 'e', 'M', 'e', 't', 'h', 'o', 'd', 0x01, 0x0c, 0x00,
+		0x01, 0x03, 'S', 'e', 'q', 0x01, 0x06, 0x00, 0x00, 0x00,
+		0x11, 0xff, 0x80, 0x01, 0x0c, 'C', 'o', 'n', 't', 'r', 'o', 'l', '.', 'P', 'i', 'n', 'g', 0x00,
+		0x03, 0x02, 0x00, 0x01,
+	}
+	b = appendYamux(b, yamuxData, 0, 1, uint32(len(call)))
+	b = append(b, call...)
+	later := []byte{0x15, 0xff, 0x80, 0x01, 0x0c, 'C', 'o', 'n', 't', 'r', 'o', 'l', '.', 'P', 'i', 'n', 'g', 0x01, 0xff, 0xc8, 0x00,
+		0x03, 0x02, 0x00, 0x01}
+	b = appendYamux(b, yamuxData, 0, 1, uint32(len(later)))
+	b = append(b, later...)
+	return appendYamux(b, yamuxPing, yamuxSYN, 0, 7)
+}
+
+// TestControlSession: the recorded session is answered (three
+// acknowledgements, two replies, a ping's answer), and the connection
+// ends when the input does.
+func TestControlSession(t *testing.T) {
+	host, worker := socketpair(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveControl(worker, func() {})
+	}()
+	if _, err := host.Write(controlSession()); err != nil {
+		t.Fatal(err)
+	}
+	host.(*net.UnixConn).CloseWrite()
+	out, err := io.ReadAll(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvOrFail(t, done, "the end of serveControl")
+	if !bytes.Contains(out, []byte("Control.Ping")) || !bytes.Contains(out, appendYamux(nil, yamuxPing, yamuxACK, 0, 7)) {
+		t.Fatalf("replies missing from % x", out)
+	}
+	if n := bytes.Count(out, []byte("Control.Ping")); n != 2 {
+		t.Errorf("%d replies to Control.Ping, want 2", n)
+	}
+}
+
+// FuzzControl: whatever the dispatcher's end sends, serveControl neither
+// panics nor keeps serving once the input has ended.
+func FuzzControl(f *testing.F) {
+	s := controlSession()
+	f.Add(s)
+	f.Add(s[:len(s)/2])
+	f.Add(append(s, appendYamux(nil, yamuxGoAway, 0, 0, 0)...))
+	f.Add(appendYamux(nil, yamuxData, yamuxSYN|yamuxFIN, 1, 0))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		host, worker := socketpair(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			serveControl(worker, func() {})
+		}()
+		go io.Copy(io.Discard, host)
+		host.Write(in)
+		host.(*net.UnixConn).CloseWrite()
+		recvOrFail(t, done, "the end of serveControl after the input ended")
+	})
+}
