@@ -39,6 +39,10 @@ const (
 	// maxControlMessage bounds one gob message on the control stream; the
 	// largest legitimate one (a call's type definitions) is under 100 bytes.
 	maxControlMessage = 4 << 10
+	// maxControlReplies bounds the replies waiting for the dispatcher to
+	// take them (to give credit): a peer that calls on and never reads is
+	// cut off rather than fed memory.
+	maxControlReplies = 1 << 20
 )
 
 // The gob bytes of the worker's replies. A gob encoder describes each type
@@ -247,6 +251,9 @@ func (c *controlConn) message(msg []byte) error {
 	method, seq, err := gobRequest(msg[k:])
 	if err != nil {
 		return err
+	}
+	if len(c.reply) > maxControlReplies {
+		return fmt.Errorf("%d bytes of replies not taken", len(c.reply))
 	}
 	c.inCall, c.method, c.seq = true, method, seq
 	return nil

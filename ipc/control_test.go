@@ -268,3 +268,29 @@ func FuzzControl(f *testing.F) {
 		recvOrFail(t, done, "the end of serveControl after the input ended")
 	})
 }
+
+// A peer that keeps calling and never takes the replies (it gives no
+// credit) is cut off once a megabyte of replies waits, not fed memory.
+func TestControlUnreadReplies(t *testing.T) {
+	host, worker := socketpair(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveControl(worker, func() {})
+	}()
+	go io.Copy(io.Discard, host) // reads the bytes, but sends no window update
+	s := controlSession()
+	call := []byte{0x13, 0xff, 0x80, 0x01, 0x0c, 'C', 'o', 'n', 't', 'r', 'o', 'l', '.', 'P', 'i', 'n', 'g', 0x01, 0x01, 0x00,
+		0x03, 0x02, 0x00, 0x01}
+	var frame []byte
+	for range 4000 {
+		frame = append(frame, call...)
+	}
+	in := append([]byte(nil), s[:len(s)-yamuxHeader]...) // the session without its final ping
+	for range 100 {                                      // 400,000 calls: far more than 1 MiB of replies
+		in = appendYamux(in, yamuxData, 0, 1, uint32(len(frame)))
+		in = append(in, frame...)
+	}
+	go host.Write(in)
+	recvOrFail(t, done, "serveControl giving up on a peer that takes no replies")
+}
