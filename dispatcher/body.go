@@ -188,12 +188,8 @@ func (b *requestBody) refuseUnread() {
 	b.mu.Lock()
 	started := b.started
 	b.mu.Unlock()
-	if started {
-		return
-	}
-	_ = http.NewResponseController(b.w).SetReadDeadline(time.Unix(1, 0))
-	if b.r.ProtoMajor == 1 {
-		lingerClose(b.w) // a client that sends anyway gets the answer, not a reset
+	if !started {
+		readNoMore(b.w, b.r) // a client that sends anyway gets the answer, not a reset
 	}
 }
 

@@ -58,18 +58,26 @@ func statusFor(err error) int {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, in *info, err error) {
 	in.status = statusFor(err)
 	if in.status == http.StatusRequestEntityTooLarge {
-		// Read no more of a refused body: without this, net/http reads up
-		// to 256 KiB more of it after the handler, waiting on a client
-		// that may have stopped. What is left of it on an HTTP/1
-		// connection makes the connection unusable: close it after the
-		// answer. (An HTTP/2 stream is reset; the connection lives on.)
-		_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
+		// Read no more of a refused body. (An HTTP/2 stream is reset;
+		// the connection lives on.)
+		readNoMore(w, r)
 		if r.ProtoMajor == 1 {
-			lingerClose(w)
 			w = &closingWriter{ResponseWriter: w}
 		}
 	}
 	s.onError(w, r, err)
+}
+
+// readNoMore ends all reading of r's body: without a read deadline in the
+// past, net/http reads up to 256 KiB more of it after the handler, waiting
+// on a client that may have stopped. What is left of it on an HTTP/1
+// connection makes the connection unusable: it is closed after the
+// answer, lingering for a client that still sends.
+func readNoMore(w http.ResponseWriter, r *http.Request) {
+	_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
+	if r.ProtoMajor == 1 {
+		lingerClose(w)
+	}
 }
 
 // lingerClose has net/http close an HTTP/1 connection after the response

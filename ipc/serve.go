@@ -50,7 +50,7 @@ func ServeWorker(info Info) {
 		// worker would have listened on. Making and removing it cost a
 		// tenth of a oneshot worker's CPU on an ext4 /tmp.
 		ignoreInterrupt()
-		fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, filepath.Join(socketDir(), "plugin"))
+		handshake(filepath.Join(socketDir(), "plugin"))
 		select {} // the sdk exits when its slots close
 	}
 	ln, path, err := listenControl()
@@ -61,7 +61,7 @@ func ServeWorker(info Info) {
 	defer ln.Close()
 	defer os.Remove(path)
 	ignoreInterrupt()
-	fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, path)
+	handshake(path)
 
 	done := make(chan struct{})
 	var once sync.Once
@@ -80,6 +80,11 @@ func ServeWorker(info Info) {
 		}
 	}()
 	<-done
+}
+
+// handshake prints go-plugin's handshake line, naming the control socket.
+func handshake(path string) {
+	fmt.Printf("%d|%d|unix|%s|netrpc|\n", coreProtocolVersion, ProtocolVersion, path)
 }
 
 // ignoreInterrupt: a Ctrl-C at a terminal reaches the whole foreground
