@@ -17,26 +17,38 @@ import (
 // quit is closed when the worker's side calls its quit function, and ended
 // when serveControl returns.
 type controlClient struct {
-	mux         *yamux.Session
-	rpc         *rpc.Client
-	streams     []net.Conn
-	quit, ended chan struct{}
-	quitOnce    bool
+	mux      *yamux.Session
+	rpc      *rpc.Client
+	streams  []net.Conn
+	quit     chan struct{}
+	ended    <-chan struct{}
+	quitOnce bool
+}
+
+// startControl runs serveControl on the worker's end of a new socket pair
+// and returns the dispatcher's end, and a channel closed when serveControl
+// returns.
+func startControl(tb testing.TB, quit func()) (net.Conn, <-chan struct{}) {
+	tb.Helper()
+	host, worker := socketpair(tb)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		serveControl(worker, quit)
+	}()
+	return host, ended
 }
 
 func newControlClient(t *testing.T) *controlClient {
 	t.Helper()
-	host, worker := socketpair(t)
-	c := &controlClient{quit: make(chan struct{}), ended: make(chan struct{})}
-	go func() {
-		defer close(c.ended)
-		serveControl(worker, func() {
-			if !c.quitOnce {
-				c.quitOnce = true
-				close(c.quit)
-			}
-		})
-	}()
+	c := &controlClient{quit: make(chan struct{})}
+	var host net.Conn
+	host, c.ended = startControl(t, func() {
+		if !c.quitOnce {
+			c.quitOnce = true
+			close(c.quit)
+		}
+	})
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
 	mux, err := yamux.Client(host, cfg)
@@ -165,12 +177,7 @@ func TestControlRejectsGarbage(t *testing.T) {
 		{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0xfd, 1, 0, 0}, // a message of 64 KiB
 		{0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0},                // even stream
 	} {
-		host, worker := socketpair(t)
-		ended := make(chan struct{})
-		go func() {
-			defer close(ended)
-			serveControl(worker, func() {})
-		}()
+		host, ended := startControl(t, func() {})
 		if _, err := host.Write(in); err != nil {
 			t.Fatal(err)
 		}
@@ -224,12 +231,7 @@ func controlSession() []byte {
 // acknowledgements, two replies, a ping's answer), and the connection
 // ends when the input does.
 func TestControlSession(t *testing.T) {
-	host, worker := socketpair(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		serveControl(worker, func() {})
-	}()
+	host, done := startControl(t, func() {})
 	if _, err := host.Write(controlSession()); err != nil {
 		t.Fatal(err)
 	}
@@ -256,12 +258,7 @@ func FuzzControl(f *testing.F) {
 	f.Add(append(s, appendYamux(nil, yamuxGoAway, 0, 0, 0)...))
 	f.Add(appendYamux(nil, yamuxData, yamuxSYN|yamuxFIN, 1, 0))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		host, worker := socketpair(t)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			serveControl(worker, func() {})
-		}()
+		host, done := startControl(t, func() {})
 		go io.Copy(io.Discard, host)
 		host.Write(in)
 		host.(*net.UnixConn).CloseWrite()
@@ -272,12 +269,7 @@ func FuzzControl(f *testing.F) {
 // A peer that keeps calling and never takes the replies (it gives no
 // credit) is cut off once a megabyte of replies waits, not fed memory.
 func TestControlUnreadReplies(t *testing.T) {
-	host, worker := socketpair(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		serveControl(worker, func() {})
-	}()
+	host, done := startControl(t, func() {})
 	go io.Copy(io.Discard, host) // reads the bytes, but sends no window update
 	s := controlSession()
 	call := []byte{0x13, 0xff, 0x80, 0x01, 0x0c, 'C', 'o', 'n', 't', 'r', 'o', 'l', '.', 'P', 'i', 'n', 'g', 0x01, 0x01, 0x00,
