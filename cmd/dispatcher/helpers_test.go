@@ -428,16 +428,24 @@ func (d *dproc) getURL(url string, header ...string) (*http.Response, string) {
 		}
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := d.client.Do(req)
+	resp, body := d.do(d.client, req)
+	return resp, string(body)
+}
+
+// do sends req with client and reads the whole response body; a failure
+// fails the test.
+func (d *dproc) do(client *http.Client, req *http.Request) (*http.Response, []byte) {
+	d.t.Helper()
+	resp, err := client.Do(req)
 	if err != nil {
-		d.t.Fatalf("GET %s: %v", url, err)
+		d.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		d.t.Fatalf("GET %s: reading body: %v", url, err)
+		d.t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
 	}
-	return resp, string(body)
+	return resp, body
 }
 
 // run runs the dispatcher to completion (bounded by exitWait) with a fresh

@@ -42,16 +42,7 @@ func (d *dproc) post(path string, data []byte, chunked, expect bool) (*http.Resp
 		client = &http.Client{Timeout: 30 * time.Second,
 			Transport: &http.Transport{DisableKeepAlives: true, ExpectContinueTimeout: 10 * time.Second}}
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		d.t.Fatalf("POST %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err != nil {
-		d.t.Fatalf("POST %s: reading body: %v", path, err)
-	}
-	return resp, got
+	return d.do(client, req)
 }
 
 // A worker that died idle does not cost the streamed upload that came
