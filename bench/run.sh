@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bench/run.sh — compare the dispatcher (pool mode) with an in-process
-# net/http baseline, using wrk against 127.0.0.1 only.
+# net/http baseline and with the process-hop floor (bench/floor), using wrk
+# against 127.0.0.1 only.
 #
 # Usage: bench/run.sh [--rounds N] [--duration Ns] [--conns N] [--threads N]
 #                     [--warmup Ns] [--pool-size N] [--out FILE]
 # The same settings can be given as environment variables: ROUNDS (3),
 # DURATION (8s), CONNS (32), THREADS (1), WARMUP (1s), POOL_SIZE (2), OUT.
 # DISPATCHER_FLAGS adds flags to the dispatcher's command line (for example
-# DISPATCHER_FLAGS="--pipeline 1" to measure without pipelining).
+# DISPATCHER_FLAGS="--pipeline 1" to measure without pipelining). SERVERS
+# picks the servers ("inproc floor dispatcher").
 #
 # The markdown report goes to stdout (and to FILE with --out); progress goes
 # to stderr. See bench/README.md.
@@ -19,6 +21,7 @@ CONNS=${CONNS:-32}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-1s}
 POOL_SIZE=${POOL_SIZE:-2}
+SERVERS=${SERVERS:-inproc floor dispatcher}
 OUT=${OUT:-}
 READY_TIMEOUT=${READY_TIMEOUT:-20}   # seconds for a server to answer
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}     # seconds for a server to exit on SIGTERM
@@ -55,6 +58,10 @@ posint "$ROUNDS" ROUNDS
 posint "$CONNS" CONNS
 posint "$THREADS" THREADS
 posint "$POOL_SIZE" POOL_SIZE
+for s in $SERVERS; do
+	case $s in inproc | floor | dispatcher) ;; *) die "SERVERS: unknown server '$s' (inproc, floor, dispatcher)" ;; esac
+done
+[ -n "${SERVERS// /}" ] || die "SERVERS is empty"
 
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -150,6 +157,7 @@ log "building into $TMP"
 	timeout 600 go build -o "$TMP/hello" ./examples/hello
 	timeout 600 go build -o "$TMP/echo" ./testdata/workers/echo
 	timeout 600 go build -o "$TMP/inproc" ./bench/inproc
+	timeout 600 go build -o "$TMP/floor" ./bench/floor
 	timeout 600 go build -o "$TMP/wrkparse" ./bench/wrkparse
 ) || die "build failed"
 
@@ -174,6 +182,9 @@ start_server() {
 		case $server in
 		inproc)
 			setsid "$TMP/inproc" --listen "127.0.0.1:$PORT" >>"$TMP/server.log" 2>&1 &
+			;;
+		floor)
+			setsid "$TMP/floor" -listen "127.0.0.1:$PORT" -children "$POOL_SIZE" >>"$TMP/server.log" 2>&1 &
 			;;
 		dispatcher)
 			setsid "$TMP/dispatcher" --workers "$worker" --listen "127.0.0.1:$PORT" \
@@ -237,7 +248,10 @@ RESULTS=$TMP/results.tsv
 printf 'round\tserver\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsockerr\tcpu_ticks\telapsed_ms\tclk_tck\n' >"$RESULTS"
 CLK_TCK=$(getconf CLK_TCK)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-COMBOS=("inproc hello" "dispatcher hello" "inproc echo" "dispatcher echo")
+COMBOS=()
+for workload in hello echo; do
+	for s in $SERVERS; do COMBOS+=("$s $workload"); done
+done
 START=$SECONDS
 
 log "$ROUNDS rounds x ${#COMBOS[@]} runs x (${WARM_S}s warm-up + ${DUR_S}s), wrk -t$THREADS -c$CONNS"
@@ -282,7 +296,7 @@ report() {
 	echo "- Load average (1/5/15 min): $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after (2 cores; anything much above ~1 means other work competed with the benchmark)"
 	echo "- Commit: $commit$dirty"
 	echo "- Settings: $ROUNDS rounds, interleaved; each run on a fresh server: ${WARM_S}s warm-up, then \`wrk -t$THREADS -c$CONNS -d${DUR_S}s --latency\` against 127.0.0.1"
-	echo "- Servers: \`inproc\` = bench/inproc (net/http in one process); \`dispatcher\` = cmd/dispatcher --pool-size $POOL_SIZE --access-log=false --log-level warn, with worker examples/hello (hello) or testdata/workers/echo (echo)"
+	echo "- Servers: \`inproc\` = bench/inproc (net/http in one process); \`floor\` = bench/floor -children $POOL_SIZE (net/http handing each request to a child process as one raw frame each way: the least a process hop costs); \`dispatcher\` = cmd/dispatcher --pool-size $POOL_SIZE --access-log=false --log-level warn, with worker examples/hello (hello) or testdata/workers/echo (echo)"
 	echo "- Workloads: hello = GET / (\"hello world\\n\"); echo = POST /echo with a 4 KiB body (bench/post4k.lua)"
 	echo "- Server CPU % = CPU time of the server and its worker processes during the measured run, in % of one core (the machine has $(nproc) cores, shared with wrk); CPU µs/req = that CPU time divided by the requests served"
 	echo

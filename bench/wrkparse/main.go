@@ -6,7 +6,9 @@
 //	wrkparse table FILE   reads the tab-separated results run.sh collected
 //	                      (with a header line) and prints markdown tables: the
 //	                      medians per (server, workload), the ratios
-//	                      dispatcher/inproc, and every round
+//	                      dispatcher/inproc, floor/inproc and
+//	                      dispatcher/floor (those whose servers ran), and
+//	                      every round
 //
 // Latencies are normalised to milliseconds whatever unit wrk chose (us, ms,
 // s, m, h).
@@ -229,11 +231,27 @@ type summary struct {
 	non2xx, sockErrs   int64   // totals over the rounds
 }
 
-// Baseline and Candidate name the servers the ratio compares.
+// The servers run.sh knows: the in-process baseline, the process-hop floor
+// (bench/floor) and the dispatcher.
 const (
 	Baseline  = "inproc"
+	Floor     = "floor"
 	Candidate = "dispatcher"
 )
+
+// ratios are the (candidate, baseline) pairs reported, when both ran.
+var ratios = [][2]string{{Candidate, Baseline}, {Floor, Baseline}, {Candidate, Floor}}
+
+// rank orders the servers in the tables: baseline, floor, the rest.
+func rank(server string) int {
+	switch server {
+	case Baseline:
+		return 0
+	case Floor:
+		return 1
+	}
+	return 2
+}
 
 // Table writes the medians, the ratios and the raw rounds as markdown.
 func Table(w io.Writer, rows []Row) error {
@@ -255,13 +273,13 @@ func Table(w io.Writer, rows []Row) error {
 			workloads = append(workloads, r.Workload)
 		}
 	}
-	// Group by workload, baseline first.
+	// Group by workload, baseline first, then the floor.
 	sort.SliceStable(order, func(i, j int) bool {
 		wi, wj := indexOf(workloads, order[i].workload), indexOf(workloads, order[j].workload)
 		if wi != wj {
 			return wi < wj
 		}
-		return order[i].server == Baseline && order[j].server != Baseline
+		return rank(order[i].server) < rank(order[j].server)
 	})
 	sums := map[key]summary{}
 	for _, k := range order {
@@ -288,12 +306,40 @@ func Table(w io.Writer, rows []Row) error {
 			k.server, k.workload, s.n, s.rps, s.p50, s.p99, s.non2xx, s.sockErrs, s.cpu, s.cpuPerReq)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "### Ratio %s / %s (of the medians)\n\n", Candidate, Baseline)
+	for _, pair := range ratios {
+		ratioTable(w, pair[0], pair[1], workloads, sums)
+	}
+	fmt.Fprintln(w, "### Every round")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % |")
+	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|")
+	for _, r := range rows {
+		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f |\n",
+			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent())
+	}
+	return nil
+}
+
+// ratioTable writes the ratios of candidate's medians to baseline's, if
+// both servers ran.
+func ratioTable(w io.Writer, candidate, baseline string, workloads []string, sums map[key]summary) {
+	ran := func(server string) bool {
+		for k := range sums {
+			if k.server == server {
+				return true
+			}
+		}
+		return false
+	}
+	if !ran(candidate) || !ran(baseline) {
+		return
+	}
+	fmt.Fprintf(w, "### Ratio %s / %s (of the medians)\n\n", candidate, baseline)
 	fmt.Fprintln(w, "| workload | req/s ratio (higher is better, 1 = parity) | p99 ratio (lower is better, 1 = parity) | CPU/req ratio (lower is better) |")
 	fmt.Fprintln(w, "|---|--:|--:|--:|")
 	for _, wl := range workloads {
-		b, okb := sums[key{Baseline, wl}]
-		c, okc := sums[key{Candidate, wl}]
+		b, okb := sums[key{baseline, wl}]
+		c, okc := sums[key{candidate, wl}]
 		if !okb || !okc || b.rps == 0 || b.p99 == 0 {
 			fmt.Fprintf(w, "| %s | n/a | n/a | n/a |\n", wl)
 			continue
@@ -305,15 +351,6 @@ func Table(w io.Writer, rows []Row) error {
 		fmt.Fprintf(w, "| %s | %.3f | %.2f | %s |\n", wl, c.rps/b.rps, c.p99/b.p99, cpuRatio)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "### Every round")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % |")
-	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|")
-	for _, r := range rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f |\n",
-			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent())
-	}
-	return nil
 }
 
 func indexOf(xs []string, x string) int {

@@ -66,6 +66,35 @@ func TestParseMissing(t *testing.T) {
 	}
 }
 
+func TestTableWithFloor(t *testing.T) {
+	rows, err := ReadRows(strings.NewReader(strings.Join(columns, "\t") + "\n" +
+		"1\tdispatcher\thello\t40\t2\t4\t0\t0\t150\t1000\t100\n" +
+		"1\tfloor\thello\t50\t2\t5\t0\t0\t150\t1000\t100\n" +
+		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := Table(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	order := []string{
+		"| inproc | hello |", "| floor | hello |", "| dispatcher | hello |",
+		"### Ratio dispatcher / inproc", "| hello | 0.400 | 2.00 | 3.8 |",
+		"### Ratio floor / inproc", "| hello | 0.500 | 2.50 | 3.0 |",
+		"### Ratio dispatcher / floor", "| hello | 0.800 | 0.80 | 1.2 |",
+	}
+	at := 0
+	for _, want := range order {
+		i := strings.Index(out[at:], want)
+		if i < 0 {
+			t.Fatalf("table lacks %q after offset %d:\n%s", want, at, out)
+		}
+		at += i + len(want)
+	}
+}
+
 func TestTable(t *testing.T) {
 	rows, err := ReadRows(strings.NewReader(strings.Join(columns, "\t") + "\n" +
 		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n" +
@@ -88,5 +117,8 @@ func TestTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "floor") {
+		t.Errorf("floor ratios without a floor run:\n%s", out)
 	}
 }
