@@ -845,7 +845,7 @@ func (p *pump) run() {
 			p.mu.Lock()
 			p.credit -= n
 			p.mu.Unlock()
-			if err := p.send(func(fw *frameWriter) []byte { return fw.body(p.id, p.buf[:n]) }); err != nil {
+			if err := p.sendParts(func(fw *frameWriter) ([]byte, []byte) { return fw.bodyParts(p.id, p.buf[:n]) }); err != nil {
 				return
 			}
 		}
@@ -872,6 +872,11 @@ var errPumpStopped = errors.New("ipc: body pump stopped")
 // send writes one frame under the connection's write lock, unless the pump
 // was stopped.
 func (p *pump) send(build func(*frameWriter) []byte) error {
+	return p.sendParts(func(fw *frameWriter) ([]byte, []byte) { return build(fw), nil })
+}
+
+// sendParts is send for a frame built in two parts (see bodyParts).
+func (p *pump) sendParts(build func(*frameWriter) (head, tail []byte)) error {
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()
@@ -880,7 +885,8 @@ func (p *pump) send(build func(*frameWriter) []byte) error {
 	p.sending = true
 	p.mu.Unlock()
 	p.c.wmu.Lock()
-	err := p.c.write(build(p.c.fw))
+	head, tail := build(p.c.fw)
+	err := writeFrame(p.c.nc, head, tail)
 	p.c.wmu.Unlock()
 	p.mu.Lock()
 	p.sending = false

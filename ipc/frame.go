@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -195,6 +196,18 @@ func (fw *frameWriter) begin(k Kind) {
 		fw.enc.Reset(&fw.buf)
 	}
 	fw.buf.Write([]byte{0, 0, 0, 0, byte(k)})
+}
+
+// writeFrame writes a frame given as a head and a tail (see bodyParts) in
+// one writev when nc supports it.
+func writeFrame(nc net.Conn, head, tail []byte) error {
+	if len(tail) == 0 {
+		_, err := nc.Write(head)
+		return err
+	}
+	bufs := net.Buffers{head, tail}
+	_, err := bufs.WriteTo(nc)
+	return err
 }
 
 // finish patches the length prefix and returns the frame bytes.

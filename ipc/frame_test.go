@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"reflect"
@@ -447,6 +448,38 @@ func TestFrameWriterLengthPrefix(t *testing.T) {
 		}
 		if Kind(b[lenPrefix]) != KindBody {
 			t.Errorf("kind byte %d, want %d", b[lenPrefix], KindBody)
+		}
+	}
+}
+
+// A body frame written in two parts is, byte for byte, the frame body
+// builds, on a socket (one writev) as on a pipe (two writes).
+func TestBodyPartsSameBytes(t *testing.T) {
+	for _, n := range []int{0, 1, splitBody - 1, splitBody, splitBody + 1, 40000, ChunkSize} {
+		data := patterned(n)
+		want := append([]byte(nil), newFrameWriter().body(7, data)...)
+		head, tail := newFrameWriter().bodyParts(7, data)
+		if split := len(tail) > 0; split != (n >= splitBody) {
+			t.Errorf("%d bytes: split %v", n, split)
+		}
+		if got := append(append([]byte(nil), head...), tail...); !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: parts differ from the whole frame", n)
+		}
+		for name, pair := range map[string]func() (net.Conn, net.Conn){
+			"socket": func() (net.Conn, net.Conn) { return socketpair(t) },
+			"pipe":   net.Pipe,
+		} {
+			a, b := pair()
+			errc := make(chan error, 1)
+			go func() { errc <- writeFrame(a, head, tail); a.Close() }()
+			got, err := io.ReadAll(b)
+			b.Close()
+			if err != nil || <-errc != nil {
+				t.Fatalf("%s, %d bytes: %v", name, n, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%s, %d bytes: %d bytes arrived, want the %d of the frame", name, n, len(got), len(want))
+			}
 		}
 	}
 }

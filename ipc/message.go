@@ -1,6 +1,9 @@
 package ipc
 
-import "net/http"
+import (
+	"encoding/binary"
+	"net/http"
+)
 
 // Request is the head of an HTTP request as the worker sees it. Its wire form
 // is documented in the package doc; every field here is on the wire.
@@ -119,6 +122,27 @@ func (fw *frameWriter) body(id uint64, data []byte) []byte {
 	_ = fw.enc.EncodeUint(id)
 	_ = fw.enc.EncodeBytes(data)
 	return fw.finish()
+}
+
+// splitBody is the size from which a body frame goes out as two parts
+// (bodyParts): below it, copying the data costs less than the second iovec.
+const splitBody = 4 << 10
+
+// bodyParts returns a body frame as the bytes the writer built and, for a
+// chunk of at least splitBody bytes, data itself, which then follows them
+// on the wire without being copied (writeFrame). Together they are the same
+// bytes body returns.
+func (fw *frameWriter) bodyParts(id uint64, data []byte) (head, tail []byte) {
+	if len(data) < splitBody {
+		return fw.body(id, data), nil
+	}
+	fw.begin(KindBody)
+	_ = fw.enc.EncodeArrayLen(2)
+	_ = fw.enc.EncodeUint(id)
+	_ = fw.enc.EncodeBytesLen(len(data))
+	b := fw.buf.Bytes()
+	binary.BigEndian.PutUint32(b, uint32(len(b)-lenPrefix+len(data)))
+	return b, data
 }
 
 func (fw *frameWriter) end(id uint64, trailer http.Header) []byte {

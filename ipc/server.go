@@ -101,7 +101,10 @@ func (s *ServerConn) WriteInformational(id uint64, status int, header http.Heade
 // WriteBody sends a chunk of the response body; data must not exceed
 // ChunkSize.
 func (s *ServerConn) WriteBody(id uint64, data []byte) error {
-	return s.send(func(fw *frameWriter) []byte { return fw.body(id, data) })
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	head, tail := s.fw.bodyParts(id, data)
+	return writeFrame(s.nc, head, tail)
 }
 
 // WriteEnd completes a response whose head was sent without EOF.
