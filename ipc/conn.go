@@ -71,9 +71,9 @@ type Conn struct {
 
 	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
 	errp atomic.Pointer[error]
-	// headAck, cont: the worker's last pong listed FeatureHeadAck,
-	// FeatureContinue.
-	headAck, cont atomic.Bool
+	// headAck, cont, wideChunk: the worker's last pong listed
+	// FeatureHeadAck, FeatureContinue, FeatureWideChunk.
+	headAck, cont, wideChunk atomic.Bool
 
 	qmu   sync.Mutex
 	cur   *Ticket   // holder of the turn: it alone reads; nil when idle
@@ -278,12 +278,26 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 				c.hear()
 			}
 		}
-		p := startPump(c, t.id, body, req.Trailer, c.window)
+		chunk := ChunkSize
+		if c.wideChunk.Load() {
+			chunk = WideChunkSize
+		}
+		p := startPump(c, t.id, body, req.Trailer, c.window, chunk)
 		c.pmu.Lock()
 		c.pump = p
 		c.pmu.Unlock()
 	}
 	return nil
+}
+
+// chunkFrom is the largest body chunk the worker may send: WideChunkSize
+// if the dispatcher announced FeatureWideChunk, which it does when its
+// frame limit holds one (Announced).
+func (c *Conn) chunkFrom() int {
+	if c.fr.max >= WideChunkMaxFrame {
+		return WideChunkSize
+	}
+	return ChunkSize
 }
 
 // take gives t the turn. Called with qmu held.
@@ -611,6 +625,9 @@ func (t *Ticket) more() error {
 		if id != c.id {
 			return c.fail(protoErr(k, "body for exchange %d during %d", id, c.id))
 		}
+		if limit := c.chunkFrom(); len(data) > limit {
+			return c.fail(protoErr(k, "chunk of %d bytes, over the limit of %d", len(data), limit))
+		}
 		t.body.data = data
 	case KindEnd:
 		id, tr, err := c.pd.idHeader()
@@ -767,6 +784,7 @@ func (c *Conn) Ping() error {
 	}
 	c.headAck.Store(f.headAck)
 	c.cont.Store(f.cont)
+	c.wideChunk.Store(f.wideChunk)
 	return nil
 }
 
@@ -784,11 +802,18 @@ type pump struct {
 	sending bool // writing a frame: stop waits for the write to end
 	done    chan struct{}
 	err     error
-	buf     []byte
+	chunk   int // the largest chunk the worker accepts
 }
 
-func startPump(c *Conn, id uint64, body io.Reader, trailer http.Header, credit int) *pump {
-	p := &pump{c: c, id: id, body: body, trailer: trailer, credit: credit, done: make(chan struct{})}
+// pumpBufs recycle the pumps' read buffers, of ChunkSize and of
+// WideChunkSize.
+var pumpBufs = [2]sync.Pool{
+	{New: func() any { b := make([]byte, ChunkSize); return &b }},
+	{New: func() any { b := make([]byte, WideChunkSize); return &b }},
+}
+
+func startPump(c *Conn, id uint64, body io.Reader, trailer http.Header, credit, chunk int) *pump {
+	p := &pump{c: c, id: id, body: body, trailer: trailer, credit: credit, chunk: chunk, done: make(chan struct{})}
 	p.cond.L = &p.mu
 	go p.run()
 	return p
@@ -829,23 +854,29 @@ func (p *pump) abandon() {
 
 func (p *pump) run() {
 	defer close(p.done)
-	p.buf = make([]byte, ChunkSize)
+	pool := &pumpBufs[0]
+	if p.chunk > ChunkSize {
+		pool = &pumpBufs[1]
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
 	for {
 		p.mu.Lock()
 		for p.credit <= 0 && !p.stopped {
 			p.cond.Wait()
 		}
-		stopped, want := p.stopped, min(p.credit, ChunkSize)
+		stopped, want := p.stopped, min(p.credit, len(buf))
 		p.mu.Unlock()
 		if stopped {
 			return
 		}
-		n, rerr := p.body.Read(p.buf[:want])
+		n, rerr := p.body.Read(buf[:want])
 		if n > 0 {
 			p.mu.Lock()
 			p.credit -= n
 			p.mu.Unlock()
-			if err := p.sendParts(func(fw *frameWriter) ([]byte, []byte) { return fw.bodyParts(p.id, p.buf[:n]) }); err != nil {
+			if err := p.sendParts(func(fw *frameWriter) ([]byte, []byte) { return fw.bodyParts(p.id, buf[:n]) }); err != nil {
 				return
 			}
 		}

@@ -54,7 +54,8 @@
 //	                 host str, remote_addr str, content_length int,
 //	                 request_id str, body bin, eof bool]
 //	                 + continue bool, only with "continue" (below)
-//	2 body     both [id uint, data bin]                 data <= ChunkSize (64 KiB)
+//	2 body     both [id uint, data bin]                 data <= ChunkSize (64 KiB);
+//	                 <= WideChunkSize (256 KiB) with "wide-chunk"
 //	3 end      both [id uint, trailer map]
 //	4 response W>H  [id uint, status int, header map, body bin, eof bool, trailer map]
 //	5 cancel   H>W  [id uint]
@@ -101,6 +102,13 @@
 // starts with no credit. The worker grants its whole window when the
 // handler first reads the body; a handler that answers without reading it
 // grants nothing, and the client never sends the body.
+//
+// FeatureWideChunk ("wide-chunk") raises the body chunk limit of body frames
+// to WideChunkSize (256 KiB): the dispatcher announces it when its frame
+// limit holds such a chunk (Announced) and then accepts them from the
+// worker; a worker that lists it in its pongs accepts them from the
+// dispatcher. The first chunk, in a request or response frame, stays within
+// ChunkSize. A chunk over the limit is a protocol error.
 //
 // With DISPATCHER_IPC_DEPTH=d (default 1) the dispatcher may send up to d
 // requests on a slot before the first ends; the worker runs them one at a

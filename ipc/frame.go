@@ -67,8 +67,16 @@ const (
 	// MinMaxFrame is the smallest frame limit a peer may configure: it must
 	// hold a full body chunk plus a generous head.
 	MinMaxFrame = ChunkSize + 64<<10
-	// ChunkSize is the largest body chunk a peer puts in one frame.
+	// ChunkSize is the largest body chunk a peer puts in one frame, unless
+	// the other peer accepts WideChunkSize (FeatureWideChunk).
 	ChunkSize = 64 << 10
+	// WideChunkSize is the largest body chunk in a body frame to a peer
+	// that accepts FeatureWideChunk. (The first chunk, in a request or
+	// response frame, is still at most ChunkSize.)
+	WideChunkSize = 256 << 10
+	// WideChunkMaxFrame is the smallest frame limit with which a dispatcher
+	// announces FeatureWideChunk: a wide chunk and a generous head.
+	WideChunkMaxFrame = WideChunkSize + 64<<10
 	// Window is the number of request body bytes the dispatcher may send
 	// beyond what the worker has acknowledged with window frames.
 	Window = 256 << 10
@@ -146,7 +154,9 @@ func (fr *frameReader) next() (Kind, []byte, error) {
 		}
 		return 0, nil, protoErr(0, "frame of %d bytes exceeds the limit of %d", n, fr.max)
 	}
-	if fr.npay == 0 && (cap(fr.buf) < n || (cap(fr.buf) > 4*ChunkSize && n <= ChunkSize)) {
+	// A buffer grown for a large frame (a big request head) shrinks back
+	// at the next small one; one that holds a wide chunk is kept.
+	if fr.npay == 0 && (cap(fr.buf) < n || (cap(fr.buf) > WideChunkMaxFrame && n <= ChunkSize)) {
 		fr.buf = make([]byte, n, max(n, 8<<10))
 	}
 	b := fr.buf[:n]

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"slices"
 	"testing"
 	"testing/iotest"
 )
@@ -481,5 +482,28 @@ func TestBodyPartsSameBytes(t *testing.T) {
 				t.Fatalf("%s, %d bytes: %d bytes arrived, want the %d of the frame", name, n, len(got), len(want))
 			}
 		}
+	}
+}
+
+// The dispatcher announces wide-chunk only with a frame limit that holds a
+// wide chunk, and every other feature whatever its limit.
+func TestAnnounced(t *testing.T) {
+	for _, tc := range []struct {
+		maxFrame int
+		wide     bool
+	}{{DefaultMaxFrame, true}, {WideChunkMaxFrame, true}, {WideChunkMaxFrame - 1, false}, {MinMaxFrame, false}} {
+		got := Announced(tc.maxFrame)
+		var want []string
+		for _, f := range Features {
+			if f != FeatureWideChunk || tc.wide {
+				want = append(want, f)
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("Announced(%d) = %v, want %v", tc.maxFrame, got, want)
+		}
+	}
+	if !slices.Contains(Features, FeatureWideChunk) {
+		t.Errorf("Features %v lack %s", Features, FeatureWideChunk)
 	}
 }

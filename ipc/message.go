@@ -393,15 +393,14 @@ func (d *payloadDecoder) idOnly() (uint64, error) {
 	return id, d.skip(n - 1)
 }
 
-// pong decodes pong frames: [id] or [id, features], where features (an
-// array of str, or nil) names the optional features the worker uses. It
-// reports whether FeatureHeadAck is one of them.
 // pongFeatures are the features a pong lists that change what the
 // dispatcher does.
 type pongFeatures struct {
-	headAck, cont bool
+	headAck, cont, wideChunk bool
 }
 
+// pong decodes pong frames: [id] or [id, features], where features (an
+// array of str, or nil) names the optional features the worker uses.
 func (d *payloadDecoder) pong() (id uint64, f pongFeatures, err error) {
 	n, err := d.arrayLen()
 	if err != nil {
@@ -433,6 +432,8 @@ func (d *payloadDecoder) pong() (id uint64, f pongFeatures, err error) {
 			f.headAck = true
 		case FeatureContinue:
 			f.cont = true
+		case FeatureWideChunk:
+			f.wideChunk = true
 		}
 	}
 	return id, f, d.skip(n - 2)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -72,10 +73,29 @@ const (
 	// client's body until then, so the client's "100 Continue" comes when
 	// the handler wants the body, and not at all if it answers without it.
 	FeatureContinue = "continue"
+	// FeatureWideChunk: body frames may carry up to WideChunkSize bytes
+	// instead of ChunkSize. A dispatcher that announces it accepts such
+	// frames from the worker (it announces it only when its frame limit is
+	// at least WideChunkMaxFrame); a worker that lists it in its pongs
+	// accepts them from the dispatcher. Each side sends wide chunks only
+	// if the other accepts them. A bulk transfer then costs a quarter of
+	// the frames, system calls and wake-ups.
+	FeatureWideChunk = "wide-chunk"
 )
 
-// Features are the optional protocol features this dispatcher announces.
-var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow, FeatureContinue}
+// Features are the optional protocol features this dispatcher announces
+// with the default frame limit (see Announced).
+var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow, FeatureContinue, FeatureWideChunk}
+
+// Announced returns the features a dispatcher whose frame limit is
+// maxFrame announces: Features, without FeatureWideChunk when a wide chunk
+// would not fit in a frame.
+func Announced(maxFrame int) []string {
+	if maxFrame >= WideChunkMaxFrame {
+		return Features
+	}
+	return slices.DeleteFunc(slices.Clone(Features), func(f string) bool { return f == FeatureWideChunk })
+}
 
 // HasFeature reports whether the dispatcher that started this worker
 // announced the feature.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -537,5 +538,116 @@ func TestConnContinue(t *testing.T) {
 				t.Fatalf("echoed %d of %d bytes: %v", len(echoed), len(data), err)
 			}
 		})
+	}
+}
+
+// A streamed request body goes out in chunks of up to WideChunkSize to a
+// worker that lists FeatureWideChunk in its pongs, and of up to ChunkSize
+// to one that does not.
+func TestConnWideChunk(t *testing.T) {
+	for _, listed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("worker lists it: %v", listed), func(t *testing.T) {
+			h, w := socketpair(t)
+			sc := NewServerConn(w, 0)
+			if listed {
+				sc.SetFeatures([]string{FeatureWideChunk})
+			}
+			largest := make(chan int, 1)
+			goWorker(t, func() error {
+				most := 0
+				var id uint64
+				var got []byte
+				for {
+					f, err := sc.Next()
+					if err != nil {
+						return nil
+					}
+					switch f.Kind {
+					case KindPing:
+						err = sc.WritePong(f.ID)
+					case KindRequest:
+						id, got = f.ID, append(got[:0], f.Request.Body...)
+						err = sc.WriteWindow(id, WideWindow-Window)
+					case KindBody:
+						most = max(most, len(f.Data))
+						got = append(got, f.Data...)
+						err = sc.WriteWindow(id, len(f.Data))
+					case KindEnd:
+						largest <- most
+						err = sc.WriteResponse(&Response{ID: id, Status: 200, Body: []byte(strconv.Itoa(len(got))), EOF: true})
+					}
+					if err != nil {
+						return err
+					}
+				}
+			}, h)
+			c := NewConn(h, 0)
+			if err := c.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			data := patterned(4 << 20)
+			_, b, err := c.RoundTrip(&Request{Method: "PUT", ContentLength: int64(len(data))}, bytes.NewReader(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.ReadAll(b)
+			if err != nil || string(n) != strconv.Itoa(len(data)) {
+				t.Fatalf("the worker read %s bytes of %d: %v", n, len(data), err)
+			}
+			most := recvOrFail(t, largest, "the end of the body")
+			want := ChunkSize
+			if listed {
+				want = WideChunkSize
+			}
+			if most != want {
+				t.Errorf("largest chunk %d bytes, want %d", most, want)
+			}
+		})
+	}
+}
+
+// A response body chunk over the limit the dispatcher announced is a
+// protocol violation: over WideChunkSize with a frame limit that holds a
+// wide chunk, over ChunkSize with a smaller one.
+func TestConnChunkLimit(t *testing.T) {
+	for _, maxFrame := range []int{DefaultMaxFrame, MinMaxFrame} {
+		limit := ChunkSize
+		if maxFrame >= WideChunkMaxFrame {
+			limit = WideChunkSize
+		}
+		for _, n := range []int{limit, limit + 1} {
+			t.Run(fmt.Sprintf("max frame %d, chunk %d", maxFrame, n), func(t *testing.T) {
+				h, w := socketpair(t)
+				sc := NewServerConn(w, maxFrame)
+				goWorker(t, func() error {
+					f, err := sc.Next()
+					if err != nil {
+						return err
+					}
+					if err := sc.WriteResponse(&Response{ID: f.ID, Status: 200}); err != nil {
+						return err
+					}
+					if err := sc.WriteBody(f.ID, patterned(n)); err != nil {
+						return err
+					}
+					sc.WriteEnd(f.ID, nil)
+					sc.Next() // until the dispatcher's end closes
+					return nil
+				}, h)
+				c := NewConn(h, maxFrame)
+				_, b, err := c.RoundTrip(&Request{Method: "GET", URI: "/", EOF: true}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(b)
+				var pe *ProtocolError
+				switch {
+				case n <= limit && (err != nil || len(got) != n):
+					t.Fatalf("read %d of %d bytes: %v", len(got), n, err)
+				case n > limit && !errors.As(err, &pe):
+					t.Fatalf("a chunk of %d bytes over the limit of %d: err %v, want a protocol error", n, limit, err)
+				}
+			})
+		}
 	}
 }

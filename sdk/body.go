@@ -39,15 +39,20 @@ type requestBody struct {
 }
 
 // chunk is a received piece of the body not yet read. buf, if set, came
-// from chunkPool and goes back once the chunk is read.
+// from pool and goes back once the chunk is read.
 type chunk struct {
 	data []byte
 	buf  *[]byte
+	pool *sync.Pool
 }
 
 // chunkPool recycles the copies of body frames: an upload then costs no
 // allocation (and no garbage collection) per chunk.
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.ChunkSize); return &b }}
+
+// wideChunkPool does the same for chunks over ipc.ChunkSize
+// (FeatureWideChunk).
+var wideChunkPool = sync.Pool{New: func() any { b := make([]byte, ipc.WideChunkSize); return &b }}
 
 func newRequestBody(sc *ipc.ServerConn, id uint64, first []byte, window int, cont bool) *requestBody {
 	b := &requestBody{sc: sc, id: id, window: window}
@@ -74,10 +79,14 @@ func (b *requestBody) push(data []byte) error {
 		return fmt.Errorf("dispatcher sent %d body bytes beyond the window", b.queued+len(data)-b.window)
 	}
 	var c chunk
-	if len(data) <= ipc.ChunkSize {
-		c.buf = chunkPool.Get().(*[]byte)
+	switch {
+	case len(data) <= ipc.ChunkSize:
+		c.buf, c.pool = chunkPool.Get().(*[]byte), &chunkPool
 		c.data = (*c.buf)[:copy(*c.buf, data)]
-	} else {
+	case len(data) <= ipc.WideChunkSize:
+		c.buf, c.pool = wideChunkPool.Get().(*[]byte), &wideChunkPool
+		c.data = (*c.buf)[:copy(*c.buf, data)]
+	default:
 		c.data = append([]byte(nil), data...)
 	}
 	b.chunks = append(b.chunks, c)
@@ -163,7 +172,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	n := copy(p, c.data)
 	if n == len(c.data) {
 		if c.buf != nil {
-			chunkPool.Put(c.buf)
+			c.pool.Put(c.buf)
 		}
 		*c = chunk{}
 		b.chunks = b.chunks[1:]

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -237,6 +239,71 @@ func TestContinue(t *testing.T) {
 				if k != ipc.KindWindow {
 					t.Fatalf("got %s %v, want the response", k, f)
 				}
+			}
+		})
+	}
+}
+
+// With FeatureWideChunk, the worker lists it, takes a request body chunk
+// of ipc.WideChunkSize bytes, and after a first chunk of at most
+// ipc.ChunkSize sends its response body in chunks of up to
+// ipc.WideChunkSize; without it, in chunks of at most ipc.ChunkSize.
+func TestWideChunkFrames(t *testing.T) {
+	for _, wide := range []bool{true, false} {
+		t.Run(fmt.Sprintf("announced %v", wide), func(t *testing.T) {
+			const size = 1 << 20
+			w := &worker{depth: 1, wideChunk: wide, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n, err := io.Copy(io.Discard, r.Body)
+				fmt.Fprintf(w, "%08d %v|", n, err)
+				chunk := make([]byte, 32<<10)
+				for sent := 0; sent < size; sent += len(chunk) {
+					w.Write(chunk)
+				}
+			})}
+			var features []string
+			wantPong, largest := "[1]", ipc.ChunkSize
+			if wide {
+				features = []string{ipc.FeatureWideChunk}
+				wantPong, largest = "[1 [wide-chunk]]", ipc.WideChunkSize
+			}
+			host := serveOneSlot(t, w, features)
+
+			first := make([]byte, 10)
+			in := append(fuzzFrame(ipc.KindPing, 1), reqFrame(2, "POST", "/", first, false, nil)...)
+			in = append(in, fuzzFrame(ipc.KindBody, 2, make([]byte, ipc.Window-len(first)))...)
+			in = append(in, fuzzFrame(ipc.KindEnd, 2, nil)...)
+			if _, err := host.Write(in); err != nil {
+				t.Fatal(err)
+			}
+			if k, f := readFrame(t, host); k != ipc.KindPong || fmt.Sprint(f) != wantPong {
+				t.Fatalf("got %s %v, want a pong %s", k, f, wantPong)
+			}
+			var body []byte
+			var sizes []int
+			for k := ipc.Kind(0); k != ipc.KindEnd; {
+				var f []any
+				switch k, f = readFrame(t, host); k {
+				case ipc.KindResponse:
+					b, _ := f[3].([]byte)
+					if len(b) > ipc.ChunkSize {
+						t.Errorf("response head with %d bytes of body, more than %d", len(b), ipc.ChunkSize)
+					}
+					body = append(body, b...)
+				case ipc.KindBody:
+					b := f[1].([]byte)
+					sizes = append(sizes, len(b))
+					body = append(body, b...)
+				case ipc.KindWindow, ipc.KindEnd:
+				default:
+					t.Fatalf("got %s %v", k, f)
+				}
+			}
+			head := fmt.Sprintf("%08d <nil>|", ipc.Window)
+			if !strings.HasPrefix(string(body), head) || len(body) != len(head)+size {
+				t.Fatalf("body of %d bytes starting %.20q, want %q and %d more bytes", len(body), body, head, size)
+			}
+			if slices.Max(sizes) != largest {
+				t.Errorf("body chunks of %v bytes, want at most and at least once %d", sizes, largest)
 			}
 		})
 	}

@@ -16,7 +16,9 @@ import (
 // and what http.ResponseController looks for: FlushError, SetReadDeadline,
 // SetWriteDeadline and EnableFullDuplex. Small responses go out in a single
 // frame when the handler returns; larger ones, or flushed ones, as a head
-// followed by body frames of at most ipc.ChunkSize.
+// with up to ipc.ChunkSize bytes of body, followed by body frames of up to
+// the worker's chunk size (ipc.WideChunkSize if the dispatcher accepts it):
+// the first bytes go out early, the bulk in few frames.
 type responseWriter struct {
 	s      *slot
 	ex     *exchange
@@ -88,12 +90,17 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	n := len(p)
+	limit := ipc.ChunkSize
+	if w.headSent {
+		limit = w.s.w.chunk()
+	}
 	for len(p) > 0 {
-		room := ipc.ChunkSize - len(w.buf)
+		room := limit - len(w.buf)
 		if room == 0 {
 			if err := w.flushChunk(); err != nil {
 				return n - len(p), err
 			}
+			limit = w.s.w.chunk()
 			continue
 		}
 		take := min(room, len(p))

@@ -101,6 +101,7 @@ func Serve(h http.Handler) {
 		headAck:       ipc.HasFeature(ipc.FeatureHeadAck),
 	}
 	w.wide = w.headAck && ipc.HasFeature(ipc.FeatureWideWindow)
+	w.wideChunk = ipc.HasFeature(ipc.FeatureWideChunk) && maxFrame >= ipc.WideChunkMaxFrame
 	// The pongs list the announced features this worker uses.
 	var used []string
 	if w.informational {
@@ -111,6 +112,10 @@ func Serve(h http.Handler) {
 	}
 	if w.wide {
 		used = append(used, ipc.FeatureWideWindow)
+	}
+	if w.wideChunk {
+		// The slots accept wide chunks too (requestBody.push).
+		used = append(used, ipc.FeatureWideChunk)
 	}
 	if ipc.HasFeature(ipc.FeatureContinue) {
 		// Nothing to decide: a request marked continue gets its window at
@@ -143,9 +148,11 @@ type worker struct {
 	// elsewhere until the worker acknowledges its request (WriteAck).
 	headAck bool
 	// wide: FeatureWideWindow (see window).
-	wide     bool
-	slots    sync.WaitGroup
-	inflight sync.WaitGroup
+	wide bool
+	// wideChunk: FeatureWideChunk (see chunk).
+	wideChunk bool
+	slots     sync.WaitGroup
+	inflight  sync.WaitGroup
 }
 
 // window is the unacknowledged request body bytes a slot accepts per
@@ -156,6 +163,15 @@ func (w *worker) window() int {
 		return ipc.WideWindow
 	}
 	return ipc.Window
+}
+
+// chunk is the largest response body chunk after the first:
+// ipc.WideChunkSize with FeatureWideChunk, else ipc.ChunkSize.
+func (w *worker) chunk() int {
+	if w.wideChunk {
+		return ipc.WideChunkSize
+	}
+	return ipc.ChunkSize
 }
 
 func (w *worker) drain(grace time.Duration) {

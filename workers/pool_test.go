@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -355,22 +356,58 @@ func TestStreamedBodyRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Close()
-	var got []byte
-	for {
-		b, err := resp.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, b...)
-	}
+	got, _ := readChunks(t, resp)
 	if string(got) != string(payload) {
 		t.Fatalf("echoed %d bytes, want the %d sent", len(got), len(payload))
 	}
 	if !resp.Streaming {
 		t.Error("a 3 MiB response should stream")
+	}
+}
+
+// readChunks reads a response body to its end with Next, and returns it
+// and the size of each chunk.
+func readChunks(t *testing.T, resp *Response) (body []byte, sizes []int) {
+	t.Helper()
+	for {
+		b, err := resp.Next()
+		if err == io.EOF {
+			return body, sizes
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = append(body, b...)
+		sizes = append(sizes, len(b))
+	}
+}
+
+// A response body streams in chunks of up to ipc.WideChunkSize after a
+// first chunk of at most ipc.ChunkSize, when the frame limit holds a wide
+// chunk (the dispatcher then announces FeatureWideChunk); with the smallest
+// frame limit, in chunks of at most ipc.ChunkSize.
+func TestWideChunks(t *testing.T) {
+	for _, maxFrame := range []int{ipc.DefaultMaxFrame, ipc.MinMaxFrame} {
+		t.Run(fmt.Sprint("max frame ", maxFrame), func(t *testing.T) {
+			p := startPool(t, "fidelity", Config{MaxFrame: maxFrame})
+			const n = 2 << 20
+			req := &ipc.Request{Method: "GET", URI: fmt.Sprintf("/big?n=%d", n), Proto: "HTTP/1.1", EOF: true}
+			resp, err := p.RoundTrip(context.Background(), req, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Close()
+			body, sizes := readChunks(t, resp)
+			total := len(body)
+			want := ipc.ChunkSize
+			if maxFrame >= ipc.WideChunkMaxFrame {
+				want = ipc.WideChunkSize
+			}
+			if total != n || len(sizes) < 2 || sizes[0] > ipc.ChunkSize || slices.Max(sizes) != want {
+				t.Fatalf("%d bytes in chunks of %v: want %d bytes, the first chunk at most %d, the largest %d",
+					total, sizes, n, ipc.ChunkSize, want)
+			}
+		})
 	}
 }
 

@@ -44,6 +44,8 @@ var checks = []check{
 		run: checkBinStrings},
 	{name: "streamed-body", section: "4.2", what: "takes a 1 MiB request body in body frames within its window, then an end frame with trailers",
 		run: checkStreamedBody},
+	{name: "wide-chunk", section: "4.2, 10", what: "if it lists wide-chunk, takes a 1 MiB request body in chunks of up to 256 KiB; never sends a body chunk over 256 KiB, or over 64 KiB where wide-chunk was not announced",
+		run: checkWideChunk},
 	{name: "head-ack", section: "4.2, 10", what: "lists only announced features in its pongs; if it lists head-ack, acknowledges a streamed request with a window frame [id, 0] (with wide-window, [id, 786432]) before any other frame of it, without waiting for its body",
 		run: checkHeadAck},
 	{name: "small-max-frame", section: "6", what: "keeps every frame within a DISPATCHER_IPC_MAX_FRAME of 128 KiB",
@@ -274,18 +276,24 @@ func checkBinStrings(t *target, w *worker) (string, error) {
 // streamed sends a POST whose body follows in body frames and awaits the
 // answer; it reports how much of the body was sent and acknowledged.
 func streamed(s *slot, uri string, n int, abort string) (*result, string, error) {
+	res, p, err := streamedPump(s, uri, n, abort)
+	return res, fmt.Sprintf("%d of %d body bytes sent, %d acknowledged", p.sent, n, p.granted), err
+}
+
+// streamedPump is streamed, returning the stopped pump.
+func streamedPump(s *slot, uri string, n int, abort string) (*result, *pump, error) {
 	r, rest := post(uri, n)
 	id := s.nextID()
 	if err := s.send(kRequest, r.payload(id)); err != nil {
-		return nil, "", err
+		return nil, &pump{}, err
 	}
 	p := startPump(s, id, len(r.body), rest, map[string][]string{"X-Conformance": {"trailer"}}, abort)
 	res, err := s.await(id)
-	sent, granted := p.stop()
+	p.stop()
 	if err == nil && p.err != nil {
 		err = p.err
 	}
-	return res, fmt.Sprintf("%d of %d body bytes sent, %d acknowledged", sent, n, granted), err
+	return res, p, err
 }
 
 func checkStreamedBody(t *target, w *worker) (string, error) {
@@ -294,6 +302,26 @@ func checkStreamedBody(t *target, w *worker) (string, error) {
 		return "", err
 	}
 	return res.String() + "; " + detail, w.slots[0].ping()
+}
+
+// checkWideChunk streams a body in wide chunks to a worker that lists the
+// wide-chunk feature (every read checks the worker's own chunks).
+func checkWideChunk(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	if err := s.ping(); err != nil {
+		return "", err
+	}
+	if !slices.Contains(s.features, ipc.FeatureWideChunk) {
+		return "its pongs do not list wide-chunk: it gets chunks of at most 64 KiB (optional)", nil
+	}
+	res, p, err := streamedPump(s, t.uri, 1<<20, "")
+	if err != nil {
+		return "", err
+	}
+	if p.largest == 0 {
+		return fmt.Sprintf("the handler answered before any body frame (%s): point -path at one that reads the body to send it wide chunks", res), s.ping()
+	}
+	return fmt.Sprintf("%d body bytes sent, in chunks of up to %d; %s", p.sent, p.largest, res), s.ping()
 }
 
 // checkHeadAck holds back the body of a request: a worker that lists the

@@ -89,6 +89,9 @@ func TestSDKWorkersConform(t *testing.T) {
 				}
 			}
 			wantSummary(t, report, len(checks), 0, 0)
+			if tc.name == "echo" && !strings.Contains(outcomes["wide-chunk"].line, fmt.Sprintf("in chunks of up to %d", wideChunkSize)) {
+				t.Errorf("check wide-chunk: %q, want the body sent in chunks of %d bytes", outcomes["wide-chunk"].line, wideChunkSize)
+			}
 			if t.Failed() {
 				t.Logf("report:\n%s", report)
 			}

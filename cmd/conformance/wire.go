@@ -33,6 +33,11 @@ const (
 	window      = 256 << 10 // request body bytes sent beyond the worker's acknowledgements
 	wideWindow  = 1 << 20   // the window after a wide-window acknowledgement
 	minMaxFrame = chunkSize + 64<<10
+	// wideChunkSize is the largest body chunk with the wide-chunk feature,
+	// which a dispatcher announces when its frame limit is at least
+	// wideChunkMaxFrame.
+	wideChunkSize     = 256 << 10
+	wideChunkMaxFrame = wideChunkSize + 64<<10
 )
 
 var kindNames = map[byte]string{kRequest: "request", kBody: "body", kEnd: "end", kResponse: "response",
@@ -251,9 +256,6 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 		if f.data, err = d.bytes(); err != nil {
 			return fail("data", err)
 		}
-		if len(f.data) > chunkSize {
-			return f, violated("body frame of %d bytes: a chunk holds at most %d", len(f.data), chunkSize)
-		}
 	case kEnd:
 		if f.trailer, err = d.header(); err != nil {
 			return fail("trailer", err)
@@ -345,7 +347,36 @@ func (s *slot) read() (wframe, error) {
 		}
 		return wframe{}, fmt.Errorf("inside a frame: %w", readErr(err, s.timeout))
 	}
-	return decodeW(p[0], p[1:])
+	f, err := decodeW(p[0], p[1:])
+	if err == nil && f.kind == kBody && len(f.data) > s.chunkFrom() {
+		return f, violated("body frame of %d bytes: a chunk holds at most %d%s", len(f.data), s.chunkFrom(), s.wideNote())
+	}
+	return f, err
+}
+
+// chunkFrom is the largest body chunk the worker may send: launch announces
+// wide-chunk when the frame limit holds a wide chunk (ipc.Announced).
+func (s *slot) chunkFrom() int {
+	if s.max >= wideChunkMaxFrame {
+		return wideChunkSize
+	}
+	return chunkSize
+}
+
+func (s *slot) wideNote() string {
+	if s.max >= wideChunkMaxFrame {
+		return " (wide-chunk was announced)"
+	}
+	return fmt.Sprintf(" (wide-chunk was not announced: DISPATCHER_IPC_MAX_FRAME=%d)", s.max)
+}
+
+// chunkTo is the largest body chunk the worker takes: wideChunkSize if its
+// last pong listed wide-chunk.
+func (s *slot) chunkTo() int {
+	if slices.Contains(s.features, ipc.FeatureWideChunk) {
+		return wideChunkSize
+	}
+	return chunkSize
 }
 
 var errClosed = errors.New("the worker closed the slot")
@@ -511,6 +542,8 @@ type pump struct {
 	stopped      bool
 	done         chan struct{}
 	err          error
+	chunk        int // the largest chunk to send (slot.chunkTo)
+	largest      int // the largest chunk sent
 }
 
 // startPump sends the rest of exchange id's body (first bytes already sent
@@ -523,7 +556,8 @@ func startPump(s *slot, id uint64, first int, rest []byte, trailer map[string][]
 // a request sent with the continue element (no credit until the worker
 // grants the window).
 func startPumpCredit(s *slot, id uint64, first int, rest []byte, trailer map[string][]string, abort string, credit int, cont bool) *pump {
-	p := &pump{s: s, id: id, rest: rest, trailer: trailer, abort: abort, credit: credit, sent: first, cont: cont, done: make(chan struct{})}
+	p := &pump{s: s, id: id, rest: rest, trailer: trailer, abort: abort, credit: credit, sent: first, cont: cont,
+		chunk: s.chunkTo(), done: make(chan struct{})}
 	p.cond.L = &p.mu
 	s.credit = p.grant
 	go p.run()
@@ -588,7 +622,8 @@ func (p *pump) run() {
 			p.mu.Unlock()
 			break
 		}
-		n := min(p.credit, chunkSize, len(p.rest))
+		n := min(p.credit, p.chunk, len(p.rest))
+		p.largest = max(p.largest, n)
 		chunk := p.rest[:n]
 		p.rest = p.rest[n:]
 		p.credit -= n

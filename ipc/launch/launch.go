@@ -172,7 +172,7 @@ func Start(cfg Config) (*Child, error) {
 	}
 	cmd.ExtraFiles = childFiles
 	cmd.Env = append(cmd.Env, ipc.EnvFDs+"="+strings.Join(fds, ","), ipc.EnvMaxFrame+"="+strconv.Itoa(cfg.MaxFrame),
-		ipc.EnvFeatures+"="+strings.Join(ipc.Features, ","))
+		ipc.EnvFeatures+"="+strings.Join(ipc.Announced(cfg.MaxFrame), ","))
 	if cfg.Depth > 1 {
 		cmd.Env = append(cmd.Env, ipc.EnvDepth+"="+strconv.Itoa(cfg.Depth))
 	}
