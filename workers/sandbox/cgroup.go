@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -26,6 +27,30 @@ type hierarchy struct {
 	mount       string   // where it is mounted
 	base        string   // the dispatcher's own cgroup in it (absolute path)
 	controllers []string // v1: the controllers bound to it; v2: those available in base
+	// kill: whether cells have cgroup.kill (v2, Linux 5.14): 0 not known
+	// yet, 1 yes, 2 no. Looked up in the first cell killAll finds in use: the
+	// root cgroup, which base may be, never has the file.
+	kill atomic.Int32
+}
+
+// hasKill reports whether g, a cell of a v2 hierarchy, has cgroup.kill,
+// looking once per hierarchy.
+func (g group) hasKill() bool {
+	h := g.h
+	if !h.v2 {
+		return false
+	}
+	if k := h.kill.Load(); k != 0 {
+		return k == 1
+	}
+	switch {
+	case fileExists(filepath.Join(g.dir, "cgroup.kill")):
+		h.kill.Store(1)
+		return true
+	case fileExists(g.dir):
+		h.kill.Store(2)
+	}
+	return false
 }
 
 func (h *hierarchy) String() string {
@@ -232,9 +257,13 @@ func (g group) statField(file, key string) int64 {
 // the loop race-free, but any v1 controller will do: a process forking as
 // it is killed is caught on the next round).
 func (g group) killAll(timeout time.Duration) error {
+	// Most cells are empty by now (their worker was reaped): nothing to
+	// kill, no cgroup.kill to write.
+	if busy, err := g.populated(); errors.Is(err, fs.ErrNotExist) || err == nil && !busy {
+		return nil
+	}
 	deadline := time.Now().Add(timeout)
-	killFile := filepath.Join(g.dir, "cgroup.kill")
-	useKill := g.h.v2 && fileExists(killFile)
+	useKill := g.hasKill()
 	frozen := false
 	if !g.h.v2 && g.h.has("freezer") && g.write("freezer.state", "FROZEN") == nil {
 		frozen = true
