@@ -13,6 +13,10 @@
 // each request runs BINARY once, with the request body on its standard
 // input, and answers with what it writes on standard output.
 //
+// With -cgi BINARY it is the CGI baseline: the standard library's
+// net/http/cgi runs BINARY (see bench/cgichild, a net/http handler) once
+// per request.
+//
 // The echo handler enables full duplex: without it, net/http stops reading
 // an HTTP/1.x request body once the response has started, so io.Copy would
 // echo only the first 512 bytes (what ResponseWriter.ReadFrom sniffs before
@@ -25,6 +29,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/http/cgi"
 	"os/exec"
 	"strconv"
 )
@@ -32,8 +37,12 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on")
 	fork := flag.String("fork", "", "serve every request by running `binary` (see bench/forkchild) instead")
+	cgiBin := flag.String("cgi", "", "serve every request by running `binary` as a CGI program (see bench/cgichild) instead")
 	flag.Parse()
 
+	if *cgiBin != "" {
+		log.Fatal(http.ListenAndServe(*listen, &cgi.Handler{Path: *cgiBin}))
+	}
 	if *fork != "" {
 		log.Fatal(http.ListenAndServe(*listen, forkPerRequest(*fork)))
 	}

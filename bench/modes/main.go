@@ -5,10 +5,13 @@
 //     handshake and request), repeated after each idle stop; median and p90;
 //   - oneshot throughput (closed loop, -conns clients) with warm spares
 //     against the same mode without spares (a spawn on every request's path),
-//     and against a fork-per-request baseline in the same run: a net/http
+//     and against two fork-per-request baselines in the same run: a net/http
 //     server running a small static Go program per request, stdin to stdout,
 //     as of-watchdog's serializing mode does (bench/inproc -fork,
-//     bench/forkchild; ../shared/ANCHORS.md, ofwd-serializing);
+//     bench/forkchild; ../shared/ANCHORS.md, ofwd-serializing), and the
+//     standard library's net/http/cgi running a static Go net/http handler
+//     per request (bench/inproc -cgi, bench/cgichild): what a fresh process
+//     per request costs for the same handler without the dispatcher;
 //   - p50 latency at concurrency 1: oneshot with spares against pool mode;
 //   - p50 latency at low concurrency, paced (one client, a request every
 //     -pace, slower than spares are replenished, so each finds a warm
@@ -24,7 +27,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -120,21 +122,23 @@ func start(args ...string) *server {
 	return s
 }
 
-// startFork starts the fork-per-request baseline: bench/inproc -fork with
-// bench/forkchild, both built static (CGO_ENABLED=0), as the anchors'
-// ofwd-serializing entry runs a static Go binary.
-func startFork() *server {
-	dir, err := os.MkdirTemp("", "modes-fork-")
+// startFork starts a fork-per-request baseline, both programs built static
+// (CGO_ENABLED=0), as the anchors' ofwd-serializing entry runs a static Go
+// binary: with kind "fork", bench/inproc -fork with bench/forkchild; with
+// kind "cgi", bench/inproc -cgi with bench/cgichild.
+func startFork(kind string) *server {
+	dir, err := os.MkdirTemp("", "modes-"+kind+"-")
 	if err != nil {
 		fail(err)
 	}
-	build := exec.Command("go", "build", "-o", dir+"/", "./bench/inproc", "./bench/forkchild")
+	child := map[string]string{"fork": "forkchild", "cgi": "cgichild"}[kind]
+	build := exec.Command("go", "build", "-o", dir+"/", "./bench/inproc", "./bench/"+child)
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fail(fmt.Errorf("go build: %v\n%s", err, out))
 	}
 	addr := freePort()
-	cmd := exec.Command(filepath.Join(dir, "inproc"), "-listen", addr, "-fork", filepath.Join(dir, "forkchild"))
+	cmd := exec.Command(filepath.Join(dir, "inproc"), "-listen", addr, "-"+kind, filepath.Join(dir, child))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		fail(err)
@@ -144,7 +148,7 @@ func startFork() *server {
 	for deadline := time.Now().Add(30 * time.Second); get(c, s.url+"/") != nil; {
 		if time.Now().After(deadline) {
 			s.stop()
-			fail(errors.New("the fork-per-request baseline did not start"))
+			fail(fmt.Errorf("the %s baseline did not start", kind))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -322,14 +326,18 @@ func main() {
 	fmt.Printf("ondemand cold start (first request on an idle dispatcher, %d runs): median %s, p90 %s\n\n", len(cold), ms(pct(cold, 0.5)), ms(pct(cold, 0.9)))
 
 	// Throughput: with and without spares, interleaved, medians.
-	var rpsSparesAll, rpsNoneAll, rpsForkAll, ratioForkAll []float64
+	var rpsSparesAll, rpsNoneAll, rpsForkAll, ratioForkAll, rpsCGIAll, ratioCGIAll []float64
 	var spawns []time.Duration
 	for r := range *rounds {
-		for _, spares := range rotate([]string{"2", "0", "fork"}, r) {
-			if spares == "fork" {
-				s := startFork()
+		for _, spares := range rotate([]string{"2", "0", "fork", "cgi"}, r) {
+			if spares == "fork" || spares == "cgi" {
+				s := startFork(spares)
 				rps, _ := load(s.url+"/", *conns)
-				rpsForkAll = append(rpsForkAll, rps)
+				if spares == "fork" {
+					rpsForkAll = append(rpsForkAll, rps)
+				} else {
+					rpsCGIAll = append(rpsCGIAll, rps)
+				}
 				s.stop()
 				continue
 			}
@@ -346,8 +354,9 @@ func main() {
 	}
 	for i := range rpsForkAll {
 		ratioForkAll = append(ratioForkAll, rpsSparesAll[i]/rpsForkAll[i])
+		ratioCGIAll = append(ratioCGIAll, rpsSparesAll[i]/rpsCGIAll[i])
 	}
-	rpsSpares, rpsNone, rpsFork := median(rpsSparesAll), median(rpsNoneAll), median(rpsForkAll)
+	rpsSpares, rpsNone, rpsFork, rpsCGI := median(rpsSparesAll), median(rpsNoneAll), median(rpsForkAll), median(rpsCGIAll)
 
 	withSpares := start("--mode", "oneshot", "--spares", "2", "--max-workers", "4")
 	_, latSpares := load(withSpares.url+"/", 1)
@@ -368,6 +377,8 @@ func main() {
 	fmt.Printf("| ratio spares / no spares | %.2f |\n", rpsSpares/rpsNone)
 	fmt.Printf("| fork-per-request baseline (inproc -fork forkchild, static), %d clients, req/s (median of %d: %s) | %.0f |\n", *conns, len(rpsForkAll), floats(rpsForkAll), rpsFork)
 	fmt.Printf("| ratio oneshot with spares / fork-per-request baseline (per round: %s) | %.2f |\n", floatsPrec(ratioForkAll, 2), median(ratioForkAll))
+	fmt.Printf("| CGI baseline (inproc -cgi cgichild: net/http/cgi running a net/http handler per request, static), %d clients, req/s (median of %d: %s) | %.0f |\n", *conns, len(rpsCGIAll), floats(rpsCGIAll), rpsCGI)
+	fmt.Printf("| ratio oneshot with spares / CGI baseline (per round: %s) | %.2f |\n", floatsPrec(ratioCGIAll, 2), median(ratioCGIAll))
 	fmt.Printf("| ratio spares / node fork-per-request (22 req/s, ../shared/ANCHORS.md) | %.1f |\n", rpsSpares/22)
 	fmt.Printf("| p50 at concurrency 1, closed loop: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
 	fmt.Printf("| p50 at concurrency 1, closed loop: pool | %s |\n", ms(pct(latPool, 0.5)))
