@@ -467,6 +467,40 @@ func retryEchoes(t *testing.T, rp *Replay, data []byte) {
 	}
 }
 
+// featureWorker plays a worker on a new connection whose pongs list feature
+// if listed: it answers pings and hands every other frame to handle, until
+// the connection ends. It returns the dispatcher's end, pinged, so that it
+// knows whether the worker lists the feature.
+func featureWorker(t *testing.T, feature string, listed bool, handle func(*ServerConn, Frame) error) *Conn {
+	t.Helper()
+	h, w := socketpair(t)
+	sc := NewServerConn(w, 0)
+	if listed {
+		sc.SetFeatures([]string{feature})
+	}
+	goWorker(t, func() error {
+		for {
+			f, err := sc.Next()
+			if err != nil {
+				return nil
+			}
+			if f.Kind == KindPing {
+				err = sc.WritePong(f.ID)
+			} else {
+				err = handle(sc, f)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}, h)
+	c := NewConn(h, 0)
+	if err := c.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // FeatureContinue: a request marked Continue goes out with no credit, and
 // nothing of its body is read until the worker grants its window; to a
 // worker that does not list the feature, it goes out unmarked with the
@@ -474,42 +508,22 @@ func retryEchoes(t *testing.T, rp *Replay, data []byte) {
 func TestConnContinue(t *testing.T) {
 	for _, listed := range []bool{true, false} {
 		t.Run(fmt.Sprintf("worker lists it: %v", listed), func(t *testing.T) {
-			h, w := socketpair(t)
-			sc := NewServerConn(w, 0)
-			if listed {
-				sc.SetFeatures([]string{FeatureContinue})
-			}
 			grant := make(chan struct{})
 			got := make(chan *Request, 1)
-			goWorker(t, func() error {
-				for {
-					f, err := sc.Next()
-					if err != nil {
-						return nil
-					}
-					switch f.Kind {
-					case KindPing:
-						err = sc.WritePong(f.ID)
-					case KindRequest:
-						r := *f.Request
-						got <- &r
-						if r.Continue {
-							<-grant
-							if err := sc.WriteWindow(r.ID, Window); err != nil {
-								return err
-							}
-						}
-						err = echoExchange(sc, &r)
-					}
-					if err != nil {
+			c := featureWorker(t, FeatureContinue, listed, func(sc *ServerConn, f Frame) error {
+				if f.Kind != KindRequest {
+					return nil
+				}
+				r := *f.Request
+				got <- &r
+				if r.Continue {
+					<-grant
+					if err := sc.WriteWindow(r.ID, Window); err != nil {
 						return err
 					}
 				}
-			}, h)
-			c := NewConn(h, 0)
-			if err := c.Ping(); err != nil {
-				t.Fatal(err)
-			}
+				return echoExchange(sc, &r)
+			})
 			data := patterned(3 * ChunkSize)
 			src := &enteredReader{r: bytes.NewReader(data), entered: make(chan struct{}, 1)}
 			done := make(chan error, 1)
@@ -547,44 +561,25 @@ func TestConnContinue(t *testing.T) {
 func TestConnWideChunk(t *testing.T) {
 	for _, listed := range []bool{true, false} {
 		t.Run(fmt.Sprintf("worker lists it: %v", listed), func(t *testing.T) {
-			h, w := socketpair(t)
-			sc := NewServerConn(w, 0)
-			if listed {
-				sc.SetFeatures([]string{FeatureWideChunk})
-			}
 			largest := make(chan int, 1)
-			goWorker(t, func() error {
-				most := 0
-				var id uint64
-				var got []byte
-				for {
-					f, err := sc.Next()
-					if err != nil {
-						return nil
-					}
-					switch f.Kind {
-					case KindPing:
-						err = sc.WritePong(f.ID)
-					case KindRequest:
-						id, got = f.ID, append(got[:0], f.Request.Body...)
-						err = sc.WriteWindow(id, WideWindow-Window)
-					case KindBody:
-						most = max(most, len(f.Data))
-						got = append(got, f.Data...)
-						err = sc.WriteWindow(id, len(f.Data))
-					case KindEnd:
-						largest <- most
-						err = sc.WriteResponse(&Response{ID: id, Status: 200, Body: []byte(strconv.Itoa(len(got))), EOF: true})
-					}
-					if err != nil {
-						return err
-					}
+			most := 0
+			var id uint64
+			var got []byte
+			c := featureWorker(t, FeatureWideChunk, listed, func(sc *ServerConn, f Frame) error {
+				switch f.Kind {
+				case KindRequest:
+					id, got = f.ID, append(got[:0], f.Request.Body...)
+					return sc.WriteWindow(id, WideWindow-Window)
+				case KindBody:
+					most = max(most, len(f.Data))
+					got = append(got, f.Data...)
+					return sc.WriteWindow(id, len(f.Data))
+				case KindEnd:
+					largest <- most
+					return sc.WriteResponse(&Response{ID: id, Status: 200, Body: []byte(strconv.Itoa(len(got))), EOF: true})
 				}
-			}, h)
-			c := NewConn(h, 0)
-			if err := c.Ping(); err != nil {
-				t.Fatal(err)
-			}
+				return nil
+			})
 			data := patterned(4 << 20)
 			_, b, err := c.RoundTrip(&Request{Method: "PUT", ContentLength: int64(len(data))}, bytes.NewReader(data))
 			if err != nil {
@@ -594,13 +589,13 @@ func TestConnWideChunk(t *testing.T) {
 			if err != nil || string(n) != strconv.Itoa(len(data)) {
 				t.Fatalf("the worker read %s bytes of %d: %v", n, len(data), err)
 			}
-			most := recvOrFail(t, largest, "the end of the body")
+			seen := recvOrFail(t, largest, "the end of the body")
 			want := ChunkSize
 			if listed {
 				want = WideChunkSize
 			}
-			if most != want {
-				t.Errorf("largest chunk %d bytes, want %d", most, want)
+			if seen != want {
+				t.Errorf("largest chunk %d bytes, want %d", seen, want)
 			}
 		})
 	}

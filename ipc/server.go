@@ -99,7 +99,7 @@ func (s *ServerConn) WriteInformational(id uint64, status int, header http.Heade
 }
 
 // WriteBody sends a chunk of the response body; data must not exceed
-// ChunkSize.
+// ChunkSize, or WideChunkSize if the dispatcher announced FeatureWideChunk.
 func (s *ServerConn) WriteBody(id uint64, data []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
