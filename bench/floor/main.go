@@ -130,13 +130,7 @@ func (f *front) hello(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	b, err := f.call('h', nil)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write(b)
+	f.answer(w, 'h', nil, "text/plain; charset=utf-8")
 }
 
 func (f *front) echo(w http.ResponseWriter, r *http.Request) {
@@ -145,12 +139,17 @@ func (f *front) echo(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	b, err := f.call('e', body)
+	f.answer(w, 'e', body, "application/octet-stream")
+}
+
+// answer writes what a child answers to one request frame.
+func (f *front) answer(w http.ResponseWriter, kind byte, body []byte, contentType string) {
+	b, err := f.call(kind, body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Type", contentType)
 	w.Write(b)
 }
 

@@ -66,19 +66,26 @@ func TestParseMissing(t *testing.T) {
 	}
 }
 
-func TestTableWithFloor(t *testing.T) {
-	rows, err := ReadRows(strings.NewReader(strings.Join(columns, "\t") + "\n" +
-		"1\tdispatcher\thello\t40\t2\t4\t0\t0\t150\t1000\t100\n" +
-		"1\tfloor\thello\t50\t2\t5\t0\t0\t150\t1000\t100\n" +
-		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n"))
+// table renders the report of the given result rows (the header line is
+// added).
+func table(t *testing.T, rows ...string) string {
+	t.Helper()
+	parsed, err := ReadRows(strings.NewReader(strings.Join(columns, "\t") + "\n" + strings.Join(rows, "")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
-	if err := Table(&b, rows); err != nil {
+	if err := Table(&b, parsed); err != nil {
 		t.Fatal(err)
 	}
-	out := b.String()
+	return b.String()
+}
+
+func TestTableWithFloor(t *testing.T) {
+	out := table(t,
+		"1\tdispatcher\thello\t40\t2\t4\t0\t0\t150\t1000\t100\n",
+		"1\tfloor\thello\t50\t2\t5\t0\t0\t150\t1000\t100\n",
+		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n")
 	order := []string{
 		"| inproc | hello |", "| floor | hello |", "| dispatcher | hello |",
 		"### Ratio dispatcher / inproc", "| hello | 0.400 | 2.00 | 3.8 |",
@@ -96,19 +103,11 @@ func TestTableWithFloor(t *testing.T) {
 }
 
 func TestTable(t *testing.T) {
-	rows, err := ReadRows(strings.NewReader(strings.Join(columns, "\t") + "\n" +
-		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n" +
-		"1\tdispatcher\thello\t50\t2\t6\t1\t0\t150\t1000\t100\n" +
-		"2\tdispatcher\thello\t70\t2\t4\t0\t2\t150\t1000\t100\n" +
-		"2\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	if err := Table(&b, rows); err != nil {
-		t.Fatal(err)
-	}
-	out := b.String()
+	out := table(t,
+		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n",
+		"1\tdispatcher\thello\t50\t2\t6\t1\t0\t150\t1000\t100\n",
+		"2\tdispatcher\thello\t70\t2\t4\t0\t2\t150\t1000\t100\n",
+		"2\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n")
 	for _, want := range []string{
 		"| inproc | hello | 2 | 100 | 1.000 | 2.000 | 0 / 0 | 100 | 10000 |",
 		"| dispatcher | hello | 2 | 60 | 2.000 | 5.000 | 1 / 2 | 150 | 25714 |",
