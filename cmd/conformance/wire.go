@@ -354,17 +354,20 @@ func (s *slot) read() (wframe, error) {
 	return f, err
 }
 
-// chunkFrom is the largest body chunk the worker may send: launch announces
-// wide-chunk when the frame limit holds a wide chunk (ipc.Announced).
+// wideAnnounced reports whether the worker was told wide-chunk: launch
+// announces it when the frame limit holds a wide chunk (ipc.Announced).
+func (s *slot) wideAnnounced() bool { return s.max >= wideChunkMaxFrame }
+
+// chunkFrom is the largest body chunk the worker may send.
 func (s *slot) chunkFrom() int {
-	if s.max >= wideChunkMaxFrame {
+	if s.wideAnnounced() {
 		return wideChunkSize
 	}
 	return chunkSize
 }
 
 func (s *slot) wideNote() string {
-	if s.max >= wideChunkMaxFrame {
+	if s.wideAnnounced() {
 		return " (wide-chunk was announced)"
 	}
 	return fmt.Sprintf(" (wide-chunk was not announced: DISPATCHER_IPC_MAX_FRAME=%d)", s.max)
