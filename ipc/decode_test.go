@@ -98,10 +98,11 @@ func decodeCases(tb testing.TB) []decodeCase {
 	respCase := func(name string, repl map[int]fieldEnc, ok bool) decodeCase {
 		return decodeCase{name: "response/" + name, kind: KindResponse, payload: payload(tb, len(resp), resp, repl), ok: ok}
 	}
-	// The twelfth element (continue) is a bool; later ones are unknown.
-	extraReq := withExtra(req, boolF(false), hdrF(http.Header{"x": {"y"}}), raw(0xd4, 0x01, 0x02), nested(8),
+	// The twelfth element (continue) is a bool, the thirteenth (timeout_ms)
+	// a uint; later ones are unknown.
+	extraReq := withExtra(req, boolF(false), uintF(30000), hdrF(http.Header{"x": {"y"}}), raw(0xd4, 0x01, 0x02), nested(8),
 		func(e *msgpack.Encoder) { _ = e.EncodeFloat64(1.5) }, str(strings.Repeat("z", 300)), binF(make([]byte, 70000)))
-	deep := withExtra(req, boolF(false), nested(10000))
+	deep := withExtra(req, boolF(false), uintF(0), nested(10000))
 
 	return []decodeCase{
 		// Requests.
@@ -132,6 +133,15 @@ func decodeCases(tb testing.TB) []decodeCase {
 					tb.Errorf("continue lost: %+v", d.Request)
 				}
 			}},
+		{name: "request/timeout_ms", kind: KindRequest, ok: true,
+			payload: payload(tb, 13, withExtra(withExtra(req, boolF(false)), uintF(2500)), nil),
+			check: func(tb testing.TB, d decoded) {
+				if d.Request.Timeout != 2500*time.Millisecond || d.Request.Continue {
+					tb.Errorf("timeout_ms lost: %+v", d.Request)
+				}
+			}},
+		{name: "request/timeout_ms not a uint", kind: KindRequest, payload: payload(tb, 13, withExtra(withExtra(req, boolF(false)), str("1s")), nil)},
+		{name: "request/timeout_ms overflows a duration", kind: KindRequest, payload: payload(tb, 13, withExtra(withExtra(req, boolF(false)), uintF(math.MaxUint64)), nil)},
 		{name: "request/empty payload", kind: KindRequest, payload: nil},
 		{name: "request/nil", kind: KindRequest, payload: []byte{0xc0}},
 		{name: "request/map", kind: KindRequest, payload: []byte{0x80}},
@@ -326,7 +336,7 @@ func TestDecodeErrorsAreProtocolErrors(t *testing.T) {
 // iterative.
 func TestDecodeDeepNesting(t *testing.T) {
 	req := requestFieldsEnc()
-	fields := append(requestFieldsEnc(), boolF(false), nested(DefaultMaxFrame-128))
+	fields := append(requestFieldsEnc(), boolF(false), uintF(0), nested(DefaultMaxFrame-128))
 	p := payload(t, len(fields), fields, nil)
 	frame := rawFrame(KindRequest, p)
 	fr := newFrameReader(bytes.NewReader(frame), DefaultMaxFrame)
@@ -346,7 +356,7 @@ func TestDecodeDeepNesting(t *testing.T) {
 		t.Errorf("skipping took %s", el)
 	}
 	// The same nesting, one level short of its end, is rejected.
-	truncated := payload(t, len(req)+1, append(req, raw(bytes.Repeat([]byte{0x91}, 1<<16)...)), nil)
+	truncated := payload(t, len(req)+3, append(req, boolF(false), uintF(0), raw(bytes.Repeat([]byte{0x91}, 1<<16)...)), nil)
 	_, err = decodePayload(newPayloadDecoder(), KindRequest, truncated)
 	wantProtocolError(t, err)
 }

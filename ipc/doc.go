@@ -103,6 +103,11 @@
 // handler first reads the body; a handler that answers without reading it
 // grants nothing, and the client never sends the body.
 //
+// A request's thirteenth element, timeout_ms (Request.Timeout), is the
+// dispatcher's request timeout: the worker's handler has that long, from the
+// moment it starts, to send the response head. The Go sdk puts the deadline
+// on the handler's context.
+//
 // FeatureWideChunk ("wide-chunk") raises the body chunk limit of body frames
 // to WideChunkSize (256 KiB): the dispatcher announces it when its frame
 // limit holds such a chunk (Announced) and then accepts them from the

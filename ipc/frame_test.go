@@ -13,6 +13,7 @@ import (
 	"slices"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestKindString(t *testing.T) {
@@ -74,6 +75,8 @@ func TestRoundTripRequest(t *testing.T) {
 		{"no body, not EOF", Request{ID: 6, Method: "POST", ContentLength: -1, EOF: false}},
 		{"max id and length", Request{ID: math.MaxUint64, ContentLength: math.MaxInt64, EOF: true}},
 		{"trailer is not on the wire", Request{ID: 7, Method: "POST", Trailer: http.Header{"X-Sum": {"1"}}}},
+		{"timeout", Request{ID: 8, Method: "GET", URI: "/", EOF: true, Timeout: 1500 * time.Millisecond}},
+		{"timeout with continue", Request{ID: 9, Method: "PUT", ContentLength: 3, Continue: true, Timeout: time.Hour}},
 	}
 	fw := newFrameWriter()
 	for _, tt := range tests {

@@ -3,6 +3,7 @@ package ipc
 import (
 	"encoding/binary"
 	"net/http"
+	"time"
 )
 
 // Request is the head of an HTTP request as the worker sees it. Its wire form
@@ -20,12 +21,17 @@ type Request struct {
 	Body          []byte      // the whole body if EOF, else its first chunk
 	EOF           bool        // true: Body is complete, no body frames follow
 	// Continue: the client sent "Expect: 100-continue", and no byte of
-	// its body is read before the worker's handler asks for it. Sent (as
-	// the request's twelfth element) only to a worker that lists
+	// its body is read before the worker's handler asks for it. Set (in
+	// the request's twelfth element) only for a worker that lists
 	// FeatureContinue in its pongs: the exchange then starts with no
 	// credit, and the worker grants the window at the handler's first read
 	// of the body. Body must be empty and EOF false.
 	Continue bool
+	// Timeout is how long the handler has, from the moment the worker
+	// starts the request, to send its response head: the dispatcher's
+	// request timeout (0: none). It travels, in whole milliseconds, as the
+	// thirteenth element, after continue.
+	Timeout time.Duration
 
 	// Set lists header fields sent in place of Header's fields of the same
 	// name (one value each, distinct names): a sender adds or replaces a few
@@ -67,19 +73,23 @@ type Response struct {
 }
 
 const (
-	requestFields  = 11 // at least; the twelfth, continue, is optional
+	requestFields  = 11 // at least; continue and timeout_ms are optional
 	responseFields = 6
 )
 
-// request encodes r; cont sets its continue element (Request.Continue),
-// which is sent only when set, so that workers see the eleven elements
-// they always did.
+// request encodes r; cont sets its continue element (Request.Continue). The
+// optional elements are sent only when needed: continue when set or when
+// timeout_ms follows it, timeout_ms when r.Timeout is positive.
 func (fw *frameWriter) request(r *Request, cont bool) []byte {
 	fw.begin(KindRequest)
 	e := fw.enc
-	if cont {
+	timeoutMS := timeoutMillis(r.Timeout)
+	switch {
+	case timeoutMS > 0:
+		_ = e.EncodeArrayLen(requestFields + 2)
+	case cont:
 		_ = e.EncodeArrayLen(requestFields + 1)
-	} else {
+	default:
 		_ = e.EncodeArrayLen(requestFields)
 	}
 	_ = e.EncodeUint(r.ID)
@@ -97,10 +107,22 @@ func (fw *frameWriter) request(r *Request, cont bool) []byte {
 	_ = e.EncodeString(r.RequestID)
 	_ = e.EncodeBytes(r.Body)
 	_ = e.EncodeBool(r.EOF)
-	if cont {
-		_ = e.EncodeBool(true)
+	if cont || timeoutMS > 0 {
+		_ = e.EncodeBool(cont)
+	}
+	if timeoutMS > 0 {
+		_ = e.EncodeUint(timeoutMS)
 	}
 	return fw.finish()
+}
+
+// timeoutMillis rounds a positive timeout up to whole milliseconds, so that
+// a timeout below one millisecond is not sent as none.
+func timeoutMillis(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0
+	}
+	return uint64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 func (fw *frameWriter) response(r *Response) []byte {
@@ -253,17 +275,32 @@ func (d *payloadDecoder) request() (*Request, error) {
 	if r.EOF, err = d.bool("eof"); err != nil {
 		return nil, err
 	}
-	if n > requestFields {
-		if r.Continue, err = d.bool("continue"); err != nil {
-			return nil, err
-		}
-		if r.Continue && (r.EOF || len(r.Body) > 0) {
-			return nil, d.fail("field continue: set on a request whose body was read")
-		}
-		return r, d.skip(n - requestFields - 1)
+	if n == requestFields {
+		return r, d.skip(0)
 	}
-	return r, d.skip(n - requestFields)
+	if r.Continue, err = d.bool("continue"); err != nil {
+		return nil, err
+	}
+	if r.Continue && (r.EOF || len(r.Body) > 0) {
+		return nil, d.fail("field continue: set on a request whose body was read")
+	}
+	if n == requestFields+1 {
+		return r, d.skip(0)
+	}
+	ms, err := d.uint("timeout_ms")
+	if err != nil {
+		return nil, err
+	}
+	if ms > maxTimeoutMillis {
+		return nil, d.fail("field timeout_ms: %d is over %d", ms, uint64(maxTimeoutMillis))
+	}
+	r.Timeout = time.Duration(ms) * time.Millisecond
+	return r, d.skip(n - requestFields - 2)
 }
+
+// maxTimeoutMillis is the largest timeout_ms a worker accepts: larger
+// values would overflow a time.Duration.
+const maxTimeoutMillis = uint64(1<<63-1) / uint64(time.Millisecond)
 
 func (d *payloadDecoder) response() (*Response, error) {
 	r := &Response{}

@@ -163,6 +163,7 @@ func (w *responseWriter) flushChunk() error {
 	var err error
 	if !w.headSent {
 		w.headSent = true
+		w.ex.headOut.Store(true)
 		err = w.s.sc.WriteResponse(&ipc.Response{ID: w.ex.id, Status: w.status, Header: w.sent, Body: w.buf})
 	} else if len(w.buf) > 0 {
 		err = w.s.sc.WriteBody(w.ex.id, w.buf)

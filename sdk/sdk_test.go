@@ -347,3 +347,59 @@ func TestInterruptIgnoredInTheDispatchersGroup(t *testing.T) {
 		}
 	}
 }
+
+// TestHandlerSeesItsDeadline: a request that carries the dispatcher's
+// timeout gives its handler a context with that deadline, counted from when
+// the handler starts; one without has no deadline. A handler that has not
+// sent its head by then finds its context done with DeadlineExceeded; one
+// that streams keeps its context past the deadline.
+func TestHandlerSeesItsDeadline(t *testing.T) {
+	type seen struct {
+		deadline time.Time
+		ok       bool
+		start    time.Time
+		err      error // ctx.Err() once done, or nil
+	}
+	got := make(chan seen, 1)
+	c := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := seen{start: time.Now()}
+		s.deadline, s.ok = r.Context().Deadline()
+		switch r.URL.Path {
+		case "/wait":
+			<-r.Context().Done()
+			s.err = r.Context().Err()
+		case "/stream":
+			w.(http.Flusher).Flush() // the head goes out
+			select {
+			case <-r.Context().Done():
+				s.err = r.Context().Err()
+			case <-time.After(300 * time.Millisecond): // past the 100 ms deadline
+			}
+		}
+		got <- s
+	}))
+	roundTrip := func(path string, timeout time.Duration) seen {
+		t.Helper()
+		_, b, err := c.RoundTrip(&ipc.Request{Method: "GET", URI: path, Proto: "HTTP/1.1", EOF: true, Timeout: timeout}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, b); err != nil {
+			t.Fatal(err)
+		}
+		return <-got
+	}
+	if s := roundTrip("/", 0); s.ok {
+		t.Errorf("no timeout sent, but the handler has a deadline %v", s.deadline)
+	}
+	s := roundTrip("/", 90*time.Second)
+	if left := s.deadline.Sub(s.start); !s.ok || left <= 89*time.Second || left > 90*time.Second {
+		t.Errorf("deadline %v (ok %v), %v after the handler started; want 90s", s.deadline, s.ok, left)
+	}
+	if s := roundTrip("/wait", 100*time.Millisecond); !errors.Is(s.err, context.DeadlineExceeded) {
+		t.Errorf("handler waiting past its deadline: ctx.Err() = %v, want DeadlineExceeded", s.err)
+	}
+	if s := roundTrip("/stream", 100*time.Millisecond); s.err != nil {
+		t.Errorf("streaming handler's context ended at the head deadline: %v", s.err)
+	}
+}

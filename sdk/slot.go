@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 )
@@ -35,10 +37,11 @@ type queued struct {
 type exchange struct {
 	id        uint64
 	requestID string
-	ctx       context.Context // the handler's; cancelled by a cancel frame or at the end
-	cancel    context.CancelFunc
+	ctx       context.Context // the handler's; cancelled by a cancel frame, its deadline, or at the end
+	cancel    context.CancelCauseFunc
 	body      *requestBody // nil when the request arrived whole
 	finishing bool         // its last frame is being written
+	headOut   atomic.Bool  // the response head was sent: the deadline no longer applies
 }
 
 func (s *slot) serve() {
@@ -81,7 +84,7 @@ func (s *slot) serve() {
 			}
 		case ipc.KindCancel:
 			if ex := s.current(f.ID); ex != nil {
-				ex.cancel()
+				ex.cancel(nil)
 				if ex.body != nil {
 					ex.body.finish(context.Canceled, nil)
 				}
@@ -120,7 +123,7 @@ func (s *slot) cancelQueued(id uint64) {
 	defer s.mu.Unlock()
 	for _, q := range s.queue {
 		if q.ex.id == id && q.ex.body == nil {
-			q.ex.cancel()
+			q.ex.cancel(nil)
 			return
 		}
 	}
@@ -134,7 +137,7 @@ func (s *slot) abandon() {
 	s.queue = nil
 	s.mu.Unlock()
 	if ex != nil {
-		ex.cancel()
+		ex.cancel(nil)
 		if ex.body != nil {
 			ex.body.finish(context.Canceled, nil)
 		}
@@ -172,7 +175,7 @@ func (s *slot) start(req *ipc.Request) bool {
 
 func newExchange(sc *ipc.ServerConn, req *ipc.Request, window int) *exchange {
 	ex := &exchange{id: req.ID, requestID: req.RequestID}
-	ex.ctx, ex.cancel = context.WithCancel(context.WithValue(context.Background(), ctxKey{}, ex))
+	ex.ctx, ex.cancel = context.WithCancelCause(context.WithValue(context.Background(), ctxKey{}, ex))
 	if !req.EOF {
 		ex.body = newRequestBody(sc, req.ID, req.Body, window, req.Continue)
 	}
@@ -190,7 +193,7 @@ func (s *slot) finishing(ex *exchange) {
 // advance ends ex (its last frame is out) and makes the next queued request
 // current, returning it, or nil.
 func (s *slot) advance(ex *exchange) (*exchange, *ipc.Request) {
-	ex.cancel()
+	ex.cancel(nil)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur == ex {
@@ -239,10 +242,24 @@ func (s *slot) run(ex *exchange, req *ipc.Request) {
 			return
 		}
 	}
+	ctx := ex.ctx
+	if req.Timeout > 0 {
+		// The dispatcher gives up on a response head that has not come
+		// within the timeout, counted from now: the handler's context says
+		// so, and is done then unless the head went out (a streamed
+		// response is bounded by the dispatcher chunk by chunk instead).
+		ctx = headDeadline{Context: ex.ctx, deadline: time.Now().Add(req.Timeout)}
+		t := time.AfterFunc(req.Timeout, func() {
+			if !ex.headOut.Load() {
+				ex.cancel(context.DeadlineExceeded)
+			}
+		})
+		defer t.Stop()
+	}
 	inline := req.Body
 	req.Body = nil
 	rw := &responseWriter{s: s, ex: ex, header: make(http.Header)}
-	r, err := newHTTPRequest(ex.ctx, req, ex, inline)
+	r, err := newHTTPRequest(ctx, req, ex, inline)
 	if err != nil {
 		rw.header.Set("Content-Type", "text/plain; charset=utf-8")
 		rw.WriteHeader(http.StatusBadRequest)
@@ -262,6 +279,24 @@ func (s *slot) run(ex *exchange, req *ipc.Request) {
 		rw.finish()
 	}()
 	s.w.h.ServeHTTP(rw, r)
+}
+
+// headDeadline is a handler's context when the dispatcher sent a timeout:
+// Deadline reports when the response head is due, and Err says
+// context.DeadlineExceeded once the exchange was cancelled for it.
+type headDeadline struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c headDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c headDeadline) Err() error {
+	err := c.Context.Err()
+	if err != nil && context.Cause(c.Context) == context.DeadlineExceeded {
+		return context.DeadlineExceeded
+	}
+	return err
 }
 
 // newHTTPRequest rebuilds the *http.Request the dispatcher's server received.

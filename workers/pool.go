@@ -967,6 +967,7 @@ type Response struct {
 func (p *Pool) exchange(ctx context.Context, s *slot, req *ipc.Request, body io.Reader) (*Response, error) {
 	r := &Response{s: s, p: p, PID: s.c.proc.PID()}
 	conn, t := s.conn, &r.t
+	req.Timeout = p.cfg.Timeout
 	if conn.Idle() {
 		// The write is bounded by this exchange's deadline; a queued one is
 		// bounded by the running exchange's.

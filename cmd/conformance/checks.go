@@ -242,11 +242,12 @@ func checkRequestFields(t *target, w *worker) (string, error) {
 	}
 	r.requestID = "conformance-fields"
 	r.proto = "HTTP/2.0"
-	// The twelfth element is continue (false: the body is whole), then
-	// elements of a future version.
-	r.extraCount = 5
+	// The twelfth element is continue (false: the body is whole), the
+	// thirteenth timeout_ms, then elements of a future version.
+	r.extraCount = 6
 	r.extra = func(e *enc) {
 		e.bool(false)
+		e.uint(30000)
 		e.float64(1.5)
 		e.mapLen(1)
 		e.str("future")
