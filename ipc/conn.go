@@ -64,6 +64,8 @@ func (e *notDelivered) Is(target error) bool { return target == ErrNotDelivered 
 // Cancel, Discard and Close may be called from any goroutine.
 type Conn struct {
 	nc  net.Conn
+	rc  syscall.RawConn // nc's, when it has one: to look for unsolicited bytes
+	rdl time.Time       // the read deadline last set with SetDeadline or SetReadDeadline
 	fr  *frameReader
 	pd  *payloadDecoder
 	wmu sync.Mutex
@@ -126,16 +128,112 @@ func NewConn(nc net.Conn, maxFrame int) *Conn {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
 	}
-	return &Conn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
+	c := &Conn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.rc, _ = sc.SyscallConn()
+	}
+	return c
+}
+
+// errUnsolicited is the reason of the *ProtocolError of a worker that wrote
+// something other than a late window frame on a connection with no exchange
+// in progress: nothing asked for it, and a request sent now would read it as
+// its answer.
+const errUnsolicited = "wrote while no exchange was in progress"
+
+// CheckIdle reads what the worker wrote since the last exchange ended, if
+// anything, without waiting: window frames for exchanges that are over are
+// normal (credit the worker granted late); anything else is a protocol
+// violation, returned as an error wrapping ErrNotDelivered and a
+// *ProtocolError, after which the connection is unusable. Call it before
+// sending a request on an idle connection: a worker that wrote junk while
+// idle would otherwise have it read as that request's answer.
+func (c *Conn) CheckIdle() error {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.cur != nil {
+		return errors.New("ipc: CheckIdle during an exchange")
+	}
+	if err := c.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+	if err := c.settle(); err != nil {
+		c.fail(err)
+		return &notDelivered{err}
+	}
+	return nil
+}
+
+// settleWait bounds CheckIdle's wait for the rest of a frame that arrived in
+// part.
+const settleWait = 50 * time.Millisecond
+
+// settle is CheckIdle's reading. Called with qmu held.
+func (c *Conn) settle() error {
+	if !c.pending() {
+		return nil
+	}
+	// Frames that arrived are read whole; one of which only a part came
+	// gets a moment for the rest (a worker writes each frame at once).
+	_ = c.nc.SetReadDeadline(time.Now().Add(settleWait))
+	defer func() { _ = c.nc.SetReadDeadline(c.rdl) }()
+	for c.pending() {
+		k, p, err := c.fr.next()
+		var pe *ProtocolError
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return protoErr(0, "%s: a partial frame", errUnsolicited)
+		case errors.As(err, &pe):
+			return err
+		case err != nil:
+			return nil // the worker closed: the request's send sees it
+		}
+		c.pd.reset(k, p)
+		if k != KindWindow {
+			return protoErr(k, errUnsolicited)
+		}
+		id, _, err := c.pd.idCount()
+		if err != nil {
+			return err
+		}
+		if id > c.sent.Load() {
+			return protoErr(k, "%s: credit for exchange %d, never sent", errUnsolicited, id)
+		}
+	}
+	return nil
+}
+
+// pending reports whether unread bytes from the worker are buffered or
+// waiting in the socket.
+func (c *Conn) pending() bool {
+	if c.fr.br.Buffered() > 0 || c.fr.inFrame() {
+		return true
+	}
+	if c.rc == nil {
+		return false
+	}
+	n := 0
+	_ = c.rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	})
+	return n > 0
 }
 
 // SetDeadline bounds every read and write of the current exchange.
-func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.rdl = t
+	return c.nc.SetDeadline(t)
+}
 
 // SetReadDeadline bounds reads only. A read that times out leaves the
 // connection usable (for Cancel and Drain), also inside a frame: the next
 // read resumes where it stopped.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.rdl = t
+	return c.nc.SetReadDeadline(t)
+}
 
 // Close closes the connection. The worker sees end of stream. Tickets queued
 // behind a failed exchange are released by Discard, not by Close.

@@ -969,6 +969,9 @@ func (p *Pool) exchange(ctx context.Context, s *slot, req *ipc.Request, body io.
 	conn, t := s.conn, &r.t
 	req.Timeout = p.cfg.Timeout
 	if conn.Idle() {
+		if err := conn.CheckIdle(); err != nil {
+			return nil, r.fail(err) // junk written while idle: try another worker
+		}
 		// The write is bounded by this exchange's deadline; a queued one is
 		// bounded by the running exchange's.
 		_ = conn.SetDeadline(time.Now().Add(p.cfg.Timeout))
@@ -1074,7 +1077,12 @@ func (r *Response) fail(err error) error {
 	var abort *ipc.AbortError
 	switch {
 	case errors.Is(err, ipc.ErrNotDelivered):
-		c.kill(CauseBroken, "died before reading a request")
+		var pe *ipc.ProtocolError
+		if errors.As(err, &pe) {
+			c.kill(CauseProtocol, "protocol violation: "+pe.Reason)
+		} else {
+			c.kill(CauseBroken, "died before reading a request")
+		}
 		p.discard(s, &r.t, err)
 	case errors.Is(err, os.ErrDeadlineExceeded) && r.cancelled.Load() && s.conn.Err() == nil:
 		err = context.Canceled

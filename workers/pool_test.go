@@ -283,6 +283,28 @@ func TestIdleDeathIsRetried(t *testing.T) {
 	}
 }
 
+// A worker that writes on its slot while idle is replaced, and the request
+// that found the junk goes to another worker instead of failing with it.
+func TestIdleJunkIsRetried(t *testing.T) {
+	p := startPool(t, "chaos", Config{Size: 1})
+	status, _, pid, err := get(context.Background(), p.Pool, "/?fault=junk-after")
+	if err != nil || status != 200 {
+		t.Fatalf("junk-after request: %d %v", status, err)
+	}
+	waitFor(t, "the junk", func() bool { return logLine(p.hook, "chaos: junk written") != nil })
+	status, _, got, err := get(context.Background(), p.Pool, "/")
+	if err != nil || status != 200 {
+		t.Fatalf("request after idle junk: %d %v, want 200", status, err)
+	}
+	if got == pid {
+		t.Fatalf("answered by the worker that wrote junk, pid %d", pid)
+	}
+	waitGone(t, pid)
+	if e := logLine(p.hook, "worker killed; replacing it"); e == nil || !strings.Contains(fmt.Sprint(e.Data["reason"]), "no exchange was in progress") {
+		t.Errorf("no log line naming the junk: %v", e)
+	}
+}
+
 func TestCancelReachesHandlerAndKeepsWorker(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1})
 	pid := p.Workers()[0]

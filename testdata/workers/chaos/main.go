@@ -11,6 +11,10 @@
 //	                         requests: when it next tries to read its slot
 //	                         connection, before it reads a byte (how=racy:
 //	                         exits right after the response; see exitAfter)
+//	fault=junk-after         the same 200, then, once the response is out,
+//	                         the worker writes a response frame nobody
+//	                         asked for on its idle slot and logs "chaos:
+//	                         junk written"
 //	fault=crash&how=H        dies during the request: exit (os.Exit(3)),
 //	                         panic (an unrecovered panic in a goroutine), segv
 //	                         (a nil pointer dereference in a goroutine), kill
@@ -88,6 +92,13 @@ func serve(w http.ResponseWriter, r *http.Request) {
 	case "exit-after":
 		healthy(w, r)
 		exitAfter(r, q.Get("how"))
+	case "junk-after":
+		healthy(w, r)
+		ctx := r.Context()
+		go func() {
+			<-ctx.Done()
+			unsolicited()
+		}()
 	case "crash":
 		crash(q.Get("how"))
 	case "hang":
@@ -291,6 +302,19 @@ func memoryLimit() (int64, string) {
 		}
 	}
 	return 0, ""
+}
+
+// unsolicited writes a well-formed response frame, for an exchange that
+// never was, on the worker's slot connections.
+func unsolicited() {
+	// [id 999999, status 200, header nil, body "junk", eof true, trailer nil]
+	payload := []byte{0x96, 0xce, 0x00, 0x0f, 0x42, 0x3f, 0xcc, 200, 0xc0, 0xc4, 4, 'j', 'u', 'n', 'k', 0xc3, 0xc0}
+	msg := binary.BigEndian.AppendUint32(nil, uint32(1+len(payload)))
+	msg = append(append(msg, 4), payload...)
+	for _, fd := range rawslots.FDs() {
+		_, _ = unix.Write(fd, msg)
+	}
+	fmt.Fprintln(stderr, "chaos: junk written")
 }
 
 // malformed writes a bad frame on the worker's slot connections: the
