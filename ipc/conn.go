@@ -65,7 +65,7 @@ func (e *notDelivered) Is(target error) bool { return target == ErrNotDelivered 
 type Conn struct {
 	nc  net.Conn
 	rc  syscall.RawConn // nc's, when it has one: to look for unsolicited bytes
-	rdl time.Time       // the read deadline last set with SetDeadline or SetReadDeadline
+	rdl time.Time       // the read deadline last set with SetDeadline or SetReadDeadline; guarded by qmu
 	fr  *frameReader
 	pd  *payloadDecoder
 	wmu sync.Mutex
@@ -223,7 +223,9 @@ func (c *Conn) pending() bool {
 
 // SetDeadline bounds every read and write of the current exchange.
 func (c *Conn) SetDeadline(t time.Time) error {
+	c.qmu.Lock()
 	c.rdl = t
+	c.qmu.Unlock()
 	return c.nc.SetDeadline(t)
 }
 
@@ -231,7 +233,9 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // connection usable (for Cancel and Drain), also inside a frame: the next
 // read resumes where it stopped.
 func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.qmu.Lock()
 	c.rdl = t
+	c.qmu.Unlock()
 	return c.nc.SetReadDeadline(t)
 }
 
