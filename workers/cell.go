@@ -26,6 +26,10 @@ type Cell interface {
 	// Start starts the command Prepare adjusted (exec.Cmd.Start, made
 	// however the confinement needs it made).
 	Start(cmd *exec.Cmd) error
+	// Kill sends SIGKILL to every process in the cell, wherever it moved
+	// in the process tree, without waiting for them to die. Safe to call
+	// at any time, also concurrently with Release or after it.
+	Kill()
 	// Release kills every process left in the cell, including those that
 	// left the worker's process group (setsid, double fork), and removes
 	// the cell. The pool calls it once the worker has exited (or failed to

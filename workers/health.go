@@ -162,7 +162,7 @@ func (p *Pool) quarantine(c *child, cause Cause, reason string) {
 		case <-c.proc.Exited():
 		case <-t.C:
 		}
-		_ = c.proc.Signal(syscall.SIGKILL)
+		c.killNow()
 	}()
 }
 

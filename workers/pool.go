@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
@@ -93,6 +92,15 @@ type child struct {
 	served    int       // requests it completed
 	// maxRequests recycles it after that many requests (0: never).
 	maxRequests int
+}
+
+// killNow sends SIGKILL to the worker process, its process group and its
+// cell, without waiting.
+func (c *child) killNow() {
+	c.proc.Kill()
+	if c.cell != nil {
+		c.cell.Kill()
+	}
 }
 
 // outOfMemory reports whether the worker's memory limit killed it.
@@ -566,7 +574,7 @@ func (p *Pool) retire(c *child, graceful bool, cause Cause) {
 	p.dropIdle(c)
 	if !graceful {
 		c.stopping = true
-		_ = c.proc.Signal(syscall.SIGKILL)
+		c.killNow()
 		return
 	}
 	p.stopWhenIdle(c)
@@ -631,7 +639,7 @@ func (p *Pool) logExit(c *child, lived, delay time.Duration) {
 func (c *child) kill(cause Cause, reason string) {
 	c.reason.CompareAndSwap(nil, &exitNote{cause, reason})
 	c.dead.Store(true)
-	_ = c.proc.Signal(syscall.SIGKILL)
+	c.killNow()
 }
 
 // acquire reserves a slot for one exchange: an idle slot of a live worker

@@ -265,6 +265,34 @@ func TestTimeoutKillsProcessGroup(t *testing.T) {
 	}
 }
 
+// A worker that leaves its process group for the dispatcher's and ignores
+// SIGQUIT still dies at its timeout: its request gets the timeout, it is
+// replaced, the next request is served, and Close returns promptly.
+func TestUnkillableWorkerIsKilled(t *testing.T) {
+	p := startPool(t, "escape", Config{Size: 1, Timeout: 300 * time.Millisecond, QuarantineGrace: 100 * time.Millisecond})
+	pid := p.Workers()[0]
+	_, _, _, err := get(context.Background(), p.Pool, "/?how=group&how=quit")
+	var te *TimeoutError
+	if !errors.As(err, &te) {
+		t.Fatalf("hanging request: %v, want a *TimeoutError", err)
+	}
+	if e := logLine(p.hook, "escape: ready"); e == nil {
+		t.Fatal("the worker never left its process group")
+	}
+	waitGone(t, pid)
+	status, body, got, err := get(context.Background(), p.Pool, "/")
+	if err != nil || status != 200 || got == pid {
+		t.Fatalf("next request: %d %q pid %d (the unkillable one was %d): %v", status, body, got, pid, err)
+	}
+	start := time.Now()
+	if err := p.Close(context.Background()); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if d := time.Since(start); d > DefaultStopTimeout+launch.KillWait {
+		t.Errorf("Close took %s", d)
+	}
+}
+
 // A worker that dies while idle must not cost the next client its request.
 func TestIdleDeathIsRetried(t *testing.T) {
 	p := startPool(t, "hello", Config{Size: 1})

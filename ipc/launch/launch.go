@@ -116,8 +116,7 @@ type Child struct {
 	conns   []*ipc.Conn
 	stderr  *workerLog
 
-	stopOnce sync.Once
-	stopped  chan struct{}
+	cleaned chan struct{} // closed by cleanup
 }
 
 // Start starts a worker, completes the go-plugin handshake and checks that
@@ -221,15 +220,25 @@ func Start(cfg Config) (*Child, error) {
 		SyncStderr:          syncErr.sink(),
 		UnixSocketConfig:    &plugin.UnixSocketConfig{TempDir: cfg.SocketDir},
 	})
-	c := &Child{path: path, client: client, control: cfg.Control, run: pr, stderr: stderr, stopped: make(chan struct{})}
+	c := &Child{path: path, client: client, control: cfg.Control, run: pr, stderr: stderr, cleaned: make(chan struct{})}
 	for _, hc := range hostConns {
 		c.conns = append(c.conns, ipc.NewConn(hc, cfg.MaxFrame))
 	}
 	fail := func(err error) (*Child, error) {
 		c.Kill()
 		c.CloseConns()
+		if !pr.began() {
+			pr.exited() // never started: nothing to wait for
+		}
+		t := time.NewTimer(KillWait)
+		select {
+		case <-pr.waitDone:
+		case <-t.C:
+		}
+		t.Stop()
 		c.waitStderr(200 * time.Millisecond)
 		stderrSink.Flush()
+		go c.cleanup()
 		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(), State: c.ExitState()}
 	}
 	if cfg.Control {
@@ -257,6 +266,7 @@ func Start(cfg Config) (*Child, error) {
 		}
 		conn.SetDeadline(time.Time{})
 	}
+	go c.cleanup()
 	return c, nil
 }
 
@@ -336,45 +346,66 @@ func (c *Child) waitStderr(d time.Duration) {
 	}
 }
 
-// Signal sends sig to the worker's whole process group.
-func (c *Child) Signal(sig syscall.Signal) error { return c.run.signalGroup(sig) }
+// Signal sends sig to the worker process and to its process group.
+func (c *Child) Signal(sig syscall.Signal) error { return c.run.signal(sig) }
 
-// Kill stops the worker at once: SIGKILL to its process group, then
-// go-plugin's cleanup (control connection if any, socket directory). It returns
-// when the process is reaped. The slot connections stay open for their
-// owner to close (CloseConns), so that an exchange in flight sees the
-// worker's death rather than a closed connection. Safe to call more than
-// once and concurrently.
-func (c *Child) Kill() {
-	_ = c.run.signalGroup(syscall.SIGKILL)
-	c.cleanup()
-}
+// Kill sends SIGKILL to the worker process (through its pidfd, so even one
+// that left its process group) and to its process group, and returns
+// without waiting: Exited is closed once it is reaped. The slot
+// connections stay open for their owner to close (CloseConns), so that an
+// exchange in flight sees the worker's death rather than a closed
+// connection. Safe to call at any time, more than once, concurrently.
+func (c *Child) Kill() { _ = c.run.signal(syscall.SIGKILL) }
 
 // Stop asks the worker to exit and waits until it has, or until ctx is
-// done; then it kills the process group. It returns ctx.Err() if the
-// worker had to be killed. The worker is asked by closing its slots (after
-// which it lets in-flight handlers finish and exits), or with Config.Control
-// by go-plugin's graceful quit (Control.Quit; killed 2 s later).
+// done; then it kills it and waits at most KillWait more for it to be
+// reaped. It returns ctx.Err() if the worker had to be killed, and
+// ErrUnreaped if it was not reaped even then. The worker is asked by
+// closing its slots (after which it lets in-flight handlers finish and
+// exits), or with Config.Control by go-plugin's graceful quit
+// (Control.Quit).
 func (c *Child) Stop(ctx context.Context) error {
-	done := c.run.waitDone
 	if c.control {
-		quit := make(chan struct{})
-		go func() {
-			defer close(quit)
-			c.client.Kill() // graceful quit, 2 s, then our runner's group SIGKILL
-		}()
-		done = quit
+		go c.quit()
 	} else {
 		c.CloseConns()
 	}
 	select {
-	case <-done:
-		c.Kill()
+	case <-c.run.waitDone:
 		return nil
 	case <-ctx.Done():
-		c.Kill()
-		<-done
+	}
+	c.Kill()
+	t := time.NewTimer(KillWait)
+	defer t.Stop()
+	select {
+	case <-c.run.waitDone:
 		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("%w: %w", ErrUnreaped, ctx.Err())
+	}
+}
+
+// KillWait bounds Stop's wait for a killed worker to be reaped.
+const KillWait = 2 * time.Second
+
+// ErrUnreaped reports a worker process that was still not reaped KillWait
+// after SIGKILL (stuck in the kernel). Its Exited channel closes if it
+// ever is.
+var ErrUnreaped = errors.New("launch: the worker was not reaped after SIGKILL")
+
+// quit asks a worker with a control connection to exit (Control.Quit),
+// then kills it 2 s later if it has not.
+func (c *Child) quit() {
+	if rpc, err := c.client.Client(); err == nil {
+		_ = rpc.Close()
+	}
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-c.run.waitDone:
+	case <-t.C:
+		c.Kill()
 	}
 }
 
@@ -385,19 +416,32 @@ func (c *Child) CloseConns() {
 	}
 }
 
+// Cleaned is closed once everything of the worker is released, after
+// Exited: its output pipes and go-plugin's goroutines and socket
+// directory. That takes at most outputWait after the exit.
+func (c *Child) Cleaned() <-chan struct{} { return c.cleaned }
+
+// outputWait bounds the wait for a reaped worker's output pipes to reach end
+// of file: a descendant that escaped the kill may hold them open.
+const outputWait = 500 * time.Millisecond
+
+// cleanup releases what go-plugin holds for the worker once it has exited.
 func (c *Child) cleanup() {
-	c.stopOnce.Do(func() {
-		c.client.Kill()
+	defer close(c.cleaned)
+	<-c.run.waitDone
+	if c.run.stderrDone != nil {
+		t := time.NewTimer(outputWait)
 		select {
-		case <-c.run.started:
-			<-c.run.waitDone
-		default:
+		case <-c.run.stderrDone:
+		case <-t.C:
 		}
-		// Stragglers the worker left in its group die with it.
-		_ = c.run.signalGroup(syscall.SIGKILL)
-		close(c.stopped)
-	})
-	<-c.stopped
+		t.Stop()
+	}
+	c.run.closeOutput()
+	// go-plugin's goroutines end with the pipes; it removes the socket
+	// directory. Its attempt at a graceful quit finds no control socket
+	// (removed after the handshake) and fails at once.
+	c.client.Kill()
 }
 
 // procRunner implements go-plugin's runner.Runner: it starts the worker in
@@ -418,6 +462,9 @@ type procRunner struct {
 	started  chan struct{}
 	waitDone chan struct{}
 	waitErr  error
+	exitOnce sync.Once
+	outOnce  sync.Once
+	outR     []io.Closer // the read ends of its output pipes
 }
 
 var _ runner.Runner = (*procRunner)(nil)
@@ -449,23 +496,48 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	r.pid = r.cmd.Process.Pid
+	r.outR = []io.Closer{outR, errR}
 	r.stdoutR = &stdoutTee{r: outR, sink: r.stdoutSink}
 	r.stderrR = &eofReader{r: errR, done: r.stderrDone}
 	close(r.started)
 	r.onStart(r.pid)
 	go func() {
 		r.waitErr = r.cmd.Wait()
+		// Stragglers left in its process group die with it.
+		_ = r.signalGroup(syscall.SIGKILL)
 		r.exited()
 	}()
 	return nil
 }
 
-// exited runs OnExit, then closes waitDone.
-func (r *procRunner) exited() {
-	if r.onExit != nil {
-		r.onExit()
+// began reports whether the process was started.
+func (r *procRunner) began() bool {
+	select {
+	case <-r.started:
+		return true
+	default:
+		return false
 	}
-	close(r.waitDone)
+}
+
+// exited runs OnExit, then closes waitDone, once.
+func (r *procRunner) exited() {
+	r.exitOnce.Do(func() {
+		if r.onExit != nil {
+			r.onExit()
+		}
+		close(r.waitDone)
+	})
+}
+
+// closeOutput closes the read ends of the worker's output pipes, ending
+// go-plugin's readers of them whatever still holds the write ends.
+func (r *procRunner) closeOutput() {
+	r.outOnce.Do(func() {
+		for _, c := range r.outR {
+			c.Close()
+		}
+	})
 }
 
 func (r *procRunner) Diagnose(context.Context) string { return "" }
@@ -485,14 +557,28 @@ func (r *procRunner) Wait(context.Context) error {
 }
 
 func (r *procRunner) Kill(context.Context) error {
-	return r.signalGroup(syscall.SIGKILL)
+	return r.signal(syscall.SIGKILL)
+}
+
+// signal sends sig to the worker process, through its pidfd (so it reaches
+// the process wherever it moved, and never another process that reused
+// its pid), and to its process group.
+func (r *procRunner) signal(sig syscall.Signal) error {
+	if !r.began() {
+		return nil
+	}
+	err := r.cmd.Process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		err = nil
+	}
+	return errors.Join(err, r.signalGroup(sig))
 }
 
 // signalGroup signals the worker's process group. The group outlives its
 // leader while members remain, so this also reaches stragglers after the
 // worker itself exited; a group that no longer exists is not an error.
 func (r *procRunner) signalGroup(sig syscall.Signal) error {
-	if r.pid == 0 {
+	if !r.began() {
 		return nil
 	}
 	err := unix.Kill(-r.pid, sig)

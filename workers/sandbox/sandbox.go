@@ -742,6 +742,16 @@ func (c *Cell) Release() error {
 	return c.err
 }
 
+// Kill implements workers.Cell.
+func (c *Cell) Kill() {
+	if c.removed.Load() {
+		return
+	}
+	for _, g := range c.groups {
+		g.signalAll()
+	}
+}
+
 // OutOfMemory implements workers.Cell.
 func (c *Cell) OutOfMemory() bool {
 	if c.removed.Load() {
