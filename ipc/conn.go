@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,9 +74,9 @@ type Conn struct {
 
 	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
 	errp atomic.Pointer[error]
-	// headAck, cont, wideChunk: the worker's last pong listed
-	// FeatureHeadAck, FeatureContinue, FeatureWideChunk.
-	headAck, cont, wideChunk atomic.Bool
+	// headAck, cont, wideChunk, withdraw: the worker's last pong listed
+	// FeatureHeadAck, FeatureContinue, FeatureWideChunk, FeatureWithdraw.
+	headAck, cont, wideChunk, withdraw atomic.Bool
 
 	qmu   sync.Mutex
 	cur   *Ticket   // holder of the turn: it alone reads; nil when idle
@@ -117,6 +118,8 @@ type Ticket struct {
 	done bool
 	// interrupted is set by Interrupt; guarded by the connection's qmu.
 	interrupted bool
+	// withdrawing: Withdraw sent a withdraw frame for it; guarded by qmu.
+	withdrawing bool
 	informer    Informer
 	resp        Response
 	body        Body
@@ -514,6 +517,10 @@ func (c *Conn) readHead(t *Ticket) error {
 			}
 		case KindAbort:
 			return c.aborted(t)
+		case KindWithdrawn:
+			if done, err := c.withdrawn(t); done || err != nil {
+				return err
+			}
 		default:
 			return c.fail(protoErr(k, "unexpected before the response head"))
 		}
@@ -749,10 +756,79 @@ func (t *Ticket) more() error {
 		return c.credit()
 	case KindAbort:
 		return c.aborted(t)
+	case KindWithdrawn:
+		if _, err := c.withdrawn(t); err != nil {
+			return err
+		}
 	default:
 		return c.fail(protoErr(k, "unexpected in a response body"))
 	}
 	return nil
+}
+
+// ErrWithdrawn is wrapped by the error of an exchange the worker dropped,
+// before starting it, when Withdraw asked (it wraps ErrNotDelivered too).
+var ErrWithdrawn = errors.New("ipc: request withdrawn from the worker before it started")
+
+// CanWithdraw reports whether the worker listed FeatureWithdraw in its last
+// pong: Withdraw can take back its queued requests.
+func (c *Conn) CanWithdraw() bool { return c.withdraw.Load() }
+
+// Withdraw asks the worker to give back t's request, which waits in line
+// behind another exchange, so that it can run elsewhere. It reports whether
+// the request was sent: only for a queued ticket, to a worker that lists
+// FeatureWithdraw, once. The answer comes on t.Turn: t is released with an
+// error wrapping ErrWithdrawn if the worker dropped the request before
+// starting it; otherwise (it had started it) t gets its turn as usual.
+// Safe to call from any goroutine.
+func (t *Ticket) Withdraw() bool {
+	c := t.c
+	if c == nil || !c.withdraw.Load() {
+		return false
+	}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.cur == t || t.withdrawing || !slices.Contains(c.queue, t) || c.Err() != nil {
+		return false
+	}
+	c.wmu.Lock()
+	err := c.write(c.fw.idFrame(KindWithdraw, t.id))
+	c.wmu.Unlock()
+	if err != nil {
+		return false // the holder's reads see the failure
+	}
+	t.withdrawing = true
+	return true
+}
+
+// withdrawn handles a withdrawn frame read by t, the holder of the turn: it
+// releases the queued ticket it names, or ends t's own exchange if t was
+// withdrawn before the worker answered anything of it (done). A withdrawn
+// frame for an exchange nobody withdrew is a protocol violation.
+func (c *Conn) withdrawn(t *Ticket) (done bool, err error) {
+	id, err := c.pd.idOnly()
+	if err != nil {
+		return false, c.fail(err)
+	}
+	c.qmu.Lock()
+	if id == c.id && c.cur == t && t.withdrawing && c.state == stHead && !c.heard {
+		c.qmu.Unlock()
+		if err := c.finish(t); err != nil {
+			return true, err
+		}
+		return true, &notDelivered{ErrWithdrawn}
+	}
+	for i, q := range c.queue {
+		if q.id == id && q.withdrawing {
+			c.queue = slices.Delete(c.queue, i, i+1)
+			q.err = &notDelivered{ErrWithdrawn}
+			close(q.turn)
+			c.qmu.Unlock()
+			return false, nil
+		}
+	}
+	c.qmu.Unlock()
+	return false, c.fail(protoErr(KindWithdrawn, "for exchange %d, which was not withdrawn", id))
 }
 
 // Cancel tells the worker the dispatcher gave up on t's exchange, running
@@ -887,6 +963,7 @@ func (c *Conn) Ping() error {
 	c.headAck.Store(f.headAck)
 	c.cont.Store(f.cont)
 	c.wideChunk.Store(f.wideChunk)
+	c.withdraw.Store(f.withdraw)
 	return nil
 }
 

@@ -103,6 +103,12 @@
 // handler first reads the body; a handler that answers without reading it
 // grants nothing, and the client never sends the body.
 //
+// A worker whose pongs list FeatureWithdraw ("withdraw") answers a withdraw
+// frame for a queued request it has not started by dropping it and sending
+// a withdrawn frame at once (Ticket.Withdraw, ServerConn.WriteWithdrawn):
+// the dispatcher then runs the request on a free worker instead of letting
+// it wait behind a slow one.
+//
 // A request's thirteenth element, timeout_ms (Request.Timeout), is the
 // dispatcher's request timeout: the worker's handler has that long, from the
 // moment it starts, to send the response head. The Go sdk puts the deadline

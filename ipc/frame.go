@@ -32,6 +32,12 @@ const (
 	// KindInformational is W->H: an informational (1xx) response before the
 	// head. Only sent to a dispatcher that announced FeatureInformational.
 	KindInformational Kind = 10
+	// KindWithdraw is H->W: the dispatcher takes back a queued request, to
+	// run it elsewhere. Only sent to a worker that lists FeatureWithdraw.
+	KindWithdraw Kind = 11
+	// KindWithdrawn is W->H: the worker dropped a queued request it was
+	// asked to withdraw, before starting it. Only in answer to a withdraw.
+	KindWithdrawn Kind = 12
 )
 
 func (k Kind) String() string {
@@ -56,6 +62,10 @@ func (k Kind) String() string {
 		return "abort"
 	case KindInformational:
 		return "informational"
+	case KindWithdraw:
+		return "withdraw"
+	case KindWithdrawn:
+		return "withdrawn"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

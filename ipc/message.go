@@ -433,7 +433,7 @@ func (d *payloadDecoder) idOnly() (uint64, error) {
 // pongFeatures are the features a pong lists that change what the
 // dispatcher does.
 type pongFeatures struct {
-	headAck, cont, wideChunk bool
+	headAck, cont, wideChunk, withdraw bool
 }
 
 // pong decodes pong frames: [id] or [id, features], where features (an
@@ -471,6 +471,8 @@ func (d *payloadDecoder) pong() (id uint64, f pongFeatures, err error) {
 			f.cont = true
 		case FeatureWideChunk:
 			f.wideChunk = true
+		case FeatureWithdraw:
+			f.withdraw = true
 		}
 	}
 	return id, f, d.skip(n - 2)

@@ -81,11 +81,19 @@ const (
 	// if the other accepts them. A bulk transfer then costs a quarter of
 	// the frames, system calls and wake-ups.
 	FeatureWideChunk = "wide-chunk"
+	// FeatureWithdraw: a worker that lists this feature in its pongs
+	// answers a withdraw frame for a request queued on the slot (pipelined,
+	// not started) by dropping the request and sending a withdrawn frame at
+	// once, even amid the frames of the running exchange; for a request it
+	// has started, or does not know, it ignores the withdraw. The
+	// dispatcher then moves a request queued behind a slow one to a worker
+	// that is free, knowing its handler never ran.
+	FeatureWithdraw = "withdraw"
 )
 
 // Features are the optional protocol features this dispatcher announces
 // with the default frame limit (see Announced).
-var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow, FeatureContinue, FeatureWideChunk}
+var Features = []string{FeatureInformational, FeatureHeadAck, FeatureWideWindow, FeatureContinue, FeatureWideChunk, FeatureWithdraw}
 
 // Announced returns the features a dispatcher whose frame limit is
 // maxFrame announces: Features, without FeatureWideChunk when a wide chunk

@@ -68,7 +68,7 @@ func (s *ServerConn) Next() (Frame, error) {
 		f.ID, f.Data, err = s.pd.idData()
 	case KindEnd:
 		f.ID, f.Trailer, err = s.pd.idHeader()
-	case KindCancel, KindPing:
+	case KindCancel, KindPing, KindWithdraw:
 		f.ID, err = s.pd.idOnly()
 	case KindAbort:
 		f.ID, f.Reason, err = s.pd.idString()
@@ -120,6 +120,13 @@ func (s *ServerConn) WriteAbort(id uint64, reason string) error {
 // WritePong answers a ping, listing the features given to SetFeatures.
 func (s *ServerConn) WritePong(id uint64) error {
 	return s.send(func(fw *frameWriter) []byte { return fw.pong(id, s.features) })
+}
+
+// WriteWithdrawn tells the dispatcher that queued request id, which it asked
+// to withdraw (KindWithdraw), was dropped before it started
+// (FeatureWithdraw).
+func (s *ServerConn) WriteWithdrawn(id uint64) error {
+	return s.send(func(fw *frameWriter) []byte { return fw.idFrame(KindWithdrawn, id) })
 }
 
 // WriteAck acknowledges the head of request id, whose body is streamed,

@@ -117,6 +117,10 @@ func Serve(h http.Handler) {
 		// The slots accept wide chunks too (requestBody.push).
 		used = append(used, ipc.FeatureWideChunk)
 	}
+	if ipc.HasFeature(ipc.FeatureWithdraw) {
+		// A queued request is given back at once when asked (slot.serve).
+		used = append(used, ipc.FeatureWithdraw)
+	}
 	if ipc.HasFeature(ipc.FeatureContinue) {
 		// Nothing to decide: a request marked continue gets its window at
 		// its handler's first read (requestBody).

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,13 @@ func (s *slot) serve() {
 			} else {
 				s.cancelQueued(f.ID)
 			}
+		case ipc.KindWithdraw:
+			if s.dropQueued(f.ID) {
+				if err := s.sc.WriteWithdrawn(f.ID); err != nil {
+					s.abandon()
+					return
+				}
+			}
 		case ipc.KindPing:
 			if err := s.sc.WritePong(f.ID); err != nil {
 				s.abandon()
@@ -127,6 +135,21 @@ func (s *slot) cancelQueued(id uint64) {
 			return
 		}
 	}
+}
+
+// dropQueued takes a queued request that has not started out of the queue
+// (the dispatcher withdrew it) and reports whether there was one.
+func (s *slot) dropQueued(id uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, q := range s.queue {
+		if q.ex.id == id {
+			q.ex.cancel(nil)
+			s.queue = slices.Delete(s.queue, i, i+1)
+			return true
+		}
+	}
+	return false
 }
 
 // abandon cancels the exchange in flight and drops the queued ones when the

@@ -66,6 +66,8 @@ var checks = []check{
 		launch: launchOpts{depth: 4}, run: checkPipelining},
 	{name: "pipelined-cancel", section: "4.5, 4.6", what: "answers a cancelled queued request in its turn, after the requests before it",
 		launch: launchOpts{depth: 4}, run: checkPipelinedCancel},
+	{name: "withdraw", section: "4.5, 10", what: "if it lists withdraw, gives back a queued request it was asked to withdraw with a withdrawn frame, while the request before it runs, and never answers it",
+		launch: launchOpts{depth: 4}, run: checkWithdraw},
 	{name: "oversized-frame", section: "7", what: "closes the slot on a frame longer than DISPATCHER_IPC_MAX_FRAME, without waiting for its payload",
 		run: malformed(func(t *target, s *slot) []byte {
 			return []byte{0, 0x10, 0, 1, kRequest} // 1 MiB + 1, announced limit 1 MiB
@@ -605,6 +607,64 @@ func checkPipelinedCancel(t *target, w *worker) (string, error) {
 		return "cancelled third request: " + last.String() + " (the cancel came after it started)", s.ping()
 	}
 	return "cancelled third request, in its turn: " + last.String(), s.ping()
+}
+
+// checkWithdraw keeps a first request running by holding back the rest of
+// its body, as checkPipelinedCancel does, queues a complete request behind
+// it and withdraws that one. A worker that lists withdraw answers with a
+// withdrawn frame, amid the first exchange's frames if it likes, and never
+// answers the withdrawn request; if the first request was already over
+// (its handler did not wait for the body), the second may have started and
+// is answered in its turn instead. A request sent afterwards is answered
+// next.
+func checkWithdraw(t *target, w *worker) (string, error) {
+	s := w.slots[0]
+	if err := s.ping(); err != nil {
+		return "", err
+	}
+	if !slices.Contains(s.features, ipc.FeatureWithdraw) {
+		return "its pongs do not list withdraw: it gets no withdraw frame (optional)", nil
+	}
+	first, rest := post(t.uri, 3*chunkSize)
+	id1, id2 := s.nextID(), s.nextID()
+	burst := frame(kRequest, first.payload(id1))
+	burst = append(burst, frame(kRequest, get(t.uri).payload(id2))...)
+	burst = append(burst, frame(kWithdraw, idPayload(id2))...)
+	if err := s.write(burst); err != nil {
+		return "", err
+	}
+	p := startPump(s, id1, len(first.body), rest, nil, "")
+	defer p.stop()
+	withdrawn, over := false, false
+	for !over || !withdrawn {
+		f, err := s.readSkippingCredit()
+		if err != nil {
+			return "", fmt.Errorf("waiting for the withdrawn frame and the first answer: %w", err)
+		}
+		switch {
+		case f.kind == kWithdrawn && f.id == id2 && !withdrawn:
+			withdrawn = true
+		case f.kind == kWithdrawn:
+			return "", violated("withdrawn frame for exchange %d, which was not withdrawn (or twice)", f.id)
+		case f.id == id1 && !over:
+			over = f.kind == kAbort || f.kind == kEnd || f.kind == kResponse && f.eof
+		case f.id == id2 && over && !withdrawn:
+			// It had started: answered in its turn.
+			res, err := s.awaitRest(id2, f)
+			if err != nil {
+				return "", err
+			}
+			return "the queued request had started when the withdraw came: answered in its turn, " + res.String(), s.ping()
+		default:
+			return "", violated("%s frame for exchange %d while exchange %d runs and %d is withdrawn", kindName(f.kind), f.id, id1, id2)
+		}
+	}
+	p.stop()
+	res, err := exchange(s, get(t.uri))
+	if err != nil {
+		return "", fmt.Errorf("the request after the withdrawn one: %w", err)
+	}
+	return "withdrawn while the first request ran; the next request: " + res.String(), s.ping()
 }
 
 // malformed returns a check that sends the frame bad builds and expects the

@@ -18,16 +18,18 @@ import (
 
 // Frame kinds and limits, as PROTOCOL.md §3 and §6 define them.
 const (
-	kRequest  = 1
-	kBody     = 2
-	kEnd      = 3
-	kResponse = 4
-	kCancel   = 5
-	kPing     = 6
-	kPong     = 7
-	kWindow   = 8
-	kAbort    = 9
-	kInfo     = 10 // informational (1xx) response, before the head
+	kRequest   = 1
+	kBody      = 2
+	kEnd       = 3
+	kResponse  = 4
+	kCancel    = 5
+	kPing      = 6
+	kPong      = 7
+	kWindow    = 8
+	kAbort     = 9
+	kInfo      = 10 // informational (1xx) response, before the head
+	kWithdraw  = 11 // the dispatcher takes back a queued request (feature withdraw)
+	kWithdrawn = 12 // the worker dropped it before it started
 
 	chunkSize   = 64 << 10  // largest body chunk in one frame
 	window      = 256 << 10 // request body bytes sent beyond the worker's acknowledgements
@@ -41,7 +43,8 @@ const (
 )
 
 var kindNames = map[byte]string{kRequest: "request", kBody: "body", kEnd: "end", kResponse: "response",
-	kCancel: "cancel", kPing: "ping", kPong: "pong", kWindow: "window", kAbort: "abort", kInfo: "informational"}
+	kCancel: "cancel", kPing: "ping", kPong: "pong", kWindow: "window", kAbort: "abort", kInfo: "informational",
+	kWithdraw: "withdraw", kWithdrawn: "withdrawn"}
 
 func kindName(k byte) string {
 	if n, ok := kindNames[k]; ok {
@@ -188,7 +191,7 @@ func decodeW(kind byte, p []byte) (wframe, error) {
 	if err != nil {
 		return fail("payload", err)
 	}
-	need := map[byte]int{kResponse: 6, kBody: 2, kEnd: 2, kPong: 1, kWindow: 2, kAbort: 2, kInfo: 3}[kind]
+	need := map[byte]int{kResponse: 6, kBody: 2, kEnd: 2, kPong: 1, kWindow: 2, kAbort: 2, kInfo: 3, kWithdrawn: 1}[kind]
 	if need == 0 {
 		return f, violated("a worker never sends %s frames (kind %d)", kindName(kind), kind)
 	}
@@ -466,11 +469,19 @@ func (r *result) String() string {
 // their order (PROTOCOL.md §4.3, §4.4): a response head or an abort, then,
 // unless the head had eof, body frames and an end or an abort. Window frames
 // may come at any time.
-func (s *slot) await(id uint64) (*result, error) {
+func (s *slot) await(id uint64) (*result, error) { return s.answer(id, nil) }
+
+// awaitRest is await for an answer whose first frame, f, was already read.
+func (s *slot) awaitRest(id uint64, f wframe) (*result, error) { return s.answer(id, &f) }
+
+func (s *slot) answer(id uint64, first *wframe) (*result, error) {
 	r := &result{}
 	for {
-		f, err := s.readSkippingCredit()
-		if err != nil {
+		var f wframe
+		var err error
+		if first != nil {
+			f, first = *first, nil
+		} else if f, err = s.readSkippingCredit(); err != nil {
 			return r, fmt.Errorf("waiting for the answer to request %d: %w", id, err)
 		}
 		if f.kind == kPong {
