@@ -126,7 +126,7 @@ func (f *fixture) waitMetric(t *testing.T, sample string, want float64) {
 }
 
 func TestMetricsFollowRequestsAndCrashes(t *testing.T) {
-	f := newFixture(t, "crash", workers.Config{Size: 1, Breaker: workers.Breaker{Failures: -1}})
+	f := newFixture(t, "crash", workers.Config{Size: 1, Breaker: workers.BreakerConfig{StartFailures: -1, CrashRatio: -1}})
 	for range 3 {
 		if code := f.get(t, "/ok"); code != 200 {
 			t.Fatalf("GET /ok: %d", code)

@@ -37,7 +37,7 @@ func TestBackoff(t *testing.T) {
 // loop: the restart delay does not grow (it used to, until the pool
 // emptied for 10 s at a time under a steady trickle of faults).
 func TestRequestCrashesDoNotAccumulateBackoff(t *testing.T) {
-	p := startPool(t, "crash", Config{Size: 1, QueueTimeout: 3 * time.Second, Breaker: Breaker{Failures: -1}})
+	p := startPool(t, "crash", Config{Size: 1, QueueTimeout: 3 * time.Second, Breaker: BreakerConfig{StartFailures: -1, CrashRatio: -1}})
 	for i := range 12 {
 		if _, _, _, err := get(context.Background(), p.Pool, "/exit"); err == nil {
 			t.Fatalf("crash %d: no error", i)
@@ -47,9 +47,9 @@ func TestRequestCrashesDoNotAccumulateBackoff(t *testing.T) {
 			t.Fatalf("request after crash %d: %d, %v", i+1, status, err)
 		}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := p.backoff.Failures(); n > 1 {
+	p.sup.mu.Lock()
+	defer p.sup.mu.Unlock()
+	if n := p.sup.backoff.Failures(); n > 1 {
 		t.Errorf("backoff counts %d failures after requests succeeded", n)
 	}
 }
@@ -57,12 +57,12 @@ func TestRequestCrashesDoNotAccumulateBackoff(t *testing.T) {
 // A binary whose workers die without ever taking a request (it cannot stay
 // up) is restarted with growing delays, not in a tight loop.
 func TestIdleDeathsBackOff(t *testing.T) {
-	p := startPool(t, "crash", Config{Size: 1, Env: []string{"CRASH_IDLE_AFTER=10ms"}, Breaker: Breaker{Failures: -1},
+	p := startPool(t, "crash", Config{Size: 1, Env: []string{"CRASH_IDLE_AFTER=100ms"}, Breaker: BreakerConfig{StartFailures: -1, CrashRatio: -1},
 		Backoff: Backoff{Min: 20 * time.Millisecond, Max: time.Second}})
 	waitFor(t, "5 consecutive failures", func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.backoff.Failures() >= 5
+		p.sup.mu.Lock()
+		defer p.sup.mu.Unlock()
+		return p.sup.backoff.Failures() >= 5
 	})
 	var delays []time.Duration
 	for _, e := range p.hook.AllEntries() {

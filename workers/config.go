@@ -18,10 +18,14 @@ import (
 
 // Defaults for Config fields left at their zero value.
 const (
-	DefaultTimeout      = 30 * time.Second
-	DefaultStartTimeout = 10 * time.Second
-	DefaultStopTimeout  = 5 * time.Second
-	DefaultCancelGrace  = 5 * time.Second
+	DefaultQuarantineGrace = time.Second
+	DefaultPingInterval    = 10 * time.Second
+	DefaultPingTimeout     = 2 * time.Second
+	DefaultRSSInterval     = 5 * time.Second
+	DefaultTimeout         = 30 * time.Second
+	DefaultStartTimeout    = 10 * time.Second
+	DefaultStopTimeout     = 5 * time.Second
+	DefaultCancelGrace     = 5 * time.Second
 	// DefaultPipeline lets 32 concurrent requests on 2 single-slot
 	// workers all be queued in a worker: at 8, half of them waited in the
 	// dispatcher, which cost 3 us of dispatcher CPU per hello request and
@@ -103,9 +107,10 @@ type Config struct {
 	// unhealthy) has to dump its goroutines after SIGQUIT before it is
 	// killed. If zero, DefaultQuarantineGrace.
 	QuarantineGrace time.Duration
-	// Breaker stops starting a binary that keeps crashing or failing its
-	// handshake. Zero fields take the defaults documented on Breaker.
-	Breaker Breaker
+	// Breaker says when the binary counts as broken: its starts are then
+	// stopped and the requests that find no worker refused for a while.
+	// Zero fields take the defaults documented on BreakerConfig.
+	Breaker BreakerConfig
 	// Timeout bounds a request from the moment a worker takes it until its
 	// response head arrives, and then each wait for the next chunk of a
 	// streamed response body (a stream lives as long as it makes progress);
@@ -136,6 +141,10 @@ type Config struct {
 	// workers run as the dispatcher's own children, contained by their
 	// process group only.
 	Sandbox Sandbox
+	// Start, if set, starts worker processes in place of the default: the
+	// binary at Path, confined by Sandbox, through go-plugin's handshake.
+	// Tests run workers in memory with it.
+	Start func(StartSpec) (Process, error)
 	// Observer, if set, receives the pool's events (metrics).
 	Observer Observer
 	// Logger receives pool events and worker output. If nil, logrus's

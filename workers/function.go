@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"sync/atomic"
-	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 )
@@ -54,40 +53,4 @@ func (f *Function) RoundTrip(ctx context.Context, req *ipc.Request, body io.Read
 		}
 		return resp, err
 	}
-}
-
-// Drain stops giving the pool new requests (they get ErrClosed), lets the
-// requests it has, running or waiting, finish, and then closes it. When
-// ctx is done first, Close stops the workers with what they still run.
-func (p *Pool) Drain(ctx context.Context) error {
-	p.mu.Lock()
-	p.draining = true
-	p.mu.Unlock()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !p.drained() {
-		select {
-		case <-ctx.Done():
-			p.log.WithField("in_flight", p.inFlight()).Warn("drain timed out: stopping workers that still serve requests")
-			return p.Close(context.Background())
-		case <-tick.C:
-		}
-	}
-	return p.Close(ctx)
-}
-
-func (p *Pool) drained() bool { return p.inFlight() == 0 }
-
-// inFlight counts the requests the pool has: running, queued on a worker,
-// or waiting for one.
-func (p *Pool) inFlight() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := len(p.waiters)
-	for c := range p.children {
-		for _, s := range c.slots {
-			n += s.n
-		}
-	}
-	return n
 }

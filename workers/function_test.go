@@ -51,7 +51,7 @@ func TestDrainFinishesInFlightThenCloses(t *testing.T) {
 	if _, err := pw.Write([]byte("first ")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the request to be in flight", func() bool { return old.inFlight() == 1 })
+	waitFor(t, "the request to be in flight", func() bool { return old.adm.inFlight() == 1 })
 
 	if prev := fn.Swap(fresh.Pool); prev != old.Pool {
 		t.Fatal("Swap did not return the previous pool")

@@ -143,9 +143,7 @@ func TestQueueFullIsRefusedAtOnce(t *testing.T) {
 	waitFor(t, "the first request to run", func() bool { return countLines(p, "hang: waiting") == 1 })
 	go func() { _, _, _, err := get(ctx, p.Pool, "/"); results <- err }()
 	waitFor(t, "the second request to wait", func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return len(p.waiters) == 1
+		return p.waiting() == 1
 	})
 	_, _, _, err := get(context.Background(), p.Pool, "/")
 	var oe *OverloadError
@@ -202,9 +200,7 @@ func TestQueueTimeoutEach(t *testing.T) {
 		if i > 0 {
 			// The next one comes while the one before still waits.
 			waitFor(t, "the waiter before to queue", func() bool {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				return len(p.waiters) == i
+				return p.waiting() == i
 			})
 		}
 		go func() {

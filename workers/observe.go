@@ -95,6 +95,7 @@ type BreakerStatus struct {
 	Open    bool
 	Probing bool
 	Until   time.Time
+	Why     string // why it last opened
 }
 
 // ExitRecord describes a worker's exit.
@@ -112,42 +113,49 @@ const keptExits = 16
 // Status returns a snapshot of the pool. It reads each worker's memory
 // from /proc, so it is meant for status pages and scrapes, not hot paths.
 func (p *Pool) Status() Status {
-	p.mu.Lock()
+	sup, adm := p.sup, p.adm
+	sup.mu.Lock()
 	st := Status{
 		Path:     p.cfg.Path,
 		Mode:     p.cfg.Mode,
-		Starting: p.starting,
-		Queued:   len(p.waiters),
-		Breaker:  BreakerStatus{Open: p.breaker.open, Probing: p.breaker.probing, Until: p.breaker.until},
-		Draining: p.draining,
+		Starting: sup.starting,
+		Breaker:  sup.breaker.State(),
 	}
-	for c := range p.children {
-		ws := WorkerStatus{PID: c.proc.PID(), Started: c.started, Served: c.served, Busy: c.busy}
-		switch {
-		case c.dead.Load() && !c.retired:
+	ws := make([]*worker, 0, len(sup.workers))
+	for w := range sup.workers {
+		ws = append(ws, w)
+	}
+	for i := range sup.exitLog {
+		e := sup.exitLog[(sup.exitNext-1-i+2*keptExits)%keptExits]
+		if e.PID == 0 {
+			break
+		}
+		st.Exits = append(st.Exits, e)
+	}
+	sup.mu.Unlock()
+	adm.mu.Lock()
+	st.Queued = adm.admittedLocked()
+	st.Draining = adm.draining
+	for _, w := range ws {
+		ws := WorkerStatus{PID: w.proc.PID(), Started: w.started, Served: int(w.served.Load()), Busy: w.busy}
+		switch state := w.state.Load(); {
+		case state == stateDead:
 			ws.State = StateDead
-		case c.retired || c.recycling:
+		case state == stateRetired || state == stateRecycling:
 			ws.State = StateRetiring
-		case c.busy > 0:
+		case w.busy > 0:
 			ws.State = StateBusy
 		default:
 			ws.State = StateIdle
 		}
-		for _, s := range c.slots {
+		for _, s := range w.slots {
 			if s.n > 0 && (ws.Since.IsZero() || s.since.Before(ws.Since)) {
 				ws.Current, ws.Since = describe(s.cur), s.since
 			}
 		}
 		st.Workers = append(st.Workers, ws)
 	}
-	for i := range p.exitLog {
-		e := p.exitLog[(p.exitNext-1-i+2*keptExits)%keptExits]
-		if e.PID == 0 {
-			break
-		}
-		st.Exits = append(st.Exits, e)
-	}
-	p.mu.Unlock()
+	adm.mu.Unlock()
 	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].Started.Before(st.Workers[j].Started) })
 	for i := range st.Workers {
 		if st.Workers[i].State != StateDead {
@@ -165,24 +173,27 @@ func describe(r *ipc.Request) string {
 }
 
 // Ready reports whether the pool can serve a request now or start a worker
-// for it: it is not closed or draining, and a worker is in rotation or, in
-// the modes that start workers on demand, the breaker allows a start.
+// for it: it is not closed or draining, and a worker is in rotation or
+// one may start (the breaker allows it, and MaxWorkers leaves room).
 func (p *Pool) Ready() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.draining || p.ctx == nil {
+	if p.isClosed() {
 		return false
 	}
-	if p.liveLocked() > 0 {
+	p.adm.mu.Lock()
+	draining := p.adm.draining
+	p.adm.mu.Unlock()
+	if draining {
+		return false
+	}
+	p.sup.mu.Lock()
+	defer p.sup.mu.Unlock()
+	if p.sup.liveLocked() > 0 {
 		return true
 	}
-	return p.cfg.Mode != ModePool && !(p.breaker.open && time.Now().Before(p.breaker.until))
-}
-
-// recordExit keeps c's exit in the pool's recent exits and reports it.
-// Called with p.mu held.
-func (p *Pool) recordExit(c *child, cause Cause, reason string, now time.Time) {
-	p.exitLog[p.exitNext] = ExitRecord{PID: c.proc.PID(), Cause: cause, Reason: reason, At: now, Uptime: now.Sub(c.started)}
-	p.exitNext = (p.exitNext + 1) % keptExits
-	p.obs.WorkerExited(cause)
+	if p.cfg.Mode == ModePool {
+		return false
+	}
+	_, room := p.sup.deficitLocked()
+	_, refusing := p.sup.breaker.Refusing(time.Now())
+	return room > 0 && !refusing
 }

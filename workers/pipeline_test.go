@@ -16,11 +16,9 @@ import (
 // outstanding returns the number of exchanges in progress or queued on the
 // pool's connections.
 func outstanding(p *Pool) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	n := 0
-	for c := range p.children {
-		for _, s := range c.slots {
+	for _, w := range p.sup.all() {
+		for _, s := range w.slots {
 			n += s.conn.Outstanding()
 		}
 	}
@@ -42,7 +40,7 @@ func countLines(p *testPool, s string) int {
 // retried on the replacement worker, not fail with its predecessor.
 func TestPipelinedRequestSurvivesTimeoutOfTheOneBefore(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4, Timeout: 500 * time.Millisecond})
-	p.stall = time.Hour // the first request hangs: queue behind it all the same
+	p.setStall(time.Hour) // the first request hangs: queue behind it all the same
 	pid := p.Workers()[0]
 	first := make(chan error, 1)
 	go func() {
@@ -79,7 +77,7 @@ func TestPipelinedRequestSurvivesTimeoutOfTheOneBefore(t *testing.T) {
 // is retried.
 func TestPipelinedRequestSurvivesCrashOfTheOneBefore(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4})
-	p.stall = time.Hour // the first request hangs: queue behind it all the same
+	p.setStall(time.Hour) // the first request hangs: queue behind it all the same
 	pid := p.Workers()[0]
 	first := make(chan error, 1)
 	go func() {
@@ -96,7 +94,7 @@ func TestPipelinedRequestSurvivesCrashOfTheOneBefore(t *testing.T) {
 		second <- err
 	}()
 	waitFor(t, "the second request to be pipelined", func() bool { return outstanding(p.Pool) == 2 })
-	for _, c := range p.liveChildren() {
+	for _, c := range p.liveWorkers() {
 		c.kill(CauseCrashed, "test")
 	}
 	var ee *ExitError
@@ -108,23 +106,37 @@ func TestPipelinedRequestSurvivesCrashOfTheOneBefore(t *testing.T) {
 	}
 }
 
-func (p *Pool) liveChildren() []*child {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var cs []*child
-	for c := range p.children {
-		if !c.dead.Load() {
-			cs = append(cs, c)
+// liveWorkers returns the workers in rotation.
+func (p *Pool) liveWorkers() []*worker {
+	var ws []*worker
+	for _, w := range p.sup.all() {
+		if w.inRotation() {
+			ws = append(ws, w)
 		}
 	}
-	return cs
+	return ws
+}
+
+// waiting counts the requests waiting for a slot.
+func (p *Pool) waiting() int {
+	p.adm.mu.Lock()
+	defer p.adm.mu.Unlock()
+	return p.adm.waiting.n
+}
+
+// setStall changes how long a slot may stall and still take requests in
+// line.
+func (p *Pool) setStall(d time.Duration) {
+	p.adm.mu.Lock()
+	defer p.adm.mu.Unlock()
+	p.adm.stall = d
 }
 
 // A queued request whose client goes away returns at once, never runs, and
 // leaves the worker serving.
 func TestPipelinedRequestCancelledBeforeItStarts(t *testing.T) {
 	p := startPool(t, "hang", Config{Size: 1, Pipeline: 4})
-	p.stall = time.Hour // the first request waits: queue behind it all the same
+	p.setStall(time.Hour) // the first request waits: queue behind it all the same
 	pid := p.Workers()[0]
 	ctxA, cancelA := context.WithCancel(context.Background())
 	defer cancelA()
@@ -168,7 +180,7 @@ func TestPipelinedRequestCancelledBeforeItStarts(t *testing.T) {
 // belongs to its own request.
 func TestPipelinedResponsesStayWithTheirRequests(t *testing.T) {
 	p := startPool(t, "echo", Config{Size: 1, Pipeline: 8})
-	p.stall = time.Hour // a loaded test machine must not turn pipelining off
+	p.setStall(time.Hour) // a loaded test machine must not turn pipelining off
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	maxOut := 0
@@ -231,7 +243,7 @@ func TestNoPipeliningBehindASlowExchange(t *testing.T) {
 	}()
 	waitFor(t, "the first handler to start", func() bool { return countLines(p, "hang: waiting") == 1 })
 	started := time.Now()
-	waitFor(t, "the first exchange to count as slow", func() bool { return time.Since(started) > 2*pipelineStall })
+	waitFor(t, "the first exchange to count as slow", func() bool { return time.Since(started) > 2*stall })
 	second := make(chan error, 1)
 	go func() {
 		status, _, _, err := get(context.Background(), p.Pool, "/")
@@ -241,9 +253,7 @@ func TestNoPipeliningBehindASlowExchange(t *testing.T) {
 		second <- err
 	}()
 	waitFor(t, "the second request to wait in the dispatcher", func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return len(p.waiters) == 1
+		return p.waiting() == 1
 	})
 	if n := outstanding(p.Pool); n != 1 {
 		t.Fatalf("%d exchanges on the slot, want 1: the request was queued behind a slow one", n)

@@ -259,9 +259,9 @@ func TestTimeoutKillsProcessGroup(t *testing.T) {
 	if status, _, _, err := get(context.Background(), p.Pool, "/"); err != nil || status != 200 {
 		t.Fatalf("after the timeout: %d %v", status, err)
 	}
-	e := logLine(p.hook, "worker killed")
-	if e == nil || e.Data["reason"] != "request timed out" {
-		t.Fatalf("no kill log line with the reason: %v", e)
+	waitFor(t, "the kill's log line", func() bool { return logLine(p.hook, "worker killed") != nil })
+	if e := logLine(p.hook, "worker killed"); e.Data["reason"] != "request timed out" {
+		t.Fatalf("kill log line without the reason: %v", e.Data)
 	}
 }
 

@@ -297,7 +297,7 @@ func TestFaultBinaryReplaced(t *testing.T) {
 func TestFaultBinaryDeleted(t *testing.T) {
 	t.Parallel()
 	w := faultCopy(t, "crash")
-	d := startDispatcher(t, "--workers", w, "--pool-size", "1", "--breaker-failures", "3", "--breaker-window", "20s")
+	d := startDispatcher(t, "--workers", w, "--pool-size", "1", "--breaker-start-failures", "3", "--breaker-window", "20s")
 	faultExpect(t, d, "/", http.StatusOK, "ok\n")
 
 	if err := os.Remove(w); err != nil {
@@ -476,7 +476,7 @@ func TestFaultTmpdirUnwritableWhileRunning(t *testing.T) {
 	tmp := shortTempDir(t)
 	d := startWrapped(t, tmp, []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`mount --bind "$TMPDIR" "$TMPDIR" && exec "$@"`, "sh"},
-		"--workers", w, "--pool-size", "1", "--breaker-failures", "0")
+		"--workers", w, "--pool-size", "1", "--breaker-start-failures", "0")
 	faultExpect(t, d, "/", http.StatusOK, "ok\n")
 
 	remount := func(mode string) {

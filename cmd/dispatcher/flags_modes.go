@@ -4,6 +4,7 @@ package main
 // "Modes").
 
 import (
+	"errors"
 	"flag"
 	"runtime"
 	"time"
@@ -19,12 +20,14 @@ type modeFlags struct {
 	queue        int
 	queueTimeout time.Duration
 
-	maxRequests     int
-	maxRSS          byteSize
-	pingInterval    time.Duration
-	pingTimeout     time.Duration
-	breakerFailures int
-	breakerWindow   time.Duration
+	maxRequests        int
+	maxRSS             byteSize
+	pingInterval       time.Duration
+	pingTimeout        time.Duration
+	breakerStarts      int
+	breakerCrashRatio  float64
+	breakerMinRequests int
+	breakerWindow      time.Duration
 
 	parsed workers.Mode
 }
@@ -40,8 +43,13 @@ func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.maxRSS, "max-rss", "recycle a worker whose resident memory (with its descendants') exceeds `SIZE`, e.g. 256M (0: never)")
 	fs.DurationVar(&f.pingInterval, "ping-interval", workers.DefaultPingInterval, "health-ping a worker slot idle for this long (0: never)")
 	fs.DurationVar(&f.pingTimeout, "ping-timeout", workers.DefaultPingTimeout, "a worker that does not answer a health ping within this is quarantined")
-	fs.IntVar(&f.breakerFailures, "breaker-failures", 5, "crashes or failed starts of the worker binary within --breaker-window that quarantine it (0: never)")
-	fs.DurationVar(&f.breakerWindow, "breaker-window", 30*time.Second, "window in which --breaker-failures count")
+	fs.IntVar(&f.breakerStarts, "breaker-start-failures", 5, "failed starts of workers, or deaths before their first request, within --breaker-window that quarantine the worker binary (0: never)")
+	fs.Float64Var(&f.breakerCrashRatio, "breaker-crash-ratio", 0.5, "quarantine the worker binary when more than this share of the requests within --breaker-window killed their worker (0: never); a crash now and then among healthy requests never does")
+	fs.IntVar(&f.breakerMinRequests, "breaker-min-requests", 20, "requests within --breaker-window before --breaker-crash-ratio applies")
+	fs.DurationVar(&f.breakerWindow, "breaker-window", 30*time.Second, "window in which --breaker-start-failures and --breaker-crash-ratio count")
+	fs.Func("breaker-failures", "replaced by --breaker-start-failures and --breaker-crash-ratio", func(string) error {
+		return errors.New("replaced: crashes caused by requests no longer count one by one; use --breaker-start-failures N (failed starts, crash loops) and --breaker-crash-ratio R (the share of requests that kill their worker)")
+	})
 }
 
 // check validates the flags; errors name the flag. concurrency and pipeline
@@ -73,8 +81,12 @@ func (f *modeFlags) check(concurrency, pipeline int, set map[string]bool) error 
 		return usageErrorf("--ping-interval %s: must not be negative", f.pingInterval)
 	case f.pingTimeout <= 0:
 		return usageErrorf("--ping-timeout %s: must be positive", f.pingTimeout)
-	case f.breakerFailures < 0:
-		return usageErrorf("--breaker-failures %d: must not be negative", f.breakerFailures)
+	case f.breakerStarts < 0:
+		return usageErrorf("--breaker-start-failures %d: must not be negative", f.breakerStarts)
+	case f.breakerCrashRatio < 0 || f.breakerCrashRatio >= 1:
+		return usageErrorf("--breaker-crash-ratio %g: must be at least 0 and below 1", f.breakerCrashRatio)
+	case f.breakerMinRequests < 1:
+		return usageErrorf("--breaker-min-requests %d: must be at least 1", f.breakerMinRequests)
 	case f.breakerWindow <= 0:
 		return usageErrorf("--breaker-window %s: must be positive", f.breakerWindow)
 	case m == workers.ModeOneShot && concurrency > 1:
@@ -104,10 +116,15 @@ func (f *modeFlags) apply(cfg workers.Config) workers.Config {
 		cfg.PingInterval = -1 // workers.Config: zero means the default
 	}
 	cfg.PingTimeout = f.pingTimeout
-	cfg.Breaker.Failures = f.breakerFailures
-	if f.breakerFailures == 0 {
-		cfg.Breaker.Failures = -1
+	cfg.Breaker.StartFailures = f.breakerStarts
+	if f.breakerStarts == 0 {
+		cfg.Breaker.StartFailures = -1 // workers.BreakerConfig: zero means the default
 	}
+	cfg.Breaker.CrashRatio = f.breakerCrashRatio
+	if f.breakerCrashRatio == 0 {
+		cfg.Breaker.CrashRatio = -1
+	}
+	cfg.Breaker.MinRequests = f.breakerMinRequests
 	cfg.Breaker.Window = f.breakerWindow
 	cfg.QueueTimeout = f.queueTimeout
 	if cfg.Mode == workers.ModeOneShot {

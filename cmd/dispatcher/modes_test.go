@@ -64,7 +64,10 @@ func TestModeUsageErrors(t *testing.T) {
 		{"max requests", []string{"--max-requests", "-1"}, "--max-requests -1: must not be negative"},
 		{"max rss", []string{"--max-rss", "lots"}, `invalid value "lots" for flag -max-rss`},
 		{"ping timeout", []string{"--ping-timeout", "0s"}, "--ping-timeout 0s: must be positive"},
-		{"breaker failures", []string{"--breaker-failures", "-2"}, "--breaker-failures -2: must not be negative"},
+		{"breaker start failures", []string{"--breaker-start-failures", "-2"}, "--breaker-start-failures -2: must not be negative"},
+		{"breaker crash ratio", []string{"--breaker-crash-ratio", "1"}, "--breaker-crash-ratio 1: must be at least 0 and below 1"},
+		{"breaker min requests", []string{"--breaker-min-requests", "0"}, "--breaker-min-requests 0: must be at least 1"},
+		{"breaker failures replaced", []string{"--breaker-failures", "5"}, "use --breaker-start-failures N"},
 		{"breaker window", []string{"--breaker-window", "0s"}, "--breaker-window 0s: must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -136,7 +136,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	install(t, bins["hello"], path)
 	bins["breaker-fn"] = path
 	t.Cleanup(func() { delete(bins, "breaker-fn") })
-	p := startPool(t, "breaker-fn", Config{Size: 1, Breaker: Breaker{Failures: 3, Window: time.Minute, Backoff: 500 * time.Millisecond}})
+	p := startPool(t, "breaker-fn", Config{Size: 1, Breaker: BreakerConfig{StartFailures: 3, Window: time.Minute, Backoff: 500 * time.Millisecond}})
 	pid := p.Workers()[0]
 
 	install(t, bins["stdoutjunk"], path) // not a worker: every start fails
