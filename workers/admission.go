@@ -70,6 +70,7 @@ type entry struct {
 	// Parked: the slot and the ticket of its place in line.
 	s           *slot
 	t           *ipc.Ticket
+	sent        bool // the request went out with t: it may be withdrawn
 	withdrawing bool // Withdraw was sent: the answer comes on t.Turn
 	expired     bool // QueueTimeout passed: refused once withdrawn or cancelled
 }
@@ -266,6 +267,9 @@ func (a *admission) await(ctx context.Context, e *entry) error {
 		a.unpark(e, true)
 		return nil
 	}
+	a.mu.Lock()
+	e.sent = true
+	a.mu.Unlock()
 	var err error
 	select {
 	case <-turn:
@@ -301,7 +305,13 @@ func (a *admission) unpark(e *entry, runs bool) {
 // nothing is outstanding on it. served tells that the exchange completed
 // (it counts towards MaxRequests). A slot whose connection broke takes its
 // worker out with it.
-func (a *admission) release(s *slot, served bool) {
+func (a *admission) release(s *slot, served bool) { a.put(s, served, false) }
+
+// releasePing puts back a slot taken for a health ping: a ping is no work,
+// so the slot's progress and the worker's idle time stay as they were.
+func (a *admission) releasePing(s *slot) { a.put(s, false, true) }
+
+func (a *admission) put(s *slot, served, ping bool) {
 	w := s.w
 	if err := s.conn.Err(); err != nil && !w.out() {
 		w.kill(CauseBroken, "slot connection broken: "+err.Error())
@@ -310,8 +320,12 @@ func (a *admission) release(s *slot, served bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s.n--
-	s.progress = now
-	s.cur, s.since = nil, now
+	if ping {
+		s.pinged = now
+	} else {
+		s.progress = now
+		s.cur, s.since = nil, now
+	}
 	if s.n == 0 {
 		s.streaming = false
 	}
@@ -322,7 +336,9 @@ func (a *admission) release(s *slot, served bool) {
 		}
 	}
 	if w.busy--; w.busy == 0 {
-		w.idleSince = now
+		if !ping {
+			w.idleSince = now
+		}
 		switch {
 		case w.state.Load() == stateRetired:
 			a.stopIdle(w)
@@ -368,18 +384,24 @@ func (a *admission) unblockLocked(now time.Time) {
 		return
 	}
 	next := time.Time{}
+	soonest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
 	for _, s := range a.slots {
 		if len(s.parked) == 0 {
 			continue
 		}
 		if due := s.progress.Add(a.stall); now.Before(due) {
-			if next.IsZero() || due.Before(next) {
-				next = due
-			}
+			soonest(due)
 			continue
 		}
 		for _, e := range s.parked {
-			if !e.withdrawing && !e.expired && e.t.Withdraw() {
+			switch {
+			case !e.sent:
+				soonest(now.Add(a.stall)) // being sent: look again soon
+			case !e.withdrawing && !e.expired && e.t.Withdraw():
 				e.withdrawing = true
 			}
 		}
@@ -423,7 +445,7 @@ func (a *admission) tick() {
 			continue
 		}
 		e.expired = true
-		if !e.withdrawing && e.t.Withdraw() {
+		if e.sent && !e.withdrawing && e.t.Withdraw() {
 			e.withdrawing = true // refused once the worker gives it back
 			continue
 		}
@@ -586,14 +608,14 @@ func contains(ws []*worker, w *worker) bool {
 
 // takeForPing takes out of rotation the idle slots unused for interval,
 // reserved (but not as used: a pinged spare stays fresh) for a health
-// ping. Each goes back with release.
+// ping. Each goes back with releasePing.
 func (a *admission) takeForPing(now time.Time, interval time.Duration) []*slot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var due []*slot
 	keep := a.idle[:0]
 	for _, s := range a.idle {
-		if s.w.inRotation() && now.Sub(s.progress) >= interval {
+		if s.w.inRotation() && now.Sub(s.progress) >= interval && now.Sub(s.pinged) >= interval {
 			due = append(due, s)
 			s.n++
 			s.w.busy++

@@ -504,7 +504,7 @@ func (s *supervisor) reapIdle() {
 func (s *supervisor) pingIdle() {
 	for _, sl := range s.adm.takeForPing(time.Now(), s.cfg.PingInterval) {
 		if !s.pool.track() {
-			s.adm.release(sl, false)
+			s.adm.releasePing(sl)
 			continue
 		}
 		go func() {
@@ -513,7 +513,7 @@ func (s *supervisor) pingIdle() {
 			if err := sl.conn.Ping(); err != nil && !sl.w.out() {
 				s.quarantine(sl.w, CauseQuarantined, fmt.Sprintf("no answer to a health ping within %s: %v", s.cfg.PingTimeout, err))
 			}
-			s.adm.release(sl, false)
+			s.adm.releasePing(sl)
 		}()
 	}
 }

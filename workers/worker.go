@@ -246,6 +246,7 @@ type slot struct {
 	parked    []*entry  // the requests queued on it, not started, in order
 	streaming bool      // one of them streams its request body: nothing queues behind it
 	progress  time.Time // when it last became busy or finished an exchange
+	pinged    time.Time // when it last answered a health ping
 	// cur is the running request, if known, and since when.
 	cur   *ipc.Request
 	since time.Time
