@@ -334,7 +334,7 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	if err := c.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrBroken, err)
+		return &notDelivered{fmt.Errorf("%w: %w", ErrBroken, err)} // nothing was written
 	}
 	queued := c.cur != nil
 	if queued && !req.EOF {
@@ -350,16 +350,22 @@ func (c *Conn) Send(t *Ticket, req *Request, body io.Reader) error {
 	err := c.write(c.fw.request(req, cont))
 	c.wmu.Unlock()
 	if err != nil {
-		if queued {
+		reset := isReset(err)
+		switch {
+		case queued && reset:
+			// The worker closed its end: nothing of this request reached
+			// it, and what it wrote before, the exchanges ahead of this one
+			// still read.
+		case queued:
 			// The holder is reading: break its read too, the stream may be
 			// torn.
 			c.fail(err)
 			c.nc.Close()
-		} else {
+		default:
 			c.fail(err)
 			c.cur = t // holds a dead turn: nothing can queue behind it
 		}
-		if isReset(err) {
+		if reset {
 			return &notDelivered{err}
 		}
 		return err

@@ -139,7 +139,7 @@ func (a *admission) admit(ctx context.Context, req *ipc.Request, pipelinable boo
 		s := a.idle[len(a.idle)-1]
 		a.idle[len(a.idle)-1] = nil
 		a.idle = a.idle[:len(a.idle)-1]
-		if s.w.inRotation() {
+		if s.w.inRotation() && s.conn.Err() == nil {
 			a.reserveLocked(s, req, pipelinable, now)
 			a.mu.Unlock()
 			a.obs.Admitted(0, nil)
@@ -220,7 +220,7 @@ func (a *admission) admit(ctx context.Context, req *ipc.Request, pipelinable boo
 func (a *admission) pipelineSlotLocked(now time.Time) *slot {
 	var best *slot
 	for _, s := range a.slots {
-		if s.n > 0 && s.n < a.pipeline && !s.streaming && now.Sub(s.progress) < a.stall && s.w.inRotation() &&
+		if s.n > 0 && s.n < a.pipeline && !s.streaming && now.Sub(s.progress) < a.stall && s.w.inRotation() && s.conn.Err() == nil &&
 			(best == nil || s.n < best.n) {
 			best = s
 		}
