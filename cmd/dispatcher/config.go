@@ -202,6 +202,9 @@ func (cf *configFile) function(i int, n *yaml.Node) (configFunction, error) {
 // setting checks one key: value pair naming a flag.
 func (cf *configFile) setting(k, v *yaml.Node, where string) (setting, error) {
 	s := setting{key: k.Value, line: k.Line}
+	if commandLineOnly[s.key] {
+		return s, configError(cf.path, k.Line, "%s%s: only on the command line", where, s.key)
+	}
 	if flagNames[s.key] == nil {
 		hint := ""
 		if alt := strings.ReplaceAll(s.key, "_", "-"); flagNames[alt] != nil {
@@ -248,7 +251,7 @@ var repeatable = map[string]bool{"env": true, "pass-env": true, "trusted-proxies
 
 // flagNames are the dispatcher's flags, by name (filled from a flag set).
 var flagNames = func() map[string]*flag.Flag {
-	fs := newFlagSet(&options{}, nil)
+	fs := newFlagSet(&options{})
 	m := map[string]*flag.Flag{}
 	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f })
 	return m
@@ -270,7 +273,7 @@ func (cf *configFile) apply(fs *flag.FlagSet, settings []setting, where string) 
 // --name) into one naming the line that set it.
 func (cf *configFile) locate(err error, f *configFunction) error {
 	var ue *UsageError
-	if !errors.As(err, &ue) || ue.Printed {
+	if !errors.As(err, &ue) {
 		return err
 	}
 	key, _, _ := strings.Cut(strings.TrimPrefix(ue.Msg, "--"), " ")

@@ -62,7 +62,7 @@ func TestModeUsageErrors(t *testing.T) {
 		{"queue", []string{"--queue", "-5"}, "--queue -5: must not be negative"},
 		{"queue timeout", []string{"--queue-timeout", "-1s"}, "--queue-timeout -1s: must be positive"},
 		{"max requests", []string{"--max-requests", "-1"}, "--max-requests -1: must not be negative"},
-		{"max rss", []string{"--max-rss", "lots"}, `invalid value "lots" for flag -max-rss`},
+		{"max rss", []string{"--max-rss", "lots"}, `--max-rss "lots": want a size in bytes such as 0, 65536, 512K, 32M or 1G`},
 		{"ping timeout", []string{"--ping-timeout", "0s"}, "--ping-timeout 0s: must be positive"},
 		{"breaker failures", []string{"--breaker-failures", "-2"}, "--breaker-failures -2: must not be negative"},
 		{"breaker window", []string{"--breaker-window", "0s"}, "--breaker-window 0s: must be positive"},

@@ -14,8 +14,10 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// version is shown on the status page; set with -ldflags "-X main.version=...".
-var version = "dev"
+// startNotice is how long workers may take to start before the log says
+// that the dispatcher is waiting for them (or half --start-timeout, if
+// shorter).
+const startNotice = 2 * time.Second
 
 // service is the running dispatcher: its functions, their pools and the
 // router in front of them, and what reloads them.
@@ -43,8 +45,9 @@ type liveFunction struct {
 
 func newService(m *Main, args []string, o *options, log *logrus.Entry) *service {
 	s := &service{m: m, args: args, log: log, opts: o}
-	s.metrics = admin.NewMetrics(s.functions)
-	s.admin = admin.New(s.functions, s.metrics, version)
+	build := readBuild()
+	s.metrics = admin.NewMetrics(s.functions, build)
+	s.admin = admin.New(s.functions, s.metrics, build.String())
 	if o.adminPprof {
 		s.admin.EnableProfiling()
 	}
@@ -76,7 +79,7 @@ func (s *service) start(ctx context.Context) error {
 		s.router, err = dispatcher.NewRouter(routes)
 	}
 	if err != nil {
-		s.close()
+		s.close(context.Background())
 		return err
 	}
 	return nil
@@ -136,7 +139,13 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 		iso.close()
 		return nil, nil, usageErrorf("%v", err)
 	}
-	if err := pool.Start(ctx); err != nil {
+	waiting := time.AfterFunc(min(startNotice, fo.startTimeout/2), func() {
+		log.WithFields(logrus.Fields{"binary": fo.workers, "start_timeout": fo.startTimeout.String()}).
+			Warn("workers still starting: no handshake yet; waiting until --start-timeout")
+	})
+	err = pool.Start(ctx)
+	waiting.Stop()
+	if err != nil {
 		iso.close()
 		if o.config != "" {
 			err = fmt.Errorf("function %s: %w", fo.name, err)
@@ -173,9 +182,10 @@ func (s *service) routes(live []*liveFunction) ([]dispatcher.Route, error) {
 // of them are started and handshaken first; if any fails, nothing changes.
 // The old workers finish their requests (within --shutdown-timeout) and
 // stop.
-func (s *service) reload(ctx context.Context) error {
+func (s *service) reload(ctx context.Context) (err error) {
 	s.reloading.Lock()
 	defer s.reloading.Unlock()
+	defer func() { s.metrics.Reloaded(err) }()
 	t0 := time.Now()
 	s.log.Info("reloading")
 	o, err := s.m.parse(s.args)
@@ -260,8 +270,8 @@ func (s *service) reload(ctx context.Context) error {
 }
 
 // close stops every function's workers, after the pools replaced by
-// reloads.
-func (s *service) close() {
+// reloads: gracefully until ctx is done, then by killing them.
+func (s *service) close(ctx context.Context) {
 	s.draining.Wait()
 	s.mu.Lock()
 	live := s.live
@@ -272,7 +282,7 @@ func (s *service) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := lf.fn.Pool().Close(context.Background()); err != nil {
+			if err := lf.fn.Pool().Close(ctx); err != nil {
 				s.log.WithError(err).WithField("function", lf.opts.name).Warn("stopping workers")
 			}
 			lf.iso.close()
