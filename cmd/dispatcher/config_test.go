@@ -113,6 +113,24 @@ func TestConfigErrors(t *testing.T) {
 	})
 }
 
+// --check-config starts one worker of each function, whatever its mode,
+// through its handshake: a binary that is not a worker fails it, naming
+// the function.
+func TestCheckConfigStartsWorkers(t *testing.T) {
+	t.Parallel()
+	good := "functions:\n  - workers: HELLO\n    mode: ondemand\n  - workers: COUNTER\n    route: /c\n    mode: oneshot\n"
+	code, stderr, _ := run(t, "--check-config", writeConfig(t, good))
+	if code != 0 || !strings.Contains(stderr, "OK, 2 function(s); each worker binary started and completed its handshake") {
+		t.Errorf("valid file: exit %d; stderr:\n%s", code, stderr)
+	}
+	path := writeConfig(t, good+"  - name: truth\n    route: /t\n    workers: /bin/true\n")
+	code, stderr, _ = run(t, "--check-config", path)
+	want := "dispatcher: " + path + `: function truth: start worker "/bin/true"`
+	if code != 2 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "is it a worker built with the sdk?") {
+		t.Errorf("/bin/true as a worker: exit %d, want 2 and %q; stderr:\n%s", code, want, stderr)
+	}
+}
+
 // TestExampleConfig checks that the documented example validates and
 // serves each of its functions.
 func TestExampleConfig(t *testing.T) {
@@ -133,7 +151,7 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, stderr, _ := run(t, "--check-config", path)
-	if code != 0 || !strings.Contains(stderr, "OK, 4 function(s)") {
+	if code != 0 || !strings.Contains(stderr, "OK, 4 function(s); each worker binary started and completed its handshake") {
 		t.Fatalf("--check-config: exit status %d; stderr:\n%s", code, stderr)
 	}
 	d := startDispatcher(t, "--config", path, "--admin-listen", "127.0.0.1:0")

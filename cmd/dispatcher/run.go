@@ -338,7 +338,17 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	logger := m.logger(o)
 	log := logrus.NewEntry(logger)
 	if o.checkConfig != "" {
-		fmt.Fprintf(m.Stderr, "%s: OK, %d function(s)\n", o.checkConfig, len(o.functions))
+		// The file is valid; now each worker binary, started as it
+		// would be served.
+		logger.Level = min(logger.Level, logrus.WarnLevel)
+		if err := checkWorkers(ctx, o, log); err != nil {
+			var se *launch.StartError
+			if errors.As(err, &se) || errors.As(err, new(*UsageError)) {
+				return usageErrorf("%s: %v", o.checkConfig, strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+			return fmt.Errorf("%s: %w", o.checkConfig, err)
+		}
+		fmt.Fprintf(m.Stderr, "%s: OK, %d function(s); each worker binary started and completed its handshake\n", o.checkConfig, len(o.functions))
 		return nil
 	}
 	if m.CaptureStderr {

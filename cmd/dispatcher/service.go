@@ -122,19 +122,9 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := workers.NewPool(fo.modes.apply(workers.Config{
-		Env:          iso.env,
-		Sandbox:      iso.sandbox,
-		Path:         fo.workers,
-		Args:         fo.workerArgs,
-		Size:         fo.poolSize,
-		Concurrency:  fo.concurrency,
-		Pipeline:     fo.pipeline,
-		Timeout:      fo.timeout,
-		StartTimeout: fo.startTimeout,
-		Observer:     s.metrics.Observer(fo.name),
-		Logger:       log,
-	}))
+	cfg := fo.poolConfig(iso, log)
+	cfg.Observer = s.metrics.Observer(fo.name)
+	pool, err := workers.NewPool(cfg)
 	if err != nil {
 		iso.close()
 		return nil, nil, usageErrorf("%v", err)
@@ -153,6 +143,62 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 		return nil, nil, err
 	}
 	return pool, iso, nil
+}
+
+// poolConfig returns the workers' configuration of function fo, confined
+// by iso.
+func (fo *options) poolConfig(iso *isolation, log *logrus.Entry) workers.Config {
+	return fo.modes.apply(workers.Config{
+		Env:          iso.env,
+		Sandbox:      iso.sandbox,
+		Path:         fo.workers,
+		Args:         fo.workerArgs,
+		Size:         fo.poolSize,
+		Concurrency:  fo.concurrency,
+		Pipeline:     fo.pipeline,
+		Timeout:      fo.timeout,
+		StartTimeout: fo.startTimeout,
+		Logger:       log,
+	})
+}
+
+// checkWorkers starts one worker of each function of o, confined as it
+// would be, waits for its handshake and stops it: --check-config. The
+// first failure is returned, naming its function.
+func checkWorkers(ctx context.Context, o *options, log *logrus.Entry) error {
+	errs := make([]error, len(o.functions))
+	var wg sync.WaitGroup
+	for i, fo := range o.functions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = checkWorker(ctx, fo, log.WithField("function", fo.name))
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("function %s: %w", fo.name, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func checkWorker(ctx context.Context, fo *options, log *logrus.Entry) error {
+	iso, err := fo.isolation.setup(fo.workers, log)
+	if err != nil {
+		return err
+	}
+	defer iso.close()
+	cfg := fo.poolConfig(iso, log)
+	cfg.Mode, cfg.Size, cfg.Spares = workers.ModePool, 1, 0 // one worker, whatever the mode
+	pool, err := workers.NewPool(cfg)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	err = pool.Start(ctx)
+	if cerr := pool.Close(ctx); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // routes returns the router's routes for the functions.
