@@ -4,6 +4,7 @@ package main
 // (SIGHUP and --watch) and the admin listener, with the real binary.
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -69,6 +70,12 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`:4: functions[1]: name "hello" already used by functions[0]`}},
 		{"duplicate route", "functions:\n  - workers: HELLO\n    route: /a\n  - workers: COUNTER\n    route: /a/\n",
 			[]string{":4: functions[1] (counter): route /a/ is already hello's"}},
+		{"strip-prefix of /", "functions:\n  - workers: HELLO\n    strip-prefix: true\n",
+			[]string{":2: functions[0].strip-prefix: the route / has no prefix to strip"}},
+		{"strip-prefix not a boolean", "functions:\n  - workers: HELLO\n    route: /a\n    strip-prefix: maybe\n",
+			[]string{":4: functions[0].strip-prefix: want true or false"}},
+		{"function key at the top", "route: /a\nfunctions:\n  - workers: HELLO\n",
+			[]string{":1: route: a setting of one function: put it in an entry of functions"}},
 		{"bad route", "functions:\n  - workers: HELLO\n    route: api\n",
 			[]string{`:3: functions[0].route "api": want a path prefix starting with /`}},
 		{"list for a single value", "functions:\n  - workers: HELLO\n    timeout: [1s, 2s]\n",
@@ -172,6 +179,33 @@ func TestExampleConfig(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.Contains(body, `"name": `+name) {
 			t.Errorf("status lacks function %s: %s", name, body)
 		}
+	}
+}
+
+// A route with strip-prefix: the handler sees the path without the
+// prefix, and the prefix in X-Forwarded-Prefix.
+func TestConfigStripPrefix(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, `
+functions:
+  - name: mine
+    route: /mine
+    strip-prefix: true
+    workers: `+bin(t, "fidelity")+`
+    pool-size: 1
+  - name: whole
+    route: /whole
+    workers: `+bin(t, "fidelity")+`
+    pool-size: 1
+`)
+	d := startDispatcher(t, "--config", path)
+	resp, body := d.get("/mine/hop", "X-Forwarded-Prefix", "/spoofed")
+	var h http.Header
+	if err := json.Unmarshal([]byte(body), &h); resp.StatusCode != 200 || err != nil || h.Get("X-Forwarded-Prefix") != "/mine" {
+		t.Errorf("GET /mine/hop: %d %q (%v), want the worker's /hop with X-Forwarded-Prefix /mine", resp.StatusCode, body, err)
+	}
+	if resp, body := d.get("/whole/hop"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /whole/hop without strip-prefix: %d %q, want the worker's 404 for /whole/hop", resp.StatusCode, body)
 	}
 }
 

@@ -89,6 +89,7 @@ type options struct {
 	// A function's name and route (host, path prefix): from the config
 	// file, or the binary's name and / for --workers.
 	name, host, route string
+	stripPrefix       bool // the config's strip-prefix: the handler sees the path without route
 	// functions are the functions to serve, each with its own options (the
 	// global ones are those of the top-level options).
 	functions []*options
@@ -211,7 +212,7 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 		if err != nil {
 			return nil, err
 		}
-		fo.name, fo.host, fo.route, fo.workerArgs = f.name, f.host, f.route, f.args
+		fo.name, fo.host, fo.route, fo.stripPrefix, fo.workerArgs = f.name, f.host, f.route, f.stripPrefix, f.args
 		if err := fo.checkFunction(set); err != nil {
 			return nil, cf.locate(err, f)
 		}

@@ -219,7 +219,7 @@ func (s *service) routes(live []*liveFunction) ([]dispatcher.Route, error) {
 		if err != nil {
 			return nil, err
 		}
-		routes = append(routes, dispatcher.Route{Name: fo.name, Host: fo.host, Prefix: fo.route, Handler: srv})
+		routes = append(routes, dispatcher.Route{Name: fo.name, Host: fo.host, Prefix: fo.route, StripPrefix: fo.stripPrefix, Handler: srv})
 	}
 	return routes, nil
 }
