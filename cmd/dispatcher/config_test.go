@@ -341,6 +341,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	l := startLoad(t, d.url+"/", "hello world", 8)
 	l.waitServed(t, 50)
 	for i := range 3 {
+		// Each reload changes the workers' environment: new workers.
+		rewriteConfig(t, path, fmt.Sprintf("functions:\n  - name: web\n    workers: HELLO\n    pool-size: 2\n    env: {GENERATION: %d}\n", i))
 		d.signal(syscall.SIGHUP)
 		d.waitLogFunc(fmt.Sprintf("reload %d", i+1), nthLine(i+1, "reloaded: new workers serve"))
 		l.waitServed(t, 50)
@@ -376,6 +378,116 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if now := workerPIDs(t, d); len(now) != 1 {
 		t.Errorf("workers after the reloads: %v, want 1 (pool-size 1)", now)
+	}
+}
+
+// functionPIDs reads the worker pids of each function from the admin
+// status.
+func functionPIDs(t *testing.T, d *dproc) map[string][]int {
+	t.Helper()
+	_, body := d.getURL(d.admin + "/status?format=json")
+	var st struct {
+		Functions []struct {
+			Name    string
+			Workers []struct{ PID int }
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	pids := map[string][]int{}
+	for _, f := range st.Functions {
+		for _, w := range f.Workers {
+			pids[f.Name] = append(pids[f.Name], w.PID)
+		}
+	}
+	return pids
+}
+
+// A reload replaces the workers of the functions whose settings or binary
+// changed (content, or only its modification time), and keeps the others'
+// running; a route or a setting of the HTTP front alone keeps them too.
+func TestReloadRestartsOnlyChangedFunctions(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	copyFile(t, bin(t, "hello"), a)
+	copyFile(t, bin(t, "counter"), b)
+	config := func(routeA, maxBody, timeoutB string) string {
+		return "functions:\n" +
+			"  - name: a\n    route: " + routeA + "\n    workers: " + a + "\n    pool-size: 1\n    max-body: " + maxBody + "\n" +
+			"  - name: b\n    route: /b\n    workers: " + b + "\n    pool-size: 1\n    timeout: " + timeoutB + "\n"
+	}
+	path := writeConfig(t, config("/a", "1M", "10s"))
+	d := startDispatcher(t, "--config", path)
+	before := functionPIDs(t, d)
+	if len(before["a"]) != 1 || len(before["b"]) != 1 {
+		t.Fatalf("workers %v, want one per function", before)
+	}
+	reloads := 0
+	reload := func(wantRestarted, wantKept string) map[string][]int {
+		t.Helper()
+		reloads++
+		d.signal(syscall.SIGHUP)
+		line := d.waitLogFunc(fmt.Sprintf("reload %d", reloads), nthLine(reloads, "msg=\"reloaded:"))
+		if r, _ := field(line, "restarted"); r != wantRestarted {
+			t.Errorf("reload %d restarted %q, want %q: %s", reloads, r, wantRestarted, line)
+		}
+		if k, _ := field(line, "kept"); k != wantKept {
+			t.Errorf("reload %d kept %q, want %q: %s", reloads, k, wantKept, line)
+		}
+		// The new workers are in the status once the reload is logged.
+		return functionPIDs(t, d)
+	}
+	same := func(x, y []int) bool { return len(x) == 1 && len(y) == 1 && x[0] == y[0] }
+
+	// a's route and max-body, b's timeout.
+	rewriteConfig(t, path, config("/a2", "2M", "20s"))
+	now := reload("b", "a")
+	if !same(now["a"], before["a"]) || same(now["b"], before["b"]) {
+		t.Errorf("after changing b's timeout: workers %v, before %v: want a's kept, b's replaced", now, before)
+	}
+	if _, body := d.get("/a2"); body != "hello world\n" {
+		t.Errorf("a's new route: %q", body)
+	}
+	before = now
+
+	// Nothing.
+	if now = reload("", "a,b"); !same(now["a"], before["a"]) || !same(now["b"], before["b"]) {
+		t.Errorf("after a reload that changed nothing: workers %v, before %v", now, before)
+	}
+
+	// a's binary touched: same content, a new modification time.
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(a, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if now = reload("a", "b"); same(now["a"], before["a"]) || !same(now["b"], before["b"]) {
+		t.Errorf("after touching a's binary: workers %v, before %v", now, before)
+	}
+	before = now
+
+	// b's binary replaced by a rename, as a deploy does.
+	copyFile(t, bin(t, "hello"), b+".new")
+	if err := os.Rename(b+".new", b); err != nil {
+		t.Fatal(err)
+	}
+	if now = reload("b", "a"); !same(now["a"], before["a"]) || same(now["b"], before["b"]) {
+		t.Errorf("after replacing b's binary: workers %v, before %v", now, before)
+	}
+	if _, body := d.get("/b"); body != "hello world\n" {
+		t.Errorf("b after its binary became hello: %q", body)
+	}
+
+	// The reloads are counted, a failed one too.
+	rewriteConfig(t, path, "functions: []\n")
+	d.signal(syscall.SIGHUP)
+	d.waitLog("reload refused")
+	_, metrics := d.getURL(d.admin + "/metrics")
+	for _, want := range []string{`dispatcher_reloads_total{result="ok"} 4`, `dispatcher_reloads_total{result="failed"} 1`, "dispatcher_last_reload_successful 0"} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

@@ -180,12 +180,31 @@ func isBool(v flag.Value) bool {
 }
 
 // hinted wraps a flag's value so that a value of the wrong form is refused
-// with an example of the right one (the flag package says "parse error").
-type hinted struct{ flag.Value }
+// with an example of the right one (the flag package says "parse error"),
+// and records the values set, which flags made with FlagSet.Func do not
+// show in String.
+type hinted struct {
+	flag.Value
+	sets *[]string
+}
+
+// String returns the value, and the values set if the value's own String
+// does not show them.
+func (h hinted) String() string {
+	if h.Value == nil { // the zero value, made by flag.isZeroValue
+		return ""
+	}
+	v := h.Value.String()
+	if v == "" && len(*h.sets) > 0 {
+		return strings.Join(*h.sets, "\x00")
+	}
+	return v
+}
 
 func (h hinted) Set(s string) error {
 	err := h.Value.Set(s)
 	if err == nil {
+		*h.sets = append(*h.sets, s)
 		return nil
 	}
 	g, ok := h.Value.(flag.Getter)
@@ -225,10 +244,11 @@ func (hintedBool) IsBoolFlag() bool { return true }
 // addHints wraps every flag of fs in hinted.
 func addHints(fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
+		h := hinted{f.Value, new([]string)}
 		if isBool(f.Value) {
-			f.Value = hintedBool{hinted{f.Value}}
+			f.Value = hintedBool{h}
 		} else {
-			f.Value = hinted{f.Value}
+			f.Value = h
 		}
 	})
 }

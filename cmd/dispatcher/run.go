@@ -90,6 +90,9 @@ type options struct {
 	// file, or the binary's name and / for --workers.
 	name, host, route string
 	stripPrefix       bool // the config's strip-prefix: the handler sees the path without route
+	// values are the flags' values for this function, by name, from which
+	// a reload tells whether its workers must be replaced.
+	values map[string]string
 	// functions are the functions to serve, each with its own options (the
 	// global ones are those of the top-level options).
 	functions []*options
@@ -163,6 +166,7 @@ func (m *Main) parse(args []string) (*options, error) {
 	if err := o.checkFunction(setFlags(fs)); err != nil {
 		return nil, err
 	}
+	o.values = flagValues(fs)
 	o.name, o.route = filepath.Base(o.workers), "/"
 	o.functions = []*options{o}
 	return o, nil
@@ -195,6 +199,7 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 				return nil, nil, err
 			}
 		}
+		fo.values = flagValues(fs)
 		return fo, setFlags(fs), nil
 	}
 	g, _, err := layered(nil)
@@ -224,6 +229,13 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 		g.functions = append(g.functions, fo)
 	}
 	return g, nil
+}
+
+// flagValues returns the value of every flag of fs, by name.
+func flagValues(fs *flag.FlagSet) map[string]string {
+	v := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { v[f.Name] = f.Value.String() })
+	return v
 }
 
 // setFlags returns the names of the flags fs was given.

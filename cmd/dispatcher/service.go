@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/childproc/dispatcher/admin"
@@ -41,6 +46,32 @@ type liveFunction struct {
 	opts *options
 	fn   *workers.Function
 	iso  *isolation
+	key  string // its workersKey when they started
+}
+
+// frontFlags are the per-function flags that configure only the HTTP front
+// of a function (dispatcher.Config), which every reload makes anew: a
+// change to them, as to a route, keeps the workers.
+var frontFlags = map[string]bool{"max-body": true, "max-response": true, "max-headers": true, "trusted-proxies": true}
+
+// workersKey describes what a function's workers depend on: the binary
+// file now at its path (device, inode, size, modification time), its
+// arguments and every setting but the global ones and those of the HTTP
+// front. A reload keeps the workers of a function whose key is unchanged.
+func (fo *options) workersKey() string {
+	var b strings.Builder
+	if fi, err := os.Stat(fo.workers); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(&b, "binary %d:%d %d %d.%09d\n", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+		}
+	}
+	fmt.Fprintf(&b, "args %q\n", fo.workerArgs)
+	for _, name := range slices.Sorted(maps.Keys(fo.values)) {
+		if !globalFlags[name] && !frontFlags[name] {
+			fmt.Fprintf(&b, "%s=%q\n", name, fo.values[name])
+		}
+	}
+	return b.String()
 }
 
 func newService(m *Main, args []string, o *options, log *logrus.Entry) *service {
@@ -67,12 +98,16 @@ func (s *service) functions() []admin.Function {
 
 // start starts every function's workers and the router.
 func (s *service) start(ctx context.Context) error {
-	pools, isos, err := s.startPools(ctx, s.opts)
+	keys := make([]string, len(s.opts.functions))
+	for i, fo := range s.opts.functions {
+		keys[i] = fo.workersKey()
+	}
+	pools, isos, err := s.startPools(ctx, s.opts, s.opts.functions)
 	if err != nil {
 		return err
 	}
 	for i, fo := range s.opts.functions {
-		s.live = append(s.live, &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[i]), iso: isos[i]})
+		s.live = append(s.live, &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[i]), iso: isos[i], key: keys[i]})
 	}
 	routes, err := s.routes(s.live)
 	if err == nil {
@@ -85,13 +120,13 @@ func (s *service) start(ctx context.Context) error {
 	return nil
 }
 
-// startPools starts a pool for each function of o, all or none.
-func (s *service) startPools(ctx context.Context, o *options) ([]*workers.Pool, []*isolation, error) {
-	pools := make([]*workers.Pool, len(o.functions))
-	isos := make([]*isolation, len(o.functions))
-	errs := make([]error, len(o.functions))
+// startPools starts a pool for each of fns, functions of o: all or none.
+func (s *service) startPools(ctx context.Context, o *options, fns []*options) ([]*workers.Pool, []*isolation, error) {
+	pools := make([]*workers.Pool, len(fns))
+	isos := make([]*isolation, len(fns))
+	errs := make([]error, len(fns))
 	var wg sync.WaitGroup
-	for i, fo := range o.functions {
+	for i, fo := range fns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -251,23 +286,47 @@ func (s *service) reload(ctx context.Context) (err error) {
 			s.log.WithFields(logrus.Fields{"setting": g.name, "running": g.old, "configured": g.new}).Warn("setting changed: it takes effect at the next restart")
 		}
 	}
-	pools, isos, err := s.startPools(ctx, o)
-	if err != nil {
-		s.log.WithError(err).Error("reload failed: new workers did not start; still serving the previous version")
-		return err
-	}
+	// Functions whose workers depend on nothing that changed keep them.
 	s.mu.Lock()
 	byName := map[string]*liveFunction{}
 	for _, lf := range s.live {
 		byName[lf.opts.name] = lf
 	}
-	live := make([]*liveFunction, len(o.functions))
+	s.mu.Unlock()
+	keys := make([]string, len(o.functions))
+	var changed []*options
+	var restarted, kept []string
 	for i, fo := range o.functions {
-		fn := workers.NewFunction(fo.name, pools[i])
-		if lf, ok := byName[fo.name]; ok {
-			fn = lf.fn // kept: its pool is swapped below
+		keys[i] = fo.workersKey()
+		if lf, ok := byName[fo.name]; ok && lf.key == keys[i] {
+			kept = append(kept, fo.name)
+			continue
 		}
-		live[i] = &liveFunction{opts: fo, fn: fn, iso: isos[i]}
+		changed = append(changed, fo)
+		restarted = append(restarted, fo.name)
+	}
+	pools, isos, err := s.startPools(ctx, o, changed)
+	if err != nil {
+		s.log.WithError(err).Error("reload failed: new workers did not start; still serving the previous version")
+		return err
+	}
+	s.mu.Lock()
+	live := make([]*liveFunction, len(o.functions))
+	fresh := map[string]int{} // index in pools of each restarted function
+	for i, fo := range changed {
+		fresh[fo.name] = i
+	}
+	for i, fo := range o.functions {
+		prev, had := byName[fo.name]
+		j, restart := fresh[fo.name]
+		switch {
+		case !restart:
+			live[i] = &liveFunction{opts: fo, fn: prev.fn, iso: prev.iso, key: prev.key}
+		case had:
+			live[i] = &liveFunction{opts: fo, fn: prev.fn, iso: isos[j], key: keys[i]} // its pool is swapped below
+		default:
+			live[i] = &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[j]), iso: isos[j], key: keys[i]}
+		}
 	}
 	routes, err := s.routes(live)
 	if err == nil {
@@ -287,10 +346,14 @@ func (s *service) reload(ctx context.Context) (err error) {
 		iso  *isolation
 	}
 	var old []retired
-	for i, lf := range live {
-		if prev, ok := byName[lf.opts.name]; ok {
-			delete(byName, lf.opts.name)
-			old = append(old, retired{lf.fn.Swap(pools[i]), prev.iso})
+	for _, lf := range live {
+		prev, had := byName[lf.opts.name]
+		if !had {
+			continue
+		}
+		delete(byName, lf.opts.name)
+		if j, restart := fresh[lf.opts.name]; restart {
+			old = append(old, retired{lf.fn.Swap(pools[j]), prev.iso})
 		}
 	}
 	for _, lf := range byName {
@@ -299,7 +362,12 @@ func (s *service) reload(ctx context.Context) (err error) {
 	_ = s.router.Set(routes)
 	s.live, s.opts = live, o
 	s.mu.Unlock()
-	s.log.WithFields(logrus.Fields{"functions": len(live), "ms": time.Since(t0).Milliseconds()}).Info("reloaded: new workers serve; the previous ones finish their requests")
+	fields := logrus.Fields{"functions": len(live), "ms": time.Since(t0).Milliseconds(), "restarted": strings.Join(restarted, ","), "kept": strings.Join(kept, ",")}
+	if len(restarted) == 0 {
+		s.log.WithFields(fields).Info("reloaded: no function's workers changed; they serve on")
+	} else {
+		s.log.WithFields(fields).Info("reloaded: new workers serve the changed functions; the previous ones finish their requests")
+	}
 	for _, r := range old {
 		s.draining.Add(1)
 		go func() {
