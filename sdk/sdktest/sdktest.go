@@ -99,6 +99,11 @@ type Options struct {
 	Args []string
 	// Dir is the workers' working directory. If empty, the test's.
 	Dir string
+	// Flags are more of the dispatcher's flags, as on its command line:
+	// {"--max-body", "1M"}, {"--mode", "oneshot"}. They come after those
+	// the fields above set, so they win; with a --mode other than pool,
+	// Size is not passed (--pool-size is pool mode's).
+	Flags []string
 	// LogOutput, if set, also receives the dispatcher's log as text lines
 	// as they are written (os.Stderr to watch a test live). The log is
 	// always kept in memory (Server.Log), and Start prints it with tb.Log
@@ -120,9 +125,11 @@ func (o Options) args(binary string) []string {
 		"--admin-listen", "127.0.0.1:0",
 		"--log-format", "json",
 		"--log-level", "debug",
-		"--pool-size", strconv.Itoa(o.Size),
 		"--start-timeout", o.StartTimeout.String(),
 		"--shutdown-timeout", closeTimeout.String(),
+	}
+	if mode := flagValue(o.Flags, "mode"); mode == "" || mode == "pool" {
+		args = append(args, "--pool-size", strconv.Itoa(o.Size))
 	}
 	if o.Concurrency != 0 {
 		args = append(args, "--concurrency", strconv.Itoa(o.Concurrency))
@@ -136,10 +143,27 @@ func (o Options) args(binary string) []string {
 	for _, kv := range o.Env {
 		args = append(args, "--env", kv)
 	}
+	args = append(args, o.Flags...)
 	if len(o.Args) > 0 {
 		args = append(append(args, "--"), o.Args...)
 	}
 	return args
+}
+
+// flagValue returns the last value flags give the flag name (as --name v,
+// --name=v, or with one dash), or "".
+func flagValue(flags []string, name string) string {
+	v := ""
+	for i, f := range flags {
+		f = strings.TrimPrefix(strings.TrimPrefix(f, "-"), "-")
+		switch {
+		case f == name && i+1 < len(flags):
+			v = flags[i+1]
+		case strings.HasPrefix(f, name+"="):
+			v = strings.TrimPrefix(f, name+"=")
+		}
+	}
+	return v
 }
 
 // Server is a dispatcher serving a worker binary on a loopback port.

@@ -346,3 +346,34 @@ func TestDispatcherFromEnvironment(t *testing.T) {
 		t.Errorf("the dispatcher of SDKTEST_DISPATCHER did not run: %v", err)
 	}
 }
+
+// Options.Flags reach the dispatcher's command line: its own limits and
+// modes apply, as in production.
+func TestFlags(t *testing.T) {
+	t.Run("max-body", func(t *testing.T) {
+		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--max-body", "1K"}})
+		resp, err := http.Post(srv.URL+"/", "text/plain", strings.NewReader(strings.Repeat("x", 2048)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("2 KiB body with --max-body 1K: %d, want 413", resp.StatusCode)
+		}
+	})
+	t.Run("oneshot", func(t *testing.T) {
+		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--mode=oneshot", "--spares", "1"}})
+		var pids []int
+		for range 2 {
+			_, body := get(t, srv.URL+"/")
+			var r probeReport
+			if err := json.Unmarshal([]byte(body), &r); err != nil {
+				t.Fatalf("%v: %s", err, body)
+			}
+			pids = append(pids, r.PID)
+		}
+		if pids[0] == pids[1] {
+			t.Errorf("oneshot: two requests served by one process %d", pids[0])
+		}
+	})
+}
