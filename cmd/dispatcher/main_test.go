@@ -64,6 +64,8 @@ func TestUsageErrors(t *testing.T) {
 			[]string{`unexpected argument "extra"`}},
 		{"a count for --workers", []string{"--workers", "4"}, 2,
 			[]string{`--workers "4": no such file (--workers is the worker binary; the number of workers is --pool-size)`}},
+		{"a port without colon", []string{"--workers", hello, "--listen", "8080"}, 2,
+			[]string{`--listen "8080": want host:port, such as :8080 (every interface) or 127.0.0.1:8080`}},
 		{"missing --workers", []string{"--listen", "127.0.0.1:0"}, 2,
 			[]string{"dispatcher: --workers BINARY or --config FILE is required; see dispatcher --help"}},
 		{"missing path", []string{"--workers", missing}, 2,

@@ -258,6 +258,13 @@ func (o *options) checkGlobal() error {
 	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
 		return usageErrorf("--log-level %q: must be debug, info, warn or error", o.logLevel)
 	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		port := "8080"
+		if isNumber(o.listen) {
+			port = o.listen
+		}
+		return usageErrorf("--listen %q: want host:port, such as :%s (every interface) or 127.0.0.1:%s", o.listen, port, port)
+	}
 	if o.adminListen != "" {
 		if _, _, err := net.SplitHostPort(o.adminListen); err != nil {
 			return usageErrorf("--admin-listen %q: want host:port", o.adminListen)
