@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -30,9 +31,10 @@ func TestMain(m *testing.M) {
 // fixture is a real pool of a test worker behind a real dispatcher.Server,
 // with the admin server and metrics wired as the dispatcher command does.
 type fixture struct {
-	pool  *workers.Pool
-	front *httptest.Server
-	admin *admin.Server
+	pool    *workers.Pool
+	metrics *admin.Metrics
+	front   *httptest.Server
+	admin   *admin.Server
 }
 
 func newFixture(t *testing.T, worker string, cfg workers.Config) *fixture {
@@ -41,12 +43,13 @@ func newFixture(t *testing.T, worker string, cfg workers.Config) *fixture {
 	log := logrus.NewEntry(logger)
 	f := &fixture{}
 	fns := func() []admin.Function { return []admin.Function{{Name: "fn", Route: "/", Pool: f.pool}} }
-	m := admin.NewMetrics(fns)
+	m := admin.NewMetrics(fns, admin.BuildInfo{Version: "v1.2.3", Revision: "0123abcd", GoVersion: "go1.26.0"})
 	dir, err := os.MkdirTemp("", "adm")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	f.metrics = m
 	cfg.Path, cfg.Logger, cfg.Observer, cfg.SocketDir = bins[worker], log, m.Observer("fn"), dir
 	if f.pool, err = workers.NewPool(cfg); err != nil {
 		t.Fatal(err)
@@ -262,5 +265,64 @@ func TestProfilingOnlyWhenEnabled(t *testing.T) {
 	}
 	if code, body := f.adminGet(t, "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
 		t.Errorf("heap profile: %d %.80q", code, body)
+	}
+}
+
+// Counters whose labels are known in advance exist at zero from the start,
+// so that rate() and alerts see them before their first event; the build
+// and the reloads have metrics of their own.
+func TestMetricsFromTheStart(t *testing.T) {
+	f := newFixture(t, "crash", workers.Config{Size: 1})
+	for _, sample := range []string{
+		`dispatcher_worker_exits_total{cause="crashed",function="fn"}`,
+		`dispatcher_worker_exits_total{cause="oom",function="fn"}`,
+		`dispatcher_worker_exits_total{cause="stopped",function="fn"}`,
+		`dispatcher_admission_refused_total{function="fn",reason="overloaded"}`,
+		`dispatcher_admission_refused_total{function="fn",reason="no_worker"}`,
+		`dispatcher_worker_spawns_total{function="fn",result="failed"}`,
+		`dispatcher_breaker_transitions_total{function="fn",to="open"}`,
+		`dispatcher_breaker_transitions_total{function="fn",to="closed"}`,
+		`dispatcher_reloads_total{result="ok"}`,
+		`dispatcher_reloads_total{result="failed"}`,
+	} {
+		if got := f.metric(t, sample); got != 0 {
+			t.Errorf("%s = %v, want 0 before any event", sample, got)
+		}
+	}
+	if got := f.metric(t, `dispatcher_build_info{goversion="go1.26.0",revision="0123abcd",version="v1.2.3"}`); got != 1 {
+		t.Errorf("dispatcher_build_info = %v, want 1 with the build's labels", got)
+	}
+	if got := f.metric(t, "dispatcher_last_reload_successful"); got != 1 {
+		t.Errorf("last_reload_successful = %v before any reload, want 1", got)
+	}
+	loaded := f.metric(t, "dispatcher_last_reload_success_timestamp_seconds")
+	if now := float64(time.Now().Unix()); loaded < now-60 || loaded > now+1 {
+		t.Errorf("last_reload_success_timestamp_seconds = %v, want the start (now: %v)", loaded, now)
+	}
+
+	f.metrics.Reloaded(errors.New("bad file"))
+	if f.metric(t, `dispatcher_reloads_total{result="failed"}`) != 1 || f.metric(t, "dispatcher_last_reload_successful") != 0 ||
+		f.metric(t, "dispatcher_last_reload_success_timestamp_seconds") != loaded {
+		t.Error("a failed reload: want reloads_total{failed} 1, last_reload_successful 0, the timestamp unchanged")
+	}
+	f.metrics.Reloaded(nil)
+	if f.metric(t, `dispatcher_reloads_total{result="ok"}`) != 1 || f.metric(t, "dispatcher_last_reload_successful") != 1 ||
+		f.metric(t, "dispatcher_last_reload_success_timestamp_seconds") < loaded {
+		t.Error("a reload: want reloads_total{ok} 1, last_reload_successful 1, a new timestamp")
+	}
+}
+
+func TestBuildInfoString(t *testing.T) {
+	for _, tc := range []struct {
+		b    admin.BuildInfo
+		want string
+	}{
+		{admin.BuildInfo{Version: "v1.2.0", Revision: "0123abcd", GoVersion: "go1.26.0"}, "v1.2.0 (revision 0123abcd, go1.26.0)"},
+		{admin.BuildInfo{Version: "devel", GoVersion: "go1.26.0"}, "devel (go1.26.0)"},
+		{admin.BuildInfo{Version: "v1.2.0"}, "v1.2.0"},
+	} {
+		if got := tc.b.String(); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.b, got, tc.want)
+		}
 	}
 }

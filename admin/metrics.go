@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,12 +21,53 @@ var (
 	spawnBuckets   = []float64{.005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10}
 )
 
+// BuildInfo describes the running dispatcher binary.
+type BuildInfo struct {
+	Version   string // the module's version, or one stamped at build time
+	Revision  string // the VCS revision it was built from; empty if unknown
+	GoVersion string // the Go release that built it
+}
+
+// String formats b for people: "v1.2.0 (revision 0123abcd, go1.26.0)".
+func (b BuildInfo) String() string {
+	var extra []string
+	if b.Revision != "" {
+		extra = append(extra, "revision "+b.Revision)
+	}
+	if b.GoVersion != "" {
+		extra = append(extra, b.GoVersion)
+	}
+	if len(extra) == 0 {
+		return b.Version
+	}
+	return b.Version + " (" + strings.Join(extra, ", ") + ")"
+}
+
+// exitCauses, admissionReasons, spawnResults and breakerStates are the
+// label values known in advance: each function's counters start at zero
+// with every one of them, so that rate() and alerts see a series before
+// its first event.
+var (
+	exitCauses = []workers.Cause{
+		workers.CauseCrashed, workers.CauseOutOfMemory, workers.CauseTimeout, workers.CauseQuarantined,
+		workers.CauseProtocol, workers.CauseBroken, workers.CauseRecycled, workers.CauseIdle,
+		workers.CauseOneShot, workers.CauseStopped,
+	}
+	admissionReasons = []string{"overloaded", "closed", "cancelled", "no_worker"}
+	spawnResults     = []string{"ok", "failed"}
+	breakerStates    = []string{"open", "closed"}
+)
+
 // Metrics holds the dispatcher's Prometheus metrics. The per-function
 // event metrics are fed by the Observers it hands out; the state of the
 // pools (workers by state, queue depth, breaker, memory) is read from the
 // functions' pools at each scrape.
 type Metrics struct {
 	reg *prometheus.Registry
+
+	reloads          *prometheus.CounterVec
+	reloadSuccessful prometheus.Gauge
+	reloadTime       prometheus.Gauge
 
 	requests    *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
@@ -41,11 +83,24 @@ type Metrics struct {
 }
 
 // NewMetrics returns the metrics of the functions that functions lists at
-// each scrape, with the Go runtime's and the process's standard metrics.
-func NewMetrics(functions func() []Function) *Metrics {
+// each scrape, with the Go runtime's and the process's standard metrics and
+// dispatcher_build_info describing build.
+func NewMetrics(functions func() []Function, build BuildInfo) *Metrics {
 	m := &Metrics{
 		reg:       prometheus.NewRegistry(),
 		observers: map[string]*Observer{},
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "reloads_total",
+			Help: "Configuration reloads (SIGHUP, --watch), by result: ok, or failed (the previous configuration kept serving).",
+		}, []string{"result"}),
+		reloadSuccessful: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "last_reload_successful",
+			Help: "1 if the last reload succeeded (or none was tried), 0 if it failed and the previous configuration is serving.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "last_reload_success_timestamp_seconds",
+			Help: "When the configuration serving now was loaded (at start, or by the last successful reload), in seconds since the epoch.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "requests_total",
 			Help: "Requests answered, by function and HTTP status (code 0: the client went away first).",
@@ -82,13 +137,38 @@ func NewMetrics(functions func() []Function) *Metrics {
 			Help: "Circuit breaker transitions of a function's worker binary, by the state entered.",
 		}, []string{"function", "to"}),
 	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; its labels describe the dispatcher binary.",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "goversion": build.GoVersion},
+	})
+	buildInfo.Set(1)
+	for _, r := range []string{"ok", "failed"} {
+		m.reloads.WithLabelValues(r)
+	}
+	m.reloadSuccessful.Set(1)
+	m.reloadTime.SetToCurrentTime()
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo, m.reloads, m.reloadSuccessful, m.reloadTime,
 		m.requests, m.duration, m.queueWait, m.refused, m.spawns, m.spawnTime, m.exits, m.transitions,
 		&poolCollector{functions: functions},
 	)
 	return m
+}
+
+// Reloaded counts a reload: err is why it failed, nil if the new
+// configuration serves.
+func (m *Metrics) Reloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failed").Inc()
+		m.reloadSuccessful.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+	m.reloadSuccessful.Set(1)
+	m.reloadTime.SetToCurrentTime()
 }
 
 // Registry returns the registry the metrics are in.
@@ -108,6 +188,18 @@ func (m *Metrics) Observer(name string) *Observer {
 		duration:  m.duration.WithLabelValues(name),
 		queueWait: m.queueWait.WithLabelValues(name),
 		spawnTime: m.spawnTime.WithLabelValues(name),
+	}
+	for _, c := range exitCauses {
+		m.exits.WithLabelValues(name, string(c))
+	}
+	for _, r := range admissionReasons {
+		m.refused.WithLabelValues(name, r)
+	}
+	for _, r := range spawnResults {
+		m.spawns.WithLabelValues(name, r)
+	}
+	for _, to := range breakerStates {
+		m.transitions.WithLabelValues(name, to)
 	}
 	m.observers[name] = o
 	return o

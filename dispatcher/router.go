@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -19,8 +20,13 @@ type Route struct {
 	Host string
 	// Prefix is the path prefix the route serves, on a segment boundary:
 	// "/api" matches /api and /api/users, not /apis. "/" (or "") matches
-	// every path. The handler sees the whole path.
+	// every path. The handler sees the whole path, unless StripPrefix.
 	Prefix string
+	// StripPrefix makes the handler see the path without Prefix (/api/users
+	// as /users, /api as /), with the prefix in the X-Forwarded-Prefix
+	// header, as gateways that strip a prefix do. Any X-Forwarded-Prefix
+	// the client sent is replaced.
+	StripPrefix bool
 	// Handler serves the route's requests.
 	Handler http.Handler
 }
@@ -86,18 +92,44 @@ func (rt *Router) Set(routes []Route) error {
 func (rt *Router) Routes() []Route { return slices.Clone(*rt.routes.Load()) }
 
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h := rt.match(r.Host, r.URL.Path); h != nil {
-		h.ServeHTTP(w, r)
+	route := rt.match(r.Host, r.URL.Path)
+	if route == nil {
+		w.Header().Set(HeaderError, "true")
+		http.Error(w, "no function serves this host and path", http.StatusNotFound)
 		return
 	}
-	w.Header().Set(HeaderError, "true")
-	http.Error(w, "no function serves this host and path", http.StatusNotFound)
+	if route.StripPrefix && route.Prefix != "/" {
+		r = stripPrefix(r, route.Prefix)
+	}
+	route.Handler.ServeHTTP(w, r)
 }
 
-func (rt *Router) match(host, path string) http.Handler {
+// stripPrefix returns r for a handler mounted at prefix, which r's path
+// has on a segment boundary.
+func stripPrefix(r *http.Request, prefix string) *http.Request {
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.URL = new(url.URL)
+	*r2.URL = *r.URL
+	r2.URL.Path = "/" + strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, prefix), "/")
+	r2.URL.RawPath = ""
+	if r.URL.RawPath != "" {
+		// The escaped path starts with the escaped prefix; keep the
+		// escaping of the rest.
+		if rest, ok := strings.CutPrefix(r.URL.RawPath, (&url.URL{Path: prefix}).EscapedPath()); ok {
+			r2.URL.RawPath = "/" + strings.TrimPrefix(rest, "/")
+		}
+	}
+	r2.RequestURI = r2.URL.RequestURI()
+	r2.Header = r.Header.Clone()
+	r2.Header.Set("X-Forwarded-Prefix", prefix)
+	return r2
+}
+
+func (rt *Router) match(host, path string) *Route {
 	routes := *rt.routes.Load()
 	if len(routes) == 1 && routes[0].Host == "" && routes[0].Prefix == "/" {
-		return routes[0].Handler // the --workers shortcut
+		return &routes[0] // the --workers shortcut
 	}
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
@@ -108,7 +140,7 @@ func (rt *Router) match(host, path string) http.Handler {
 			continue
 		}
 		if pathHasPrefix(path, rt.Prefix) {
-			return rt.Handler
+			return rt
 		}
 	}
 	return nil

@@ -79,3 +79,44 @@ func TestRouterNoRouteAndSet(t *testing.T) {
 		t.Errorf("a refused Set changed the routes: %q", rec.Body.String())
 	}
 }
+
+// echoPath answers with the path, request URI and X-Forwarded-Prefix it
+// got.
+type echoPath struct{}
+
+func (echoPath) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Write([]byte(r.URL.Path + " " + r.RequestURI + " " + r.Header.Get("X-Forwarded-Prefix")))
+}
+
+func TestRouterStripPrefix(t *testing.T) {
+	rt, err := NewRouter([]Route{
+		{Name: "mine", Prefix: "/mine/", StripPrefix: true, Handler: echoPath{}},
+		{Name: "whole", Prefix: "/whole", Handler: echoPath{}},
+		{Name: "root", Prefix: "/", StripPrefix: true, Handler: echoPath{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ uri, prefix, want string }{
+		{"/mine/x/y?q=1", "", "/x/y /x/y?q=1 /mine"},
+		{"/mine", "", "/ / /mine"},
+		{"/mine/", "", "/ / /mine"},
+		{"/mine/a%2Fb", "", "/a/b /a%2Fb /mine"}, // the escaping of the rest is kept
+		{"/mine/x", "/spoofed", "/x /x /mine"},   // the client's header is replaced
+		{"/whole/x", "", "/whole/x /whole/x "},
+		{"/other", "", "/other /other "}, // "/" has nothing to strip
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", tc.uri, nil)
+		if tc.prefix != "" {
+			req.Header.Set("X-Forwarded-Prefix", tc.prefix)
+		}
+		rt.ServeHTTP(rec, req)
+		if got := rec.Body.String(); got != tc.want {
+			t.Errorf("%s: handler saw %q, want %q", tc.uri, got, tc.want)
+		}
+		if tc.prefix != "" && req.Header.Get("X-Forwarded-Prefix") != tc.prefix {
+			t.Errorf("%s: the caller's request was changed", tc.uri)
+		}
+	}
+}

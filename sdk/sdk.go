@@ -24,7 +24,8 @@
 //
 // The sdk owns the process's side of the wire protocol (package ipc); it does
 // not own process limits or sandboxing, which the dispatcher applies before
-// the worker starts.
+// the worker starts. Package sdk/sdktest runs a worker's main package under
+// a real dispatcher in tests, as net/http/httptest runs a handler.
 package sdk
 
 import (

@@ -467,7 +467,7 @@ func TestStartFailures(t *testing.T) {
 	}{
 		{"exits at once", "/bin/true", "Failed to read any lines from plugin's stdout"},
 		{"stdout junk", bins["stdoutjunk"], "this is not a handshake line"},
-		{"no handshake", "/bin/sleep", "timeout while waiting for plugin to start"},
+		{"no handshake", "/bin/sleep", "no handshake within 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -19,6 +20,7 @@ import (
 //	functions:
 //	  - name: hello            # [a-z0-9_-]; default: the binary's name
 //	    route: /hello          # path prefix (default /)
+//	    strip-prefix: true     # the handler sees /x for /hello/x
 //	    host: api.example.com  # optional
 //	    workers: ./bin/hello   # relative to the file's directory
 //	    args: [--greeting, hi]
@@ -40,7 +42,7 @@ var globalFlags = map[string]bool{
 }
 
 // functionKeys are the keys of a function that are not flags.
-var functionKeys = map[string]bool{"name": true, "route": true, "host": true, "args": true}
+var functionKeys = map[string]bool{"name": true, "route": true, "host": true, "args": true, "strip-prefix": true}
 
 var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
@@ -53,13 +55,14 @@ type configFile struct {
 }
 
 type configFunction struct {
-	line     int
-	index    int
-	settings []setting
-	name     string
-	route    string
-	host     string
-	args     []string
+	line        int
+	index       int
+	settings    []setting
+	name        string
+	route       string
+	stripPrefix bool
+	host        string
+	args        []string
 }
 
 // setting is one flag set by the file.
@@ -157,6 +160,12 @@ func (cf *configFile) function(i int, n *yaml.Node) (configFunction, error) {
 				}
 				f.host = v.Value
 			}
+		case "strip-prefix":
+			b, err := strconv.ParseBool(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil {
+				return f, configError(cf.path, v.Line, "%s.strip-prefix: want true or false", where)
+			}
+			f.stripPrefix = b
 		case "args":
 			if v.Kind != yaml.SequenceNode {
 				return f, configError(cf.path, v.Line, "%s.args: want a list of strings", where)
@@ -190,6 +199,9 @@ func (cf *configFile) function(i int, n *yaml.Node) (configFunction, error) {
 	if workers == "" {
 		return f, configError(cf.path, n.Line, "%s: workers (the worker binary) is required", where)
 	}
+	if f.stripPrefix && strings.TrimSuffix(f.route, "/") == "" {
+		return f, configError(cf.path, n.Line, "%s.strip-prefix: the route / has no prefix to strip", where)
+	}
 	if f.name == "" {
 		f.name = strings.ToLower(filepath.Base(workers))
 		if !validName.MatchString(f.name) {
@@ -202,10 +214,18 @@ func (cf *configFile) function(i int, n *yaml.Node) (configFunction, error) {
 // setting checks one key: value pair naming a flag.
 func (cf *configFile) setting(k, v *yaml.Node, where string) (setting, error) {
 	s := setting{key: k.Value, line: k.Line}
+	if functionKeys[s.key] {
+		return s, configError(cf.path, k.Line, "%s%s: a setting of one function: put it in an entry of functions", where, s.key)
+	}
+	if commandLineOnly[s.key] {
+		return s, configError(cf.path, k.Line, "%s%s: only on the command line", where, s.key)
+	}
 	if flagNames[s.key] == nil {
 		hint := ""
 		if alt := strings.ReplaceAll(s.key, "_", "-"); flagNames[alt] != nil {
 			hint = fmt.Sprintf(" (did you mean %s?)", alt)
+		} else if r, ok := flagsReplaced[s.key]; ok {
+			hint = " (" + r + ")"
 		}
 		return s, configError(cf.path, k.Line, "%s%s: unknown setting%s", where, s.key, hint)
 	}
@@ -248,7 +268,7 @@ var repeatable = map[string]bool{"env": true, "pass-env": true, "trusted-proxies
 
 // flagNames are the dispatcher's flags, by name (filled from a flag set).
 var flagNames = func() map[string]*flag.Flag {
-	fs := newFlagSet(&options{}, nil)
+	fs := newFlagSet(&options{})
 	m := map[string]*flag.Flag{}
 	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f })
 	return m
@@ -270,7 +290,7 @@ func (cf *configFile) apply(fs *flag.FlagSet, settings []setting, where string) 
 // --name) into one naming the line that set it.
 func (cf *configFile) locate(err error, f *configFunction) error {
 	var ue *UsageError
-	if !errors.As(err, &ue) || ue.Printed {
+	if !errors.As(err, &ue) {
 		return err
 	}
 	key, _, _ := strings.Cut(strings.TrimPrefix(ue.Msg, "--"), " ")

@@ -4,6 +4,7 @@ package main
 // (SIGHUP and --watch) and the admin listener, with the real binary.
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -49,6 +50,10 @@ func TestConfigErrors(t *testing.T) {
 			[]string{":3: functions[0].pool_size: unknown setting (did you mean pool-size?)"}},
 		{"bad value", "timeout: 5x\nfunctions:\n  - workers: HELLO\n",
 			[]string{`:1: timeout: invalid value "5x"`}},
+		{"duration without a unit", "functions:\n  - workers: HELLO\n    timeout: 5\n",
+			[]string{`:3: functions[0].timeout: invalid value "5": a duration needs a unit, such as 5s, 5ms or 5m`}},
+		{"command-line only", "version: true\nfunctions:\n  - workers: HELLO\n",
+			[]string{":1: version: only on the command line"}},
 		{"bad value in a function", "functions:\n  - workers: HELLO\n  - workers: COUNTER\n    memory-limit: lots\n",
 			[]string{`:4: functions[1].memory-limit: invalid value "lots"`}},
 		{"global setting in a function", "functions:\n  - workers: HELLO\n    listen: :1\n",
@@ -65,6 +70,12 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`:4: functions[1]: name "hello" already used by functions[0]`}},
 		{"duplicate route", "functions:\n  - workers: HELLO\n    route: /a\n  - workers: COUNTER\n    route: /a/\n",
 			[]string{":4: functions[1] (counter): route /a/ is already hello's"}},
+		{"strip-prefix of /", "functions:\n  - workers: HELLO\n    strip-prefix: true\n",
+			[]string{":2: functions[0].strip-prefix: the route / has no prefix to strip"}},
+		{"strip-prefix not a boolean", "functions:\n  - workers: HELLO\n    route: /a\n    strip-prefix: maybe\n",
+			[]string{":4: functions[0].strip-prefix: want true or false"}},
+		{"function key at the top", "route: /a\nfunctions:\n  - workers: HELLO\n",
+			[]string{":1: route: a setting of one function: put it in an entry of functions"}},
 		{"bad route", "functions:\n  - workers: HELLO\n    route: api\n",
 			[]string{`:3: functions[0].route "api": want a path prefix starting with /`}},
 		{"list for a single value", "functions:\n  - workers: HELLO\n    timeout: [1s, 2s]\n",
@@ -109,6 +120,24 @@ func TestConfigErrors(t *testing.T) {
 	})
 }
 
+// --check-config starts one worker of each function, whatever its mode,
+// through its handshake: a binary that is not a worker fails it, naming
+// the function.
+func TestCheckConfigStartsWorkers(t *testing.T) {
+	t.Parallel()
+	good := "functions:\n  - workers: HELLO\n    mode: ondemand\n  - workers: COUNTER\n    route: /c\n    mode: oneshot\n"
+	code, stderr, _ := run(t, "--check-config", writeConfig(t, good))
+	if code != 0 || !strings.Contains(stderr, "OK, 2 function(s); each worker binary started and completed its handshake") {
+		t.Errorf("valid file: exit %d; stderr:\n%s", code, stderr)
+	}
+	path := writeConfig(t, good+"  - name: truth\n    route: /t\n    workers: /bin/true\n")
+	code, stderr, _ = run(t, "--check-config", path)
+	want := "dispatcher: " + path + `: function truth: start worker "/bin/true"`
+	if code != 2 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "is it a worker built with the sdk?") {
+		t.Errorf("/bin/true as a worker: exit %d, want 2 and %q; stderr:\n%s", code, want, stderr)
+	}
+}
+
 // TestExampleConfig checks that the documented example validates and
 // serves each of its functions.
 func TestExampleConfig(t *testing.T) {
@@ -129,7 +158,7 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, stderr, _ := run(t, "--check-config", path)
-	if code != 0 || !strings.Contains(stderr, "OK, 4 function(s)") {
+	if code != 0 || !strings.Contains(stderr, "OK, 4 function(s); each worker binary started and completed its handshake") {
 		t.Fatalf("--check-config: exit status %d; stderr:\n%s", code, stderr)
 	}
 	d := startDispatcher(t, "--config", path, "--admin-listen", "127.0.0.1:0")
@@ -150,6 +179,33 @@ func TestExampleConfig(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.Contains(body, `"name": `+name) {
 			t.Errorf("status lacks function %s: %s", name, body)
 		}
+	}
+}
+
+// A route with strip-prefix: the handler sees the path without the
+// prefix, and the prefix in X-Forwarded-Prefix.
+func TestConfigStripPrefix(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, `
+functions:
+  - name: mine
+    route: /mine
+    strip-prefix: true
+    workers: `+bin(t, "fidelity")+`
+    pool-size: 1
+  - name: whole
+    route: /whole
+    workers: `+bin(t, "fidelity")+`
+    pool-size: 1
+`)
+	d := startDispatcher(t, "--config", path)
+	resp, body := d.get("/mine/hop", "X-Forwarded-Prefix", "/spoofed")
+	var h http.Header
+	if err := json.Unmarshal([]byte(body), &h); resp.StatusCode != 200 || err != nil || h.Get("X-Forwarded-Prefix") != "/mine" {
+		t.Errorf("GET /mine/hop: %d %q (%v), want the worker's /hop with X-Forwarded-Prefix /mine", resp.StatusCode, body, err)
+	}
+	if resp, body := d.get("/whole/hop"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /whole/hop without strip-prefix: %d %q, want the worker's 404 for /whole/hop", resp.StatusCode, body)
 	}
 }
 
@@ -285,6 +341,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	l := startLoad(t, d.url+"/", "hello world", 8)
 	l.waitServed(t, 50)
 	for i := range 3 {
+		// Each reload changes the workers' environment: new workers.
+		rewriteConfig(t, path, fmt.Sprintf("functions:\n  - name: web\n    workers: HELLO\n    pool-size: 2\n    env: {GENERATION: %d}\n", i))
 		d.signal(syscall.SIGHUP)
 		d.waitLogFunc(fmt.Sprintf("reload %d", i+1), nthLine(i+1, "reloaded: new workers serve"))
 		l.waitServed(t, 50)
@@ -320,6 +378,116 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if now := workerPIDs(t, d); len(now) != 1 {
 		t.Errorf("workers after the reloads: %v, want 1 (pool-size 1)", now)
+	}
+}
+
+// functionPIDs reads the worker pids of each function from the admin
+// status.
+func functionPIDs(t *testing.T, d *dproc) map[string][]int {
+	t.Helper()
+	_, body := d.getURL(d.admin + "/status?format=json")
+	var st struct {
+		Functions []struct {
+			Name    string
+			Workers []struct{ PID int }
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	pids := map[string][]int{}
+	for _, f := range st.Functions {
+		for _, w := range f.Workers {
+			pids[f.Name] = append(pids[f.Name], w.PID)
+		}
+	}
+	return pids
+}
+
+// A reload replaces the workers of the functions whose settings or binary
+// changed (content, or only its modification time), and keeps the others'
+// running; a route or a setting of the HTTP front alone keeps them too.
+func TestReloadRestartsOnlyChangedFunctions(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	copyFile(t, bin(t, "hello"), a)
+	copyFile(t, bin(t, "counter"), b)
+	config := func(routeA, maxBody, timeoutB string) string {
+		return "functions:\n" +
+			"  - name: a\n    route: " + routeA + "\n    workers: " + a + "\n    pool-size: 1\n    max-body: " + maxBody + "\n" +
+			"  - name: b\n    route: /b\n    workers: " + b + "\n    pool-size: 1\n    timeout: " + timeoutB + "\n"
+	}
+	path := writeConfig(t, config("/a", "1M", "10s"))
+	d := startDispatcher(t, "--config", path)
+	before := functionPIDs(t, d)
+	if len(before["a"]) != 1 || len(before["b"]) != 1 {
+		t.Fatalf("workers %v, want one per function", before)
+	}
+	reloads := 0
+	reload := func(wantRestarted, wantKept string) map[string][]int {
+		t.Helper()
+		reloads++
+		d.signal(syscall.SIGHUP)
+		line := d.waitLogFunc(fmt.Sprintf("reload %d", reloads), nthLine(reloads, "msg=\"reloaded:"))
+		if r, _ := field(line, "restarted"); r != wantRestarted {
+			t.Errorf("reload %d restarted %q, want %q: %s", reloads, r, wantRestarted, line)
+		}
+		if k, _ := field(line, "kept"); k != wantKept {
+			t.Errorf("reload %d kept %q, want %q: %s", reloads, k, wantKept, line)
+		}
+		// The new workers are in the status once the reload is logged.
+		return functionPIDs(t, d)
+	}
+	same := func(x, y []int) bool { return len(x) == 1 && len(y) == 1 && x[0] == y[0] }
+
+	// a's route and max-body, b's timeout.
+	rewriteConfig(t, path, config("/a2", "2M", "20s"))
+	now := reload("b", "a")
+	if !same(now["a"], before["a"]) || same(now["b"], before["b"]) {
+		t.Errorf("after changing b's timeout: workers %v, before %v: want a's kept, b's replaced", now, before)
+	}
+	if _, body := d.get("/a2"); body != "hello world\n" {
+		t.Errorf("a's new route: %q", body)
+	}
+	before = now
+
+	// Nothing.
+	if now = reload("", "a,b"); !same(now["a"], before["a"]) || !same(now["b"], before["b"]) {
+		t.Errorf("after a reload that changed nothing: workers %v, before %v", now, before)
+	}
+
+	// a's binary touched: same content, a new modification time.
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(a, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if now = reload("a", "b"); same(now["a"], before["a"]) || !same(now["b"], before["b"]) {
+		t.Errorf("after touching a's binary: workers %v, before %v", now, before)
+	}
+	before = now
+
+	// b's binary replaced by a rename, as a deploy does.
+	copyFile(t, bin(t, "hello"), b+".new")
+	if err := os.Rename(b+".new", b); err != nil {
+		t.Fatal(err)
+	}
+	if now = reload("b", "a"); !same(now["a"], before["a"]) || same(now["b"], before["b"]) {
+		t.Errorf("after replacing b's binary: workers %v, before %v", now, before)
+	}
+	if _, body := d.get("/b"); body != "hello world\n" {
+		t.Errorf("b after its binary became hello: %q", body)
+	}
+
+	// The reloads are counted, a failed one too.
+	rewriteConfig(t, path, "functions: []\n")
+	d.signal(syscall.SIGHUP)
+	d.waitLog("reload refused")
+	_, metrics := d.getURL(d.admin + "/metrics")
+	for _, want := range []string{`dispatcher_reloads_total{result="ok"} 4`, `dispatcher_reloads_total{result="failed"} 1`, "dispatcher_last_reload_successful 0"} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

@@ -4,7 +4,6 @@ package main
 // "Modes").
 
 import (
-	"errors"
 	"flag"
 	"runtime"
 	"time"
@@ -47,9 +46,7 @@ func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.breakerCrashRatio, "breaker-crash-ratio", 0.5, "quarantine the worker binary when more than this share of the requests within --breaker-window killed their worker (0: never); a crash now and then among healthy requests never does")
 	fs.IntVar(&f.breakerMinRequests, "breaker-min-requests", 20, "requests within --breaker-window before --breaker-crash-ratio applies")
 	fs.DurationVar(&f.breakerWindow, "breaker-window", 30*time.Second, "window in which --breaker-start-failures and --breaker-crash-ratio count")
-	fs.Func("breaker-failures", "replaced by --breaker-start-failures and --breaker-crash-ratio", func(string) error {
-		return errors.New("replaced: crashes caused by requests no longer count one by one; use --breaker-start-failures N (failed starts, crash loops) and --breaker-crash-ratio R (the share of requests that kill their worker)")
-	})
+
 }
 
 // check validates the flags; errors name the flag. concurrency and pipeline

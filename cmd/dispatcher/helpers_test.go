@@ -452,14 +452,27 @@ func (d *dproc) do(client *http.Client, req *http.Request) (*http.Response, []by
 // TMPDIR and returns its exit status, stderr and TMPDIR.
 func run(t *testing.T, args ...string) (code int, stderr, tmpDir string) {
 	t.Helper()
+	code, _, stderr, tmpDir = runAll(t, args...)
+	return code, stderr, tmpDir
+}
+
+// runStdout is run for a command that writes to stdout.
+func runStdout(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	code, stdout, stderr, _ = runAll(t, args...)
+	return code, stdout, stderr
+}
+
+func runAll(t *testing.T, args ...string) (code int, stdout, stderr, tmpDir string) {
+	t.Helper()
 	tmpDir = shortTempDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), exitWait)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin(t, "dispatcher"), args...)
 	cmd.WaitDelay = time.Second
 	cmd.Env = envWithTMPDIR(tmpDir)
-	var buf bytes.Buffer
-	cmd.Stderr = &buf
+	var buf, out bytes.Buffer
+	cmd.Stderr, cmd.Stdout = &buf, &out
 	err := cmd.Run()
 	if ctx.Err() != nil {
 		t.Fatalf("dispatcher %s did not exit within %s; stderr:\n%s", strings.Join(args, " "), exitWait, buf.String())
@@ -467,7 +480,7 @@ func run(t *testing.T, args ...string) (code int, stderr, tmpDir string) {
 	if err != nil && cmd.ProcessState == nil {
 		t.Fatalf("dispatcher %s: %v", strings.Join(args, " "), err)
 	}
-	return cmd.ProcessState.ExitCode(), buf.String(), tmpDir
+	return cmd.ProcessState.ExitCode(), out.String(), buf.String(), tmpDir
 }
 
 // procStat returns the state letter and start time (in clock ticks since

@@ -64,9 +64,7 @@ func exitCode(err error) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
-		if !ue.Printed {
-			fmt.Fprintln(os.Stderr, "dispatcher: "+ue.Error())
-		}
+		fmt.Fprintln(os.Stderr, "dispatcher: "+ue.Error())
 		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "dispatcher: "+err.Error())

@@ -5,8 +5,10 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/internal/testbin"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -37,9 +41,35 @@ func TestUsageErrors(t *testing.T) {
 		want []string // substrings of stderr
 	}{
 		{"unknown flag", []string{"--bogus", "--workers", hello}, 2,
-			[]string{"flag provided but not defined: -bogus", "Usage: dispatcher", "-workers"}},
+			[]string{"dispatcher: unknown flag --bogus; see dispatcher --help"}},
+		{"misspelt flag", []string{"--workers", hello, "--pool_size", "2"}, 2,
+			[]string{"unknown flag --pool_size (did you mean --pool-size?)"}},
+		{"another server's flag", []string{"--workers", hello, "--bind", ":80"}, 2,
+			[]string{"unknown flag --bind (did you mean --listen?)"}},
+		{"a replaced flag", []string{"--workers", hello, "--breaker-failures", "3"}, 2,
+			[]string{"unknown flag --breaker-failures (replaced:", "--breaker-crash-ratio"}},
+		{"duration without a unit", []string{"--workers", hello, "--timeout", "5"}, 2,
+			[]string{`dispatcher: --timeout "5": a duration needs a unit, such as 5s, 5ms or 5m; see dispatcher --help`}},
+		{"not a duration", []string{"--workers", hello, "--start-timeout=soon"}, 2,
+			[]string{`--start-timeout "soon": want a duration with a unit, such as 30s, 500ms or 1m30s`}},
+		{"not a number", []string{"--workers", hello, "--concurrency", "two"}, 2,
+			[]string{`--concurrency "two": want a whole number, such as 4`}},
+		{"not a boolean", []string{"--workers", hello, "--watch=yes please"}, 2,
+			[]string{`--watch "yes please": want true or false`}},
+		{"boolean value apart", []string{"--workers", hello, "--access-log", "false"}, 2,
+			[]string{`unexpected argument "false": a boolean flag takes its value as --access-log=false`}},
+		{"no value", []string{"--workers", hello, "--listen"}, 2,
+			[]string{"--listen needs a value"}},
+		{"positional binary", []string{hello}, 2,
+			[]string{`unexpected argument "` + hello + `": the worker binary goes after --workers, and its own arguments after --`}},
+		{"positional after flags", []string{"--workers", hello, "extra"}, 2,
+			[]string{`unexpected argument "extra"`}},
+		{"a count for --workers", []string{"--workers", "4"}, 2,
+			[]string{`--workers "4": no such file (--workers is the worker binary; the number of workers is --pool-size)`}},
+		{"a port without colon", []string{"--workers", hello, "--listen", "8080"}, 2,
+			[]string{`--listen "8080": want host:port, such as :8080 (every interface) or 127.0.0.1:8080`}},
 		{"missing --workers", []string{"--listen", "127.0.0.1:0"}, 2,
-			[]string{"--workers is required", "Usage: dispatcher"}},
+			[]string{"dispatcher: --workers BINARY or --config FILE is required; see dispatcher --help"}},
 		{"missing path", []string{"--workers", missing}, 2,
 			[]string{missing, "no such file"}},
 		{"not executable", []string{"--workers", plain}, 2,
@@ -50,8 +80,6 @@ func TestUsageErrors(t *testing.T) {
 			[]string{"--pool-size 0"}},
 		{"bad log format", []string{"--workers", hello, "--log-format", "xml"}, 2,
 			[]string{`--log-format "xml"`}},
-		{"help", []string{"-h"}, 0,
-			[]string{"Usage: dispatcher", "-workers", "-shutdown-timeout"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -64,10 +92,84 @@ func TestUsageErrors(t *testing.T) {
 					t.Errorf("stderr lacks %q:\n%s", w, stderr)
 				}
 			}
+			if n := strings.Count(stderr, "\n"); n != 1 {
+				t.Errorf("%d lines on stderr, want one:\n%s", n, stderr)
+			}
 			if names := dirEntries(t, tmp); len(names) > 0 {
 				t.Errorf("TMPDIR not empty after a usage error: %v", names)
 			}
 		})
+	}
+}
+
+// --help goes to standard output, grouped by topic, with the flags'
+// two-dash names and defaults that do not depend on this machine.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, arg := range []string{"--help", "-h", "-help"} {
+		code, stdout, stderr := runStdout(t, arg)
+		if code != 0 || stderr != "" {
+			t.Fatalf("%s: exit %d, stderr %q", arg, code, stderr)
+		}
+		var at []int
+		for _, w := range []string{
+			"Usage:\n  dispatcher --workers BINARY",
+			"\nServing: ", "  --workers BINARY\n", "  --listen ADDRESS\n",
+			"\nModes: ", "  --mode VALUE\n", "  --pool-size N\n", "(default: the number of CPUs)",
+			"\nLimits: ", "  --timeout DURATION\n", "(default 30s)",
+			"\nIsolation: ", "  --memory-limit SIZE\n",
+			"\nOperations: ", "  --admin-listen ADDRESS\n", "(default 127.0.0.1:8079)", "  --version\n",
+		} {
+			i := strings.Index(stdout, w)
+			if i < 0 {
+				t.Fatalf("%s: the help lacks %q:\n%s", arg, w, stdout)
+			}
+			at = append(at, i)
+		}
+		if !slices.IsSorted(at) {
+			t.Errorf("%s: topics or flags out of order:\n%s", arg, stdout)
+		}
+		if strings.Contains(stdout, "dispatcher.example.yaml") || !strings.Contains(stdout, "examples/dispatcher.yaml") {
+			t.Errorf("%s: the help must name examples/dispatcher.yaml, the file that exists", arg)
+		}
+		if _, err := os.Stat(filepath.Join(testbin.Root(), "examples", "dispatcher.yaml")); err != nil {
+			t.Error(err)
+		}
+		if regexp.MustCompile(`(?m)^  -[a-z]`).MatchString(stdout) {
+			t.Errorf("%s: a flag shown with one dash:\n%s", arg, stdout)
+		}
+		for _, l := range strings.Split(stdout, "\n") {
+			if len(l) > 80 {
+				t.Errorf("%s: line longer than 80 columns: %q", arg, l)
+			}
+		}
+	}
+	// A bare dispatcher shows the synopsis and the one-line error.
+	code, stdout, stderr := runStdout(t)
+	if code != 2 || stdout != "" || !strings.HasPrefix(stderr, "Usage:\n") || !strings.HasSuffix(stderr, "dispatcher: --workers BINARY or --config FILE is required; see dispatcher --help\n") {
+		t.Errorf("bare dispatcher: exit %d, stdout %q, stderr:\n%s", code, stdout, stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := runStdout(t, "--version")
+	if code != 0 || stderr != "" || !regexp.MustCompile(`^dispatcher \S+ \(.*go1\.\d+.*\)\n$`).MatchString(stdout) {
+		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	version := strings.TrimSuffix(strings.TrimPrefix(stdout, "dispatcher "), "\n")
+
+	// The status page and the build-info metric say the same.
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "1")
+	_, body := d.getURL(d.admin + "/status?format=json")
+	var st struct{ Version string }
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Version != version {
+		t.Errorf("/status version %q (%v), want %q", st.Version, err, version)
+	}
+	_, metrics := d.getURL(d.admin + "/metrics")
+	short, _, _ := strings.Cut(version, " ")
+	if !regexp.MustCompile(`(?m)^dispatcher_build_info\{goversion="go1\.[^"]+",revision="[^"]*",version="` + regexp.QuoteMeta(short) + `"\} 1$`).MatchString(metrics) {
+		t.Errorf("no dispatcher_build_info with version %q:\n%s", short, metrics)
 	}
 }
 
@@ -480,5 +582,53 @@ func TestJSONLog(t *testing.T) {
 	}
 	if pid, _ := access["pid"].(float64); int(pid) != d.workers[0] {
 		t.Errorf("access log pid %v, want %d", access["pid"], d.workers[0])
+	}
+}
+
+// An address in use (a second dispatcher on the host, say) names the flag
+// to change.
+func TestAddressInUse(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	busy := ln.Addr().String()
+	hello := bin(t, "hello")
+	for _, flag := range []string{"--listen", "--admin-listen"} {
+		args := []string{"--workers", hello, "--pool-size", "1", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", flag, busy}
+		code, stderr, _ := run(t, args...)
+		want := "dispatcher: " + flag + " " + busy + ": the address is in use, by another dispatcher or another server: give this one another with " + flag
+		if code != 1 || !strings.Contains(stderr, want) {
+			t.Errorf("%s on a busy port: exit %d, want 1 and %q; stderr:\n%s", flag, code, want, stderr)
+		}
+	}
+}
+
+// A worker that never completes the handshake: the log says that the
+// dispatcher waits for it, and the error names --start-timeout, not
+// go-plugin's wording.
+func TestStartTimeout(t *testing.T) {
+	t.Parallel()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stderr, _ := run(t, "--workers", sleep, "--pool-size", "1", "--listen", "127.0.0.1:0", "--start-timeout", "2s", "--", "60")
+	if code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+	for _, w := range []string{
+		`msg="workers still starting: no handshake yet; waiting until --start-timeout"`,
+		`dispatcher: start worker "` + sleep + `": no handshake within 2s`,
+		"a worker that is only slow to start needs a longer --start-timeout",
+	} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, stderr)
+		}
+	}
+	if strings.Contains(stderr, "timeout while waiting for plugin to start") {
+		t.Errorf("go-plugin's wording reached the user:\n%s", stderr)
 	}
 }

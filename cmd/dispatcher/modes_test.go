@@ -62,12 +62,11 @@ func TestModeUsageErrors(t *testing.T) {
 		{"queue", []string{"--queue", "-5"}, "--queue -5: must not be negative"},
 		{"queue timeout", []string{"--queue-timeout", "-1s"}, "--queue-timeout -1s: must be positive"},
 		{"max requests", []string{"--max-requests", "-1"}, "--max-requests -1: must not be negative"},
-		{"max rss", []string{"--max-rss", "lots"}, `invalid value "lots" for flag -max-rss`},
+		{"max rss", []string{"--max-rss", "lots"}, `--max-rss "lots": want a size in bytes such as 0, 65536, 512K, 32M or 1G`},
 		{"ping timeout", []string{"--ping-timeout", "0s"}, "--ping-timeout 0s: must be positive"},
 		{"breaker start failures", []string{"--breaker-start-failures", "-2"}, "--breaker-start-failures -2: must not be negative"},
 		{"breaker crash ratio", []string{"--breaker-crash-ratio", "1"}, "--breaker-crash-ratio 1: must be at least 0 and below 1"},
 		{"breaker min requests", []string{"--breaker-min-requests", "0"}, "--breaker-min-requests 0: must be at least 1"},
-		{"breaker failures replaced", []string{"--breaker-failures", "5"}, "use --breaker-start-failures N"},
 		{"breaker window", []string{"--breaker-window", "0s"}, "--breaker-window 0s: must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

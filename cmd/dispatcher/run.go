@@ -13,7 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/childproc/dispatcher/ipc"
@@ -25,8 +27,7 @@ import (
 // UsageError is a problem with the command line or with what it names; the
 // process exits with status 2.
 type UsageError struct {
-	Msg     string
-	Printed bool // already reported (by the flag package)
+	Msg string
 }
 
 func (e *UsageError) Error() string { return e.Msg }
@@ -35,8 +36,15 @@ func usageErrorf(format string, args ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, args...)}
 }
 
+// defaultAdminListen is the admin listener's address unless --admin-listen
+// says otherwise: loopback only, on a port next to the public default that
+// no well-known server takes (9090, the previous default, is Prometheus's
+// own).
+const defaultAdminListen = "127.0.0.1:8079"
+
 // Main is the dispatcher command. Its fields let tests capture its output.
 type Main struct {
+	Stdout io.Writer // --help and --version
 	Stderr io.Writer
 	// CaptureStderr makes Run point os.Stderr at a pipe whose lines become
 	// log entries while it runs, so that libraries writing there directly
@@ -53,7 +61,7 @@ type Main struct {
 }
 
 // NewMain returns a Main writing to the process's stderr.
-func NewMain() *Main { return &Main{Stderr: os.Stderr} }
+func NewMain() *Main { return &Main{Stdout: os.Stdout, Stderr: os.Stderr} }
 
 type options struct {
 	workers         string
@@ -73,6 +81,7 @@ type options struct {
 	logFormat       string
 	logLevel        string
 	accessLog       bool
+	version         bool
 	isolation       isolationFlags // flags_isolation.go
 	http            httpFlags      // flags_http.go
 	modes           modeFlags      // flags_modes.go
@@ -80,52 +89,63 @@ type options struct {
 	// A function's name and route (host, path prefix): from the config
 	// file, or the binary's name and / for --workers.
 	name, host, route string
+	stripPrefix       bool // the config's strip-prefix: the handler sees the path without route
+	// values are the flags' values for this function, by name, from which
+	// a reload tells whether its workers must be replaced.
+	values map[string]string
 	// functions are the functions to serve, each with its own options (the
 	// global ones are those of the top-level options).
 	functions []*options
 }
 
-// newFlagSet returns the dispatcher's flags, bound to o.
-func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
+// newFlagSet returns the dispatcher's flags, bound to o. Each flag has its
+// place in --help in flagGroups (flags.go).
+func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
-	if out == nil {
-		out = io.Discard
-	}
-	fs.SetOutput(out)
-	fs.StringVar(&o.workers, "workers", "", "worker `binary` built with the sdk (required unless --config); arguments for it follow --")
-	fs.StringVar(&o.config, "config", "", "YAML `file` declaring the functions to serve, their routes and settings (see dispatcher.example.yaml)")
-	fs.StringVar(&o.checkConfig, "check-config", "", "validate the config `file` (and its worker binaries) and exit")
+	fs.SetOutput(io.Discard) // parseArgs reports errors; printHelp the flags
+	fs.StringVar(&o.workers, "workers", "", "worker `BINARY` built with the sdk (required unless --config); arguments for it follow --")
+	fs.StringVar(&o.config, "config", "", "YAML `FILE` declaring the functions to serve, their routes and settings (see examples/dispatcher.yaml)")
+	fs.StringVar(&o.checkConfig, "check-config", "", "validate the config `FILE`, start each function's worker binary once through its handshake, and exit")
 	fs.BoolVar(&o.watch, "watch", false, "reload when the config file or a worker binary changes (as on SIGHUP)")
-	fs.StringVar(&o.listen, "listen", ":8080", "`address` to serve HTTP on")
-	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9090", "`address` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
+	fs.StringVar(&o.listen, "listen", ":8080", "`ADDRESS` to serve HTTP on, host:port (no host: every interface)")
+	fs.StringVar(&o.adminListen, "admin-listen", defaultAdminListen, "`ADDRESS` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
 	fs.BoolVar(&o.adminPprof, "admin-pprof", false, "also serve Go's runtime profiles of the dispatcher under /debug/pprof/ on the admin listener")
-	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running")
-	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once")
-	fs.IntVar(&o.pipeline, "pipeline", workers.DefaultPipeline, "requests that may be queued on one busy worker slot, counting the running one (1 disables pipelining)")
-	fs.DurationVar(&o.timeout, "timeout", workers.DefaultTimeout, "per-request limit from the moment a worker takes it; past it: 504 and the worker is killed")
+	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running (--mode pool)")
+	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once (1-1024)")
+	fs.IntVar(&o.pipeline, "pipeline", workers.DefaultPipeline, "requests that may be queued on one busy worker slot, counting the running one (1-64; 1 disables pipelining)")
+	fs.DurationVar(&o.timeout, "timeout", workers.DefaultTimeout, "per-request limit from the moment a worker takes it, and for each chunk of a streamed response; past it: 504 and the worker is killed")
 	fs.DurationVar(&o.startTimeout, "start-timeout", workers.DefaultStartTimeout, "limit for a worker to start and complete the handshake")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may take to finish (and, on reload, the old workers)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.accessLog, "access-log", true, "log one line per request")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	o.isolation.register(fs)
 	o.http.register(fs)
 	o.modes.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: dispatcher --workers BINARY [flags] [-- worker args...]\n       dispatcher --config FILE [flags]\n       dispatcher --check-config FILE\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	addHints(fs)
 	return fs
 }
 
+// commandLineOnly are the flags a config file may not set.
+var commandLineOnly = map[string]bool{"config": true, "check-config": true, "version": true}
+
 func (m *Main) parse(args []string) (*options, error) {
+	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, synopsis)
+	}
 	o := &options{}
-	fs := newFlagSet(o, m.Stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, &UsageError{Msg: err.Error(), Printed: true}
+	fs := newFlagSet(o)
+	rest, err := parseArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(m.Stdout, fs)
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	if o.version {
+		return o, nil
 	}
 	if o.checkConfig != "" {
 		if o.config != "" && o.config != o.checkConfig {
@@ -134,12 +154,11 @@ func (m *Main) parse(args []string) (*options, error) {
 		o.config = o.checkConfig
 	}
 	if o.config != "" {
-		return m.parseConfig(o, args, fs.Args())
+		return m.parseConfig(o, args, rest)
 	}
-	o.workerArgs = fs.Args()
+	o.workerArgs = rest
 	if o.workers == "" {
-		fs.Usage()
-		return nil, usageErrorf("--workers is required (or --config FILE)")
+		return nil, usageErrorf("--workers BINARY or --config FILE is required%s", seeHelp)
 	}
 	if err := o.checkGlobal(); err != nil {
 		return nil, err
@@ -147,6 +166,7 @@ func (m *Main) parse(args []string) (*options, error) {
 	if err := o.checkFunction(setFlags(fs)); err != nil {
 		return nil, err
 	}
+	o.values = flagValues(fs)
 	o.name, o.route = filepath.Base(o.workers), "/"
 	o.functions = []*options{o}
 	return o, nil
@@ -167,18 +187,19 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 	}
 	layered := func(fn *configFunction) (*options, map[string]bool, error) {
 		fo := &options{}
-		fs := newFlagSet(fo, nil)
+		fs := newFlagSet(fo)
 		if err := cf.apply(fs, cf.top, ""); err != nil {
 			return nil, nil, err
 		}
-		if err := fs.Parse(args); err != nil {
-			return nil, nil, &UsageError{Msg: err.Error()}
+		if _, err := parseArgs(fs, args); err != nil {
+			return nil, nil, err
 		}
 		if fn != nil {
 			if err := cf.apply(fs, fn.settings, fmt.Sprintf("functions[%d].", fn.index)); err != nil {
 				return nil, nil, err
 			}
 		}
+		fo.values = flagValues(fs)
 		return fo, setFlags(fs), nil
 	}
 	g, _, err := layered(nil)
@@ -196,7 +217,7 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 		if err != nil {
 			return nil, err
 		}
-		fo.name, fo.host, fo.route, fo.workerArgs = f.name, f.host, f.route, f.args
+		fo.name, fo.host, fo.route, fo.stripPrefix, fo.workerArgs = f.name, f.host, f.route, f.stripPrefix, f.args
 		if err := fo.checkFunction(set); err != nil {
 			return nil, cf.locate(err, f)
 		}
@@ -208,6 +229,13 @@ func (m *Main) parseConfig(o *options, args, rest []string) (*options, error) {
 		g.functions = append(g.functions, fo)
 	}
 	return g, nil
+}
+
+// flagValues returns the value of every flag of fs, by name.
+func flagValues(fs *flag.FlagSet) map[string]string {
+	v := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { v[f.Name] = f.Value.String() })
+	return v
 }
 
 // setFlags returns the names of the flags fs was given.
@@ -229,6 +257,13 @@ func (o *options) checkGlobal() error {
 	}
 	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
 		return usageErrorf("--log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		port := "8080"
+		if isNumber(o.listen) {
+			port = o.listen
+		}
+		return usageErrorf("--listen %q: want host:port, such as :%s (every interface) or 127.0.0.1:%s", o.listen, port, port)
 	}
 	if o.adminListen != "" {
 		if _, _, err := net.SplitHostPort(o.adminListen); err != nil {
@@ -277,6 +312,8 @@ func checkExecutable(path string) (string, error) {
 	}
 	fi, err := os.Stat(abs)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && isNumber(path):
+		return "", usageErrorf("--workers %q: no such file (--workers is the worker binary; the number of workers is --pool-size)", path)
 	case errors.Is(err, os.ErrNotExist):
 		return "", usageErrorf("--workers %q: no such file", path)
 	case err != nil:
@@ -287,6 +324,11 @@ func checkExecutable(path string) (string, error) {
 		return "", usageErrorf("--workers %q: is not executable", path)
 	}
 	return abs, nil
+}
+
+func isNumber(s string) bool {
+	_, err := strconv.Atoi(s)
+	return err == nil
 }
 
 func (m *Main) logger(o *options) *logrus.Logger {
@@ -309,10 +351,24 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if o.version {
+		fmt.Fprintln(m.Stdout, "dispatcher", readBuild())
+		return nil
+	}
 	logger := m.logger(o)
 	log := logrus.NewEntry(logger)
 	if o.checkConfig != "" {
-		fmt.Fprintf(m.Stderr, "%s: OK, %d function(s)\n", o.checkConfig, len(o.functions))
+		// The file is valid; now each worker binary, started as it
+		// would be served.
+		logger.Level = min(logger.Level, logrus.WarnLevel)
+		if err := checkWorkers(ctx, o, log); err != nil {
+			var se *launch.StartError
+			if errors.As(err, &se) || errors.As(err, new(*UsageError)) {
+				return usageErrorf("%s: %v", o.checkConfig, strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+			return fmt.Errorf("%s: %w", o.checkConfig, err)
+		}
+		fmt.Fprintf(m.Stderr, "%s: OK, %d function(s); each worker binary started and completed its handshake\n", o.checkConfig, len(o.functions))
 		return nil
 	}
 	if m.CaptureStderr {
@@ -331,15 +387,17 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		case ctx.Err() != nil:
 			log.Info("stopped during startup")
 			return nil
+		case errors.As(err, &se) && errors.Is(err, launch.ErrStartTimeout):
+			return usageErrorf("%v; a worker that is only slow to start needs a longer --start-timeout", err)
 		case errors.As(err, &se):
 			return usageErrorf("%v", err)
 		}
 		return err
 	}
-	defer svc.close()
+	defer svc.close(context.Background()) // a failure before serving
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", o.listen, err)
+		return listenError("listen", o.listen, err)
 	}
 	errWriter := logger.WriterLevel(logrus.WarnLevel)
 	defer errWriter.Close()
@@ -360,7 +418,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		aln, err := net.Listen("tcp", o.adminListen)
 		if err != nil {
 			_ = hs.Close()
-			return fmt.Errorf("admin listen on %s: %w", o.adminListen, err)
+			return listenError("admin-listen", o.adminListen, err)
 		}
 		admin = &http.Server{Handler: svc.admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
 		go func() {
@@ -399,12 +457,21 @@ loop:
 		log.WithError(err).Warn("in-flight requests did not finish within --shutdown-timeout; closing their connections")
 		_ = hs.Close()
 	}
-	svc.close()
+	svc.close(sctx)
 	if admin != nil {
 		_ = admin.Close()
 	}
 	log.Info("stopped")
 	return serveErr
+}
+
+// listenError explains a failure to listen on the address of --flag; an
+// address in use says which flag to change.
+func listenError(flag, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("--%s %s: the address is in use, by another dispatcher or another server: give this one another with --%s (port 0 picks a free one)", flag, addr, flag)
+	}
+	return fmt.Errorf("--%s %s: %w", flag, addr, err)
 }
 
 // captureStderr points os.Stderr at a pipe and logs each line written to it

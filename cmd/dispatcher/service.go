@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/childproc/dispatcher/admin"
@@ -14,8 +19,10 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// version is shown on the status page; set with -ldflags "-X main.version=...".
-var version = "dev"
+// startNotice is how long workers may take to start before the log says
+// that the dispatcher is waiting for them (or half --start-timeout, if
+// shorter).
+const startNotice = 2 * time.Second
 
 // service is the running dispatcher: its functions, their pools and the
 // router in front of them, and what reloads them.
@@ -39,12 +46,39 @@ type liveFunction struct {
 	opts *options
 	fn   *workers.Function
 	iso  *isolation
+	key  string // its workersKey when they started
+}
+
+// frontFlags are the per-function flags that configure only the HTTP front
+// of a function (dispatcher.Config), which every reload makes anew: a
+// change to them, as to a route, keeps the workers.
+var frontFlags = map[string]bool{"max-body": true, "max-response": true, "max-headers": true, "trusted-proxies": true}
+
+// workersKey describes what a function's workers depend on: the binary
+// file now at its path (device, inode, size, modification time), its
+// arguments and every setting but the global ones and those of the HTTP
+// front. A reload keeps the workers of a function whose key is unchanged.
+func (fo *options) workersKey() string {
+	var b strings.Builder
+	if fi, err := os.Stat(fo.workers); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(&b, "binary %d:%d %d %d.%09d\n", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+		}
+	}
+	fmt.Fprintf(&b, "args %q\n", fo.workerArgs)
+	for _, name := range slices.Sorted(maps.Keys(fo.values)) {
+		if !globalFlags[name] && !frontFlags[name] {
+			fmt.Fprintf(&b, "%s=%q\n", name, fo.values[name])
+		}
+	}
+	return b.String()
 }
 
 func newService(m *Main, args []string, o *options, log *logrus.Entry) *service {
 	s := &service{m: m, args: args, log: log, opts: o}
-	s.metrics = admin.NewMetrics(s.functions)
-	s.admin = admin.New(s.functions, s.metrics, version)
+	build := readBuild()
+	s.metrics = admin.NewMetrics(s.functions, build)
+	s.admin = admin.New(s.functions, s.metrics, build.String())
 	if o.adminPprof {
 		s.admin.EnableProfiling()
 	}
@@ -64,31 +98,35 @@ func (s *service) functions() []admin.Function {
 
 // start starts every function's workers and the router.
 func (s *service) start(ctx context.Context) error {
-	pools, isos, err := s.startPools(ctx, s.opts)
+	keys := make([]string, len(s.opts.functions))
+	for i, fo := range s.opts.functions {
+		keys[i] = fo.workersKey()
+	}
+	pools, isos, err := s.startPools(ctx, s.opts, s.opts.functions)
 	if err != nil {
 		return err
 	}
 	for i, fo := range s.opts.functions {
-		s.live = append(s.live, &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[i]), iso: isos[i]})
+		s.live = append(s.live, &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[i]), iso: isos[i], key: keys[i]})
 	}
 	routes, err := s.routes(s.live)
 	if err == nil {
 		s.router, err = dispatcher.NewRouter(routes)
 	}
 	if err != nil {
-		s.close()
+		s.close(context.Background())
 		return err
 	}
 	return nil
 }
 
-// startPools starts a pool for each function of o, all or none.
-func (s *service) startPools(ctx context.Context, o *options) ([]*workers.Pool, []*isolation, error) {
-	pools := make([]*workers.Pool, len(o.functions))
-	isos := make([]*isolation, len(o.functions))
-	errs := make([]error, len(o.functions))
+// startPools starts a pool for each of fns, functions of o: all or none.
+func (s *service) startPools(ctx context.Context, o *options, fns []*options) ([]*workers.Pool, []*isolation, error) {
+	pools := make([]*workers.Pool, len(fns))
+	isos := make([]*isolation, len(fns))
+	errs := make([]error, len(fns))
 	var wg sync.WaitGroup
-	for i, fo := range o.functions {
+	for i, fo := range fns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -119,7 +157,33 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := workers.NewPool(fo.modes.apply(workers.Config{
+	cfg := fo.poolConfig(iso, log)
+	cfg.Observer = s.metrics.Observer(fo.name)
+	pool, err := workers.NewPool(cfg)
+	if err != nil {
+		iso.close()
+		return nil, nil, usageErrorf("%v", err)
+	}
+	waiting := time.AfterFunc(min(startNotice, fo.startTimeout/2), func() {
+		log.WithFields(logrus.Fields{"binary": fo.workers, "start_timeout": fo.startTimeout.String()}).
+			Warn("workers still starting: no handshake yet; waiting until --start-timeout")
+	})
+	err = pool.Start(ctx)
+	waiting.Stop()
+	if err != nil {
+		iso.close()
+		if o.config != "" {
+			err = fmt.Errorf("function %s: %w", fo.name, err)
+		}
+		return nil, nil, err
+	}
+	return pool, iso, nil
+}
+
+// poolConfig returns the workers' configuration of function fo, confined
+// by iso.
+func (fo *options) poolConfig(iso *isolation, log *logrus.Entry) workers.Config {
+	return fo.modes.apply(workers.Config{
 		Env:          iso.env,
 		Sandbox:      iso.sandbox,
 		Path:         fo.workers,
@@ -129,21 +193,47 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 		Pipeline:     fo.pipeline,
 		Timeout:      fo.timeout,
 		StartTimeout: fo.startTimeout,
-		Observer:     s.metrics.Observer(fo.name),
 		Logger:       log,
-	}))
+	})
+}
+
+// checkWorkers starts one worker of each function of o, confined as it
+// would be, waits for its handshake and stops it: --check-config. The
+// first failure is returned, naming its function.
+func checkWorkers(ctx context.Context, o *options, log *logrus.Entry) error {
+	errs := make([]error, len(o.functions))
+	var wg sync.WaitGroup
+	for i, fo := range o.functions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = checkWorker(ctx, fo, log.WithField("function", fo.name))
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("function %s: %w", fo.name, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func checkWorker(ctx context.Context, fo *options, log *logrus.Entry) error {
+	iso, err := fo.isolation.setup(fo.workers, log)
 	if err != nil {
-		iso.close()
-		return nil, nil, usageErrorf("%v", err)
+		return err
 	}
-	if err := pool.Start(ctx); err != nil {
-		iso.close()
-		if o.config != "" {
-			err = fmt.Errorf("function %s: %w", fo.name, err)
-		}
-		return nil, nil, err
+	defer iso.close()
+	cfg := fo.poolConfig(iso, log)
+	cfg.Mode, cfg.Size, cfg.Spares = workers.ModePool, 1, 0 // one worker, whatever the mode
+	pool, err := workers.NewPool(cfg)
+	if err != nil {
+		return usageErrorf("%v", err)
 	}
-	return pool, iso, nil
+	err = pool.Start(ctx)
+	if cerr := pool.Close(ctx); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // routes returns the router's routes for the functions.
@@ -164,7 +254,7 @@ func (s *service) routes(live []*liveFunction) ([]dispatcher.Route, error) {
 		if err != nil {
 			return nil, err
 		}
-		routes = append(routes, dispatcher.Route{Name: fo.name, Host: fo.host, Prefix: fo.route, Handler: srv})
+		routes = append(routes, dispatcher.Route{Name: fo.name, Host: fo.host, Prefix: fo.route, StripPrefix: fo.stripPrefix, Handler: srv})
 	}
 	return routes, nil
 }
@@ -173,9 +263,10 @@ func (s *service) routes(live []*liveFunction) ([]dispatcher.Route, error) {
 // of them are started and handshaken first; if any fails, nothing changes.
 // The old workers finish their requests (within --shutdown-timeout) and
 // stop.
-func (s *service) reload(ctx context.Context) error {
+func (s *service) reload(ctx context.Context) (err error) {
 	s.reloading.Lock()
 	defer s.reloading.Unlock()
+	defer func() { s.metrics.Reloaded(err) }()
 	t0 := time.Now()
 	s.log.Info("reloading")
 	o, err := s.m.parse(s.args)
@@ -195,23 +286,47 @@ func (s *service) reload(ctx context.Context) error {
 			s.log.WithFields(logrus.Fields{"setting": g.name, "running": g.old, "configured": g.new}).Warn("setting changed: it takes effect at the next restart")
 		}
 	}
-	pools, isos, err := s.startPools(ctx, o)
-	if err != nil {
-		s.log.WithError(err).Error("reload failed: new workers did not start; still serving the previous version")
-		return err
-	}
+	// Functions whose workers depend on nothing that changed keep them.
 	s.mu.Lock()
 	byName := map[string]*liveFunction{}
 	for _, lf := range s.live {
 		byName[lf.opts.name] = lf
 	}
-	live := make([]*liveFunction, len(o.functions))
+	s.mu.Unlock()
+	keys := make([]string, len(o.functions))
+	var changed []*options
+	var restarted, kept []string
 	for i, fo := range o.functions {
-		fn := workers.NewFunction(fo.name, pools[i])
-		if lf, ok := byName[fo.name]; ok {
-			fn = lf.fn // kept: its pool is swapped below
+		keys[i] = fo.workersKey()
+		if lf, ok := byName[fo.name]; ok && lf.key == keys[i] {
+			kept = append(kept, fo.name)
+			continue
 		}
-		live[i] = &liveFunction{opts: fo, fn: fn, iso: isos[i]}
+		changed = append(changed, fo)
+		restarted = append(restarted, fo.name)
+	}
+	pools, isos, err := s.startPools(ctx, o, changed)
+	if err != nil {
+		s.log.WithError(err).Error("reload failed: new workers did not start; still serving the previous version")
+		return err
+	}
+	s.mu.Lock()
+	live := make([]*liveFunction, len(o.functions))
+	fresh := map[string]int{} // index in pools of each restarted function
+	for i, fo := range changed {
+		fresh[fo.name] = i
+	}
+	for i, fo := range o.functions {
+		prev, had := byName[fo.name]
+		j, restart := fresh[fo.name]
+		switch {
+		case !restart:
+			live[i] = &liveFunction{opts: fo, fn: prev.fn, iso: prev.iso, key: prev.key}
+		case had:
+			live[i] = &liveFunction{opts: fo, fn: prev.fn, iso: isos[j], key: keys[i]} // its pool is swapped below
+		default:
+			live[i] = &liveFunction{opts: fo, fn: workers.NewFunction(fo.name, pools[j]), iso: isos[j], key: keys[i]}
+		}
 	}
 	routes, err := s.routes(live)
 	if err == nil {
@@ -231,10 +346,14 @@ func (s *service) reload(ctx context.Context) error {
 		iso  *isolation
 	}
 	var old []retired
-	for i, lf := range live {
-		if prev, ok := byName[lf.opts.name]; ok {
-			delete(byName, lf.opts.name)
-			old = append(old, retired{lf.fn.Swap(pools[i]), prev.iso})
+	for _, lf := range live {
+		prev, had := byName[lf.opts.name]
+		if !had {
+			continue
+		}
+		delete(byName, lf.opts.name)
+		if j, restart := fresh[lf.opts.name]; restart {
+			old = append(old, retired{lf.fn.Swap(pools[j]), prev.iso})
 		}
 	}
 	for _, lf := range byName {
@@ -243,7 +362,12 @@ func (s *service) reload(ctx context.Context) error {
 	_ = s.router.Set(routes)
 	s.live, s.opts = live, o
 	s.mu.Unlock()
-	s.log.WithFields(logrus.Fields{"functions": len(live), "ms": time.Since(t0).Milliseconds()}).Info("reloaded: new workers serve; the previous ones finish their requests")
+	fields := logrus.Fields{"functions": len(live), "ms": time.Since(t0).Milliseconds(), "restarted": strings.Join(restarted, ","), "kept": strings.Join(kept, ",")}
+	if len(restarted) == 0 {
+		s.log.WithFields(fields).Info("reloaded: no function's workers changed; they serve on")
+	} else {
+		s.log.WithFields(fields).Info("reloaded: new workers serve the changed functions; the previous ones finish their requests")
+	}
 	for _, r := range old {
 		s.draining.Add(1)
 		go func() {
@@ -260,8 +384,8 @@ func (s *service) reload(ctx context.Context) error {
 }
 
 // close stops every function's workers, after the pools replaced by
-// reloads.
-func (s *service) close() {
+// reloads: gracefully until ctx is done, then by killing them.
+func (s *service) close(ctx context.Context) {
 	s.draining.Wait()
 	s.mu.Lock()
 	live := s.live
@@ -272,7 +396,7 @@ func (s *service) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := lf.fn.Pool().Close(context.Background()); err != nil {
+			if err := lf.fn.Pool().Close(ctx); err != nil {
 				s.log.WithError(err).WithField("function", lf.opts.name).Warn("stopping workers")
 			}
 			lf.iso.close()

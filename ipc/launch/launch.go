@@ -74,6 +74,10 @@ type Config struct {
 	OnExit func()
 }
 
+// ErrStartTimeout is the Err of a StartError for a worker that did not
+// complete the handshake (and answer its pings) within Config.StartTimeout.
+var ErrStartTimeout = errors.New("no handshake")
+
 // StartError reports a worker that could not be started or did not complete
 // the handshake.
 type StartError struct {
@@ -225,6 +229,9 @@ func Start(cfg Config) (*Child, error) {
 		c.conns = append(c.conns, ipc.NewConn(hc, cfg.MaxFrame))
 	}
 	fail := func(err error) (*Child, error) {
+		if !time.Now().Before(deadline) {
+			err = fmt.Errorf("%w within %s", ErrStartTimeout, cfg.StartTimeout) // not go-plugin's wording
+		}
 		c.Kill()
 		c.CloseConns()
 		if !pr.began() {

@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -17,10 +19,10 @@ import (
 // package: a test binary builds a worker once however many tests use it.
 var builds = struct {
 	mu sync.Mutex
-	m  map[string]*build
-}{m: make(map[string]*build)}
+	m  map[string]*built
+}{m: make(map[string]*built)}
 
-type build struct {
+type built struct {
 	done chan struct{} // closed once path and err are set
 	path string
 	err  error
@@ -53,26 +55,114 @@ func Binary(pkg string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sdktest: build %q: %w", pkg, err)
 	}
-	key := wd + "\x00" + pkg
+	return buildOnce(wd+"\x00"+pkg, func() (string, error) { return goBuild(wd, pkg, nil) })
+}
+
+// buildOnce returns what build returned the first time this process asked
+// for key, calling it then; concurrent callers wait for that first call.
+func buildOnce(key string, build func() (string, error)) (string, error) {
 	builds.mu.Lock()
 	b, ok := builds.m[key]
 	if !ok {
-		b = &build{done: make(chan struct{})}
+		b = &built{done: make(chan struct{})}
 		builds.m[key] = b
 	}
 	builds.mu.Unlock()
 	if !ok {
-		b.path, b.err = goBuild(wd, pkg)
+		b.path, b.err = build()
 		close(b.done)
 	}
 	<-b.done
 	return b.path, b.err
 }
 
-// goBuild builds pkg into a fresh directory, then moves the binary to its
-// place in the cache with a rename, which never disturbs a process running
-// the previous file.
-func goBuild(wd, pkg string) (string, error) {
+// Dispatcher returns the path of the dispatcher binary that Start runs:
+// $SDKTEST_DISPATCHER if set, else the command cmd/dispatcher of the module
+// that provides this package, built the first time this test binary asks
+// for it. That module is the one the test's go.mod requires, at its
+// version, or the directory a replace directive or go.work gives for it.
+// The build happens in that module, with its own go.sum: its dependencies
+// (go-plugin, gRPC) come from the module cache or proxy without entering
+// the test's module.
+func Dispatcher() (string, error) {
+	if p := os.Getenv("SDKTEST_DISPATCHER"); p != "" {
+		return p, nil
+	}
+	return buildOnce(dispatcherKey, buildDispatcher)
+}
+
+// dispatcherKey is the dispatcher's entry in builds (no package directory
+// has a NUL in its name).
+const dispatcherKey = "\x00dispatcher"
+
+// modulePath is the path of the module holding this package.
+var modulePath = strings.TrimSuffix(reflect.TypeFor[Options]().PkgPath(), "/sdk/sdktest")
+
+func buildDispatcher() (string, error) {
+	goTool, err := goCommand()
+	if err != nil {
+		return "", fmt.Errorf("sdktest: build the dispatcher: %w; or %w", err, errNoDispatcher)
+	}
+	cmd := exec.Command(goTool, "list", "-m", "-f", "{{.Dir}}", modulePath)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		return "", fmt.Errorf("sdktest: find the source of %s (go list -m: %v %s); or %w", modulePath, err, strings.TrimSpace(stderr.String()), errNoDispatcher)
+	}
+	// The module is the main one of this build, whatever the test's
+	// workspace or flags; its directory may be read-only (the module
+	// cache), so go.mod is never updated.
+	env := append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false")
+
+	// go run keeps the executables it builds in the build cache, and -exec
+	// echo names the one it would run: a later test binary, or one running
+	// beside this one, reuses it unless a source changed. The lock makes
+	// concurrent test binaries build it once. Its first build runs from a
+	// temporary directory, removed at once: the second names the cached one.
+	unlock, err := lockFile(filepath.Join(cacheDir(), "dispatcher.lock"))
+	if err != nil {
+		return "", fmt.Errorf("sdktest: build the dispatcher: %w", err)
+	}
+	defer unlock()
+	for range 2 {
+		cmd := exec.Command(goTool, "run", "-exec", "echo", "./cmd/dispatcher")
+		cmd.Dir, cmd.Env = dir, env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("sdktest: build the dispatcher (go run ./cmd/dispatcher in %s): %v\n%s", dir, err, strings.TrimSpace(string(out)))
+		}
+		if path := strings.TrimSpace(string(out)); filepath.IsAbs(path) {
+			if _, err := os.Stat(path); err == nil {
+				return path, nil
+			}
+		}
+	}
+	return goBuild(dir, "./cmd/dispatcher", env)
+}
+
+// lockFile takes an exclusive lock on the file at path, made if need be,
+// and returns its release.
+func lockFile(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// goBuild builds pkg from wd, in environment env (nil: this process's), into a
+// fresh directory, then moves the binary to its place in the cache with a
+// rename, which never disturbs a process running the previous file.
+func goBuild(wd, pkg string, env []string) (string, error) {
 	goTool, err := goCommand()
 	if err != nil {
 		return "", fmt.Errorf("sdktest: build %q: %w", pkg, err)
@@ -89,6 +179,7 @@ func goBuild(wd, pkg string) (string, error) {
 	defer os.RemoveAll(tmp)
 	cmd := exec.Command(goTool, "build", "-o", tmp+string(os.PathSeparator), pkg)
 	cmd.Dir = wd
+	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("sdktest: go build %s (in %s): %v\n%s", pkg, wd, err, strings.TrimSpace(string(out)))

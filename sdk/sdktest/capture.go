@@ -10,34 +10,22 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// capture is a logrus hook that keeps every entry and lets callers wait for
-// one.
+// capture keeps every entry of the dispatcher's log and lets callers wait
+// for one.
 type capture struct {
 	mu      sync.Mutex
 	list    []Entry
 	changed chan struct{} // closed and replaced on every new entry
 }
 
-var _ logrus.Hook = (*capture)(nil)
-
 func newCapture() *capture { return &capture{changed: make(chan struct{})} }
 
-func (c *capture) Levels() []logrus.Level { return logrus.AllLevels }
-
-func (c *capture) Fire(e *logrus.Entry) error {
-	entry := Entry{Time: e.Time, Level: e.Level, Message: e.Message, Fields: maps.Clone(e.Data)}
-	if entry.Fields == nil {
-		entry.Fields = logrus.Fields{}
-	}
-	if err, ok := entry.Fields[logrus.ErrorKey].(error); ok {
-		entry.Fields[logrus.ErrorKey] = err.Error() // a string, safe to read later
-	}
+func (c *capture) add(e Entry) {
 	c.mu.Lock()
-	c.list = append(c.list, entry)
+	c.list = append(c.list, e)
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
-	return nil
 }
 
 func (c *capture) entries() []Entry {
@@ -47,11 +35,12 @@ func (c *capture) entries() []Entry {
 }
 
 // wait returns the first entry that satisfies match, waiting up to timeout
-// for it to be logged.
-func (c *capture) wait(timeout time.Duration, match func(Entry) bool) (Entry, bool) {
+// for it to be logged, and no longer once done is closed (no entry will
+// come).
+func (c *capture) wait(timeout time.Duration, done <-chan struct{}, match func(Entry) bool) (Entry, bool) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	next := 0
+	next, finished := 0, false
 	for {
 		c.mu.Lock()
 		fresh, changed := c.list[next:], c.changed
@@ -62,8 +51,13 @@ func (c *capture) wait(timeout time.Duration, match func(Entry) bool) (Entry, bo
 				return e, true
 			}
 		}
+		if finished {
+			return Entry{}, false
+		}
 		select {
 		case <-changed:
+		case <-done:
+			finished = true // look at what came before it, then give up
 		case <-timer.C:
 			return Entry{}, false
 		}

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/childproc/dispatcher/dispatcher"
 	"github.com/childproc/dispatcher/sdk/sdktest"
 	"github.com/sirupsen/logrus"
 )
@@ -51,7 +50,7 @@ func TestStartServesThroughARealWorker(t *testing.T) {
 	if pids[0] == os.Getpid() {
 		t.Error("the handler ran in the test process")
 	}
-	if resp.Header.Get(dispatcher.HeaderRequestID) == "" {
+	if resp.Header.Get("X-Request-Id") == "" {
 		t.Error("no request ID: the response did not come through the dispatcher")
 	}
 }
@@ -140,7 +139,7 @@ func TestCrashAndTimeout(t *testing.T) {
 		srv := sdktest.Start(t, sdktest.Build(t, workers+"crash"))
 		before := srv.Workers()
 		resp, body := get(t, srv.URL+"/exit")
-		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(dispatcher.HeaderError) != "true" {
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Dispatcher-Error") != "true" {
 			t.Fatalf("%d %v %q, want a dispatcher 502", resp.StatusCode, resp.Header, body)
 		}
 		// The next request waits for the replacement.
@@ -166,13 +165,13 @@ func TestCrashAndTimeout(t *testing.T) {
 func TestWaitLog(t *testing.T) {
 	srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"))
 	resp, _ := get(t, srv.URL+"/log")
-	id := resp.Header.Get(dispatcher.HeaderRequestID)
+	id := resp.Header.Get("X-Request-Id")
 	e := srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == "probe warning" })
 	if e.Level != logrus.WarnLevel || e.Fields["req_id"] != id || e.Fields["child.probe"] != "yes" {
 		t.Errorf("worker entry %v, want level warning, req_id %s, child.probe yes", e, id)
 	}
 	access := srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == "request" && e.Fields["req_id"] == id })
-	if access.Fields["status"] != 200 || access.Fields["path"] != "/log" {
+	if access.Fields["status"] != float64(200) || access.Fields["path"] != "/log" {
 		t.Errorf("access log entry %v", access)
 	}
 	if !slices.ContainsFunc(srv.Log(), func(x sdktest.Entry) bool { return x.Message == "probe warning" }) {
@@ -206,7 +205,7 @@ func TestLogIsPrintedWhenTheTestFails(t *testing.T) {
 	ftb := &failingTB{TB: t}
 	srv := sdktest.Start(ftb, sdktest.Build(t, workers+"hello"))
 	resp, _ := get(t, srv.URL+"/printed")
-	id := resp.Header.Get(dispatcher.HeaderRequestID)
+	id := resp.Header.Get("X-Request-Id")
 	srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == "request" && e.Fields["req_id"] == id })
 	for _, fn := range slices.Backward(ftb.cleanups) {
 		fn()
@@ -241,7 +240,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 }
 
-// Options reach the pool's configuration, which validates them.
+// Options become the dispatcher's flags, which it validates.
 func TestInvalidOptions(t *testing.T) {
 	bin := sdktest.Build(t, workers+"hello")
 	tests := []struct {
@@ -249,8 +248,8 @@ func TestInvalidOptions(t *testing.T) {
 		opts sdktest.Options
 		want string
 	}{
-		{"concurrency", sdktest.Options{Concurrency: 2000}, "Concurrency 2000"},
-		{"pipeline", sdktest.Options{Pipeline: 65}, "Pipeline 65 outside 1-64"},
+		{"concurrency", sdktest.Options{Concurrency: 2000}, "--concurrency 2000: must be 1-1024"},
+		{"pipeline", sdktest.Options{Pipeline: 65}, "--pipeline 65: must be 1-64"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -321,6 +320,60 @@ func TestBuild(t *testing.T) {
 	t.Run("missing package", func(t *testing.T) {
 		if _, err := sdktest.Binary("./testdata/missing"); err == nil {
 			t.Fatal("no error for a package that does not exist")
+		}
+	})
+}
+
+// SDKTEST_DISPATCHER names a dispatcher binary to run instead of the one
+// built from the module.
+func TestDispatcherFromEnvironment(t *testing.T) {
+	built, err := sdktest.Dispatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "used")
+	wrapper := filepath.Join(dir, "dispatcher")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\ntouch '"+marker+"'\nexec '"+built+"' \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SDKTEST_DISPATCHER", wrapper)
+	srv := sdktest.Start(t, sdktest.Build(t, workers+"hello"))
+	if resp, body := get(t, srv.URL+"/"); resp.StatusCode != 200 || body != "hello world\n" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("the dispatcher of SDKTEST_DISPATCHER did not run: %v", err)
+	}
+}
+
+// Options.Flags reach the dispatcher's command line: its own limits and
+// modes apply, as in production.
+func TestFlags(t *testing.T) {
+	t.Run("max-body", func(t *testing.T) {
+		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--max-body", "1K"}})
+		resp, err := http.Post(srv.URL+"/", "text/plain", strings.NewReader(strings.Repeat("x", 2048)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("2 KiB body with --max-body 1K: %d, want 413", resp.StatusCode)
+		}
+	})
+	t.Run("oneshot", func(t *testing.T) {
+		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--mode=oneshot", "--spares", "1"}})
+		var pids []int
+		for range 2 {
+			_, body := get(t, srv.URL+"/")
+			var r probeReport
+			if err := json.Unmarshal([]byte(body), &r); err != nil {
+				t.Fatalf("%v: %s", err, body)
+			}
+			pids = append(pids, r.PID)
+		}
+		if pids[0] == pids[1] {
+			t.Errorf("oneshot: two requests served by one process %d", pids[0])
 		}
 	})
 }
