@@ -141,6 +141,10 @@ type Config struct {
 	// workers run as the dispatcher's own children, contained by their
 	// process group only.
 	Sandbox Sandbox
+	// Reaper, if set, is this process's Reaper: every worker starts through
+	// it, and each worker's exit sweeps the stray processes it adopted
+	// (escaped descendants of workers, where no cell holds them).
+	Reaper *Reaper
 	// Start, if set, starts worker processes in place of the default: the
 	// binary at Path, confined by Sandbox, through go-plugin's handshake.
 	// Tests run workers in memory with it.

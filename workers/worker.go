@@ -79,7 +79,8 @@ func (c *Config) startChild(spec StartSpec, socketDir string) (Process, error) {
 		return nil, err
 	}
 	// The cell's processes (even those that left the worker's process
-	// group) die, and the cell goes, as soon as the worker is reaped.
+	// group) die, and the cell goes, as soon as the worker is reaped; so
+	// do the strays the Reaper adopted.
 	var onExit func()
 	var start func(*exec.Cmd) error
 	if cell != nil {
@@ -88,6 +89,38 @@ func (c *Config) startChild(spec StartSpec, socketDir string) (Process, error) {
 			if err := cell.Release(); err != nil {
 				c.Logger.WithError(err).Warn("worker's sandbox cell not fully removed")
 			}
+		}
+	}
+	if r := c.Reaper; r != nil {
+		inner := start
+		start = func(cmd *exec.Cmd) error {
+			return r.Track(func() (int, error) {
+				var err error
+				if inner != nil {
+					err = inner(cmd)
+				} else {
+					err = cmd.Start()
+				}
+				if err != nil {
+					return 0, err
+				}
+				return cmd.Process.Pid, nil
+			})
+		}
+		cellExit := onExit
+		var once sync.Once
+		onExit = func() {
+			once.Do(func() {
+				if cellExit != nil {
+					cellExit()
+				}
+				if cmd.Process != nil {
+					r.Forget(cmd.Process.Pid)
+				}
+				if n := r.Sweep(); n > 0 {
+					c.Logger.WithField("killed", n).Warn("killed processes that escaped a worker")
+				}
+			})
 		}
 	}
 	proc, err := launch.Start(launch.Config{

@@ -147,6 +147,28 @@ func TestUnkillableWorker(t *testing.T) {
 	}
 }
 
+// A descendant that left its worker's session and process group dies with
+// the worker: killed with its cell, or, where no cgroup holds it, adopted
+// by the dispatcher (a child subreaper) and killed.
+func TestEscapedDescendantDies(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "escape"), "--pool-size", "1", "--timeout", "1s")
+	resp, body := d.get("/?how=fork")
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("hanging request: %d %q, want 504", resp.StatusCode, body)
+	}
+	msg, _ := field(d.waitLog("escape: descendant"), "msg")
+	desc, err := strconv.Atoi(strings.TrimPrefix(msg, "escape: descendant "))
+	if err != nil {
+		t.Fatalf("no pid in %q", msg)
+	}
+	if !waitGone(desc, goneWait) {
+		t.Fatalf("the escaped descendant %d outlived its worker", desc)
+	}
+	faultExpect(t, d, "/", http.StatusOK, "")
+	faultStop(t, d)
+}
+
 func firstLineOf(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line

@@ -24,6 +24,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/childproc/dispatcher/workers"
 )
 
 func main() {
@@ -53,6 +55,14 @@ func main() {
 	}()
 	m := NewMain()
 	m.CaptureStderr = true
+	// Descendants of workers that escape them (a setsid and a double fork)
+	// are adopted by this process rather than init, and killed: where no
+	// cgroup holds a worker's tree, nothing else would find them.
+	if r, err := workers.NewReaper(); err == nil {
+		m.Reaper = r
+	} else {
+		fmt.Fprintln(os.Stderr, "dispatcher: warning: "+err.Error())
+	}
 	m.Reload = reload
 	err := m.Run(ctx, os.Args[1:])
 	os.Exit(exitCode(err))

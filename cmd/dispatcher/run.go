@@ -58,6 +58,10 @@ type Main struct {
 	// config file) at each value: new workers are started, traffic moves to
 	// them, and the old ones finish what they have and stop.
 	Reload <-chan struct{}
+	// Reaper, if set, is the process's workers.Reaper: workers start
+	// through it, and what escapes them is killed when they exit. Only for
+	// the real process: it changes the whole process.
+	Reaper *workers.Reaper
 }
 
 // NewMain returns a Main writing to the process's stderr.

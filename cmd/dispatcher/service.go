@@ -153,12 +153,13 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 	if o.config != "" {
 		log = log.WithField("function", fo.name)
 	}
-	iso, err := fo.isolation.setup(fo.workers, log)
+	iso, err := s.setupIsolation(fo, log)
 	if err != nil {
 		return nil, nil, err
 	}
 	cfg := fo.poolConfig(iso, log)
 	cfg.Observer = s.metrics.Observer(fo.name)
+	cfg.Reaper = s.m.Reaper
 	pool, err := workers.NewPool(cfg)
 	if err != nil {
 		iso.close()
@@ -178,6 +179,16 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 		return nil, nil, err
 	}
 	return pool, iso, nil
+}
+
+// setupIsolation is fo.isolation.setup, during which the reaper sweeps
+// nothing: the sandbox's trial process is a child it does not know.
+func (s *service) setupIsolation(fo *options, log *logrus.Entry) (iso *isolation, err error) {
+	if s.m.Reaper == nil {
+		return fo.isolation.setup(fo.workers, log)
+	}
+	s.m.Reaper.Hold(func() { iso, err = fo.isolation.setup(fo.workers, log) })
+	return iso, err
 }
 
 // poolConfig returns the workers' configuration of function fo, confined
