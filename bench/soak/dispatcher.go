@@ -94,7 +94,7 @@ var expectedErrors = map[string]bool{
 	"worker failed during the request": true,
 	"request timed out; worker killed": true,
 	"worker failed":                    true,
-	"worker binary quarantined: breaker open, no worker starts and requests are refused until then": true,
+	"worker binary quarantined: breaker open, no worker starts and requests that find none are refused until then": true,
 }
 
 func (ev *events) add(e *logEntry) {
