@@ -32,6 +32,7 @@ import (
 )
 
 type config struct {
+	dispatcher  string // a binary to measure instead of this tree's
 	rounds      int
 	duration    time.Duration
 	conns       int
@@ -45,6 +46,7 @@ type config struct {
 func main() {
 	var c config
 	var pipelines string
+	flag.StringVar(&c.dispatcher, "dispatcher", "", "a dispatcher binary to measure (an older build, say) instead of this tree's")
 	flag.IntVar(&c.rounds, "rounds", 3, "interleaved rounds")
 	flag.DurationVar(&c.duration, "duration", 8*time.Second, "load per run")
 	flag.IntVar(&c.conns, "conns", 32, "connections in all")
@@ -83,6 +85,11 @@ func run(c config) error {
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
+	if c.dispatcher != "" {
+		if err := os.Symlink(c.dispatcher, filepath.Join(dir, "other-dispatcher")); err != nil {
+			return err
+		}
+	}
 	results := map[int][]*runResult{}
 	for r := range c.rounds {
 		order := slices.Clone(c.pipelines)
@@ -96,6 +103,9 @@ func run(c config) error {
 				return fmt.Errorf("--pipeline %d: %w", p, err)
 			}
 			results[p] = append(results[p], res)
+			for _, e := range res.examples {
+				fmt.Fprintf(os.Stderr, "  error: %s\n", e)
+			}
 		}
 	}
 	fmt.Printf("Head-of-line blocking: %d connections, %d of them sending %s requests, the rest hello; --pool-size %d --concurrency %d, other flags at their defaults; %d rounds of %s (medians of the rounds).\n\n",
@@ -135,6 +145,7 @@ type runResult struct {
 	hello    []time.Duration // sorted
 	slowDone int
 	errors   int
+	examples []string // of errors
 }
 
 func (r *runResult) pct(q float64) time.Duration {
@@ -155,7 +166,11 @@ func measure(c config, dir string, p int) (*runResult, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(filepath.Join(dir, "dispatcher"), "--workers", filepath.Join(dir, "holworker"),
+	bin := filepath.Join(dir, "dispatcher")
+	if c.dispatcher != "" {
+		bin = filepath.Join(dir, "other-dispatcher")
+	}
+	cmd := exec.Command(bin, "--workers", filepath.Join(dir, "holworker"),
 		"--listen", addr, "--admin-listen", "", "--pool-size", strconv.Itoa(c.poolSize),
 		"--concurrency", strconv.Itoa(c.concurrency), "--pipeline", strconv.Itoa(p))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -204,6 +219,9 @@ func measure(c config, dir string, p int) (*runResult, error) {
 				switch {
 				case err != nil:
 					res.errors++
+					if len(res.examples) < 3 {
+						res.examples = append(res.examples, err.Error())
+					}
 				case slow:
 					res.slowDone++
 				default:
@@ -232,7 +250,7 @@ func get(ctx context.Context, client *http.Client, url string) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d", resp.StatusCode)
+		return fmt.Errorf("status %d from %s", resp.StatusCode, url)
 	}
 	return nil
 }
