@@ -348,12 +348,16 @@ func TestInvalidResponseHeaderIsRefused(t *testing.T) {
 
 func TestAccessLog(t *testing.T) {
 	f := startFront(t, "hello", workers.Config{})
-	resp, _ := mustGet(t, f.url+"/some/path?secret=1")
+	req, _ := http.NewRequest("GET", f.url+"/some/path?secret=1", nil)
+	req.Header.Set("User-Agent", "test-agent/1.0")
+	req.Host = "app.example"
+	resp, _ := mustDo(t, req)
 	pid := resp.Header.Get("X-Worker-Pid")
 	e := waitEntry(t, f.hook, "request")
 	want := map[string]any{
-		"method": "GET", "path": "/some/path", "status": 200, "bytes": int64(12),
-		"req_id": resp.Header.Get(HeaderRequestID),
+		"method": "GET", "path": "/some/path", "query": "secret=1", "status": 200, "bytes": int64(12),
+		"req_id": resp.Header.Get(HeaderRequestID), "client": "127.0.0.1", "host": "app.example",
+		"user_agent": "test-agent/1.0",
 	}
 	for k, v := range want {
 		if e.Data[k] != v {
@@ -365,6 +369,22 @@ func TestAccessLog(t *testing.T) {
 	}
 	if _, ok := e.Data["duration_ms"].(float64); !ok {
 		t.Errorf("duration_ms %v", e.Data["duration_ms"])
+	}
+}
+
+func TestAccessLogOmitQuery(t *testing.T) {
+	f := startFrontWith(t, "hello", frontOpts{server: Config{AccessLogOmitQuery: true}})
+	req, _ := http.NewRequest("GET", f.url+"/p?secret=1", nil)
+	req.Header.Set("User-Agent", "")
+	mustDo(t, req)
+	e := waitEntry(t, f.hook, "request")
+	if e.Data["path"] != "/p" {
+		t.Errorf("path %v", e.Data["path"])
+	}
+	for _, k := range []string{"query", "user_agent"} { // left out, and empty
+		if v, ok := e.Data[k]; ok {
+			t.Errorf("%s = %q in the access log", k, v)
+		}
 	}
 }
 
