@@ -137,6 +137,16 @@ session_ticks() {
 	echo "$total"
 }
 
+# CPU clock ticks (utime+stime) of one process: the server itself, without
+# its workers.
+proc_ticks() {
+	local rest
+	{ read -r rest <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
+	rest=${rest##*) }
+	set -- $rest
+	echo $((${12} + ${13}))
+}
+
 # alive PID: the process exists and is not a zombie waiting to be reaped.
 alive() {
 	local st
@@ -286,7 +296,7 @@ run_wrk() {
 
 # --- rounds ----------------------------------------------------------------
 RESULTS=$TMP/results.tsv
-printf 'round\tserver\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsockerr\tcpu_ticks\telapsed_ms\tclk_tck\tctxsw\n' >"$RESULTS"
+printf 'round\tserver\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsockerr\tcpu_ticks\telapsed_ms\tclk_tck\tctxsw\tfront_ticks\n' >"$RESULTS"
 CLK_TCK=$(getconf CLK_TCK)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 COMBOS=()
@@ -311,16 +321,18 @@ for ((round = 1; round <= ROUNDS; round++)); do
 		run_wrk "$workload" "$WARM_S" "$TMP/warmup.out" || die "warm-up wrk failed: $(tail -n 5 "$TMP/warmup.out")"
 		x0=$(session_ctxsw "$SERVER_PID")
 		c0=$(session_ticks "$SERVER_PID")
+		f0=$(proc_ticks "$SERVER_PID")
 		t0=$(date +%s%N)
 		run_wrk "$workload" "$DUR_S" "$TMP/wrk.out" || die "wrk failed: $(tail -n 5 "$TMP/wrk.out")"
 		t1=$(date +%s%N)
+		f1=$(proc_ticks "$SERVER_PID")
 		c1=$(session_ticks "$SERVER_PID")
 		x1=$(session_ctxsw "$SERVER_PID")
 		alive "$SERVER_PID" || die "$server exited during the run: $(tail -n 20 "$TMP/server.log")"
 		cp "$TMP/wrk.out" "$TMP/wrk-$round-$server-$workload.out"
 		parsed=$("$TMP/wrkparse" parse "$TMP/wrk.out") || die "could not parse wrk output: $(cat "$TMP/wrk.out")"
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$workload" "$parsed" \
-			"$((c1 - c0))" "$(((t1 - t0) / 1000000))" "$CLK_TCK" "$((x1 - x0))" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$workload" "$parsed" \
+			"$((c1 - c0))" "$(((t1 - t0) / 1000000))" "$CLK_TCK" "$((x1 - x0))" "$((f1 - f0))" >>"$RESULTS"
 		IFS=$'\t' read -r rps p50 p99 non2xx sockerr <<<"$parsed"
 		log "round $round $server/$workload: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, non-2xx $non2xx, socket errors $sockerr"
 		stop_server
@@ -341,7 +353,7 @@ report() {
 	echo "- Settings: $ROUNDS rounds, interleaved; each run on a fresh server: ${WARM_S}s warm-up, then \`wrk -t$THREADS -c$CONNS -d${DUR_S}s --latency\` against 127.0.0.1"
 	echo "- Servers: \`inproc\` = bench/inproc (net/http in one process); \`floor\` = bench/floor -children $POOL_SIZE (net/http handing each request to a child process as one raw frame each way: the least a process hop costs; \`floor-mux\`: -mode mux, requests multiplexed on one socket per child; \`floor-coalesce\`: -mode coalesce, frames ready for the same socket written together); \`dispatcher\` = cmd/dispatcher --pool-size $POOL_SIZE ${DISPATCHER_FLAGS:+$DISPATCHER_FLAGS }at its defaults (access log on, written to a file), with worker examples/hello (hello) or testdata/workers/echo (echo); \`dispatcher-nolog\` = the same with --access-log=false${COMPARE:+; \`old\`, \`old-nolog\` = the same two at $COMPARE ($COMPARE_COMMIT)}"
 	echo "- Workloads: hello = GET / (\"hello world\\n\"); echo = POST /echo with a 4 KiB body (bench/post4k.lua)"
-	echo "- Server CPU % = CPU time of the server and its worker processes during the measured run, in % of one core (the machine has $(nproc) cores, shared with wrk); CPU µs/req = that CPU time divided by the requests served; ctx sw/req = context switches of all their threads (voluntary and not) per request"
+	echo "- Server CPU % = CPU time of the server and its worker processes during the measured run, in % of one core (the machine has $(nproc) cores, shared with wrk); CPU µs/req = that CPU time divided by the requests served; front µs/req = the same for the server process alone (the dispatcher without its workers; the floor's front; all of inproc); ctx sw/req = context switches of all their threads (voluntary and not) per request"
 	echo
 	"$TMP/wrkparse" table "$RESULTS"
 	echo

@@ -151,6 +151,9 @@ type Row struct {
 	ElapsedMS int64 // wall time over which CPUTicks was measured
 	ClkTck    int64
 	CtxSw     int64 // context switches of the server's threads over the run
+	// FrontTicks is CPUTicks of the server process alone, without its
+	// workers or children.
+	FrontTicks int64
 }
 
 // CPUPercent is the CPU the server used, in percent of one core.
@@ -169,6 +172,15 @@ func (r Row) CPUPerRequest() float64 {
 	return r.CPUPercent() / 100 / r.RPS * 1e6
 }
 
+// FrontPerRequest is the server process's own CPU time per request, in
+// microseconds.
+func (r Row) FrontPerRequest() float64 {
+	if r.RPS <= 0 || r.ElapsedMS <= 0 || r.ClkTck <= 0 {
+		return 0
+	}
+	return float64(r.FrontTicks) / float64(r.ClkTck) / (r.RPS * float64(r.ElapsedMS) / 1e3) * 1e6
+}
+
 // CtxSwPerRequest is the server's context switches per request.
 func (r Row) CtxSwPerRequest() float64 {
 	if r.RPS <= 0 || r.ElapsedMS <= 0 {
@@ -177,7 +189,7 @@ func (r Row) CtxSwPerRequest() float64 {
 	return float64(r.CtxSw) / (r.RPS * float64(r.ElapsedMS) / 1e3)
 }
 
-var columns = []string{"round", "server", "workload", "rps", "p50_ms", "p99_ms", "non2xx", "sockerr", "cpu_ticks", "elapsed_ms", "clk_tck", "ctxsw"}
+var columns = []string{"round", "server", "workload", "rps", "p50_ms", "p99_ms", "non2xx", "sockerr", "cpu_ticks", "elapsed_ms", "clk_tck", "ctxsw", "front_ticks"}
 
 // ReadRows reads the tab-separated results; the first line is the header.
 func ReadRows(r io.Reader) ([]Row, error) {
@@ -211,6 +223,7 @@ func ReadRows(r io.Reader) ([]Row, error) {
 		row.RPS, row.P50, row.P99 = atof(f[3]), atof(f[4]), atof(f[5])
 		row.Non2xx, row.SocketErrors = atoi(f[6]), atoi(f[7])
 		row.CPUTicks, row.ElapsedMS, row.ClkTck, row.CtxSw = atoi(f[8]), atoi(f[9]), atoi(f[10]), atoi(f[11])
+		row.FrontTicks = atoi(f[12])
 		if err := errors.Join(errs...); err != nil {
 			return nil, fmt.Errorf("line %d: %v", n, err)
 		}
@@ -237,6 +250,7 @@ type summary struct {
 	n                  int
 	rps, p50, p99, cpu float64 // medians
 	cpuPerReq, ctxsw   float64 // medians, per request
+	frontPerReq        float64 // median
 	non2xx, sockErrs   int64   // totals over the rounds
 	rounds             map[int]float64
 }
@@ -287,38 +301,39 @@ func Table(w io.Writer, rows []Row) error {
 	})
 	sums := map[key]summary{}
 	for _, k := range order {
-		var rps, p50, p99, cpu, cpr, csw []float64
+		var rps, p50, p99, cpu, cpr, csw, fpr []float64
 		s := summary{rounds: map[int]float64{}}
 		for _, r := range groups[k] {
 			rps, p50, p99, cpu = append(rps, r.RPS), append(p50, r.P50), append(p99, r.P99), append(cpu, r.CPUPercent())
 			cpr, csw = append(cpr, r.CPUPerRequest()), append(csw, r.CtxSwPerRequest())
+			fpr = append(fpr, r.FrontPerRequest())
 			s.non2xx += r.Non2xx
 			s.sockErrs += r.SocketErrors
 			s.rounds[r.Round] = r.RPS
 		}
 		s.n, s.rps, s.p50, s.p99, s.cpu = len(rps), median(rps), median(p50), median(p99), median(cpu)
-		s.cpuPerReq, s.ctxsw = median(cpr), median(csw)
+		s.cpuPerReq, s.ctxsw, s.frontPerReq = median(cpr), median(csw), median(fpr)
 		sums[k] = s
 	}
 
 	fmt.Fprintln(w, "### Medians per (server, workload)")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| server | workload | rounds | req/s | p50 ms | p99 ms | errors (non-2xx / socket, total) | server CPU % | server CPU µs/req | ctx sw/req |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| server | workload | rounds | req/s | p50 ms | p99 ms | errors (non-2xx / socket, total) | server CPU % | server CPU µs/req | front µs/req | ctx sw/req |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, k := range order {
 		s := sums[k]
-		fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.3f | %.3f | %d / %d | %.0f | %.1f | %.2f |\n",
-			k.server, k.workload, s.n, s.rps, s.p50, s.p99, s.non2xx, s.sockErrs, s.cpu, s.cpuPerReq, s.ctxsw)
+		fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.3f | %.3f | %d / %d | %.0f | %.1f | %.1f | %.2f |\n",
+			k.server, k.workload, s.n, s.rps, s.p50, s.p99, s.non2xx, s.sockErrs, s.cpu, s.cpuPerReq, s.frontPerReq, s.ctxsw)
 	}
 	fmt.Fprintln(w)
 	ratioTable(w, workloads, sums)
 	fmt.Fprintln(w, "### Every round")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % | CPU µs/req | ctx sw/req |")
-	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % | CPU µs/req | front µs/req | ctx sw/req |")
+	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f | %.1f | %.2f |\n",
-			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent(), r.CPUPerRequest(), r.CtxSwPerRequest())
+		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f | %.1f | %.1f | %.2f |\n",
+			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent(), r.CPUPerRequest(), r.FrontPerRequest(), r.CtxSwPerRequest())
 	}
 	return nil
 }
