@@ -10,8 +10,9 @@
 # COMPARE, OUT. DISPATCHER_FLAGS adds flags to the dispatcher's command line
 # (for example DISPATCHER_FLAGS="--pipeline 1" to measure without
 # pipelining). SERVERS picks the servers ("inproc floor dispatcher
-# dispatcher-nolog"; also floor-mux, floor-coalesce). COMPARE=REV also
-# runs the dispatcher built at git revision REV (old, old-nolog).
+# dispatcher-nolog"; also floor-mux, floor-coalesce), WORKLOADS the
+# workloads ("hello echo"). COMPARE=REV also runs the dispatcher built at
+# git revision REV (old, old-nolog).
 #
 # The markdown report goes to stdout (and to FILE with --out); progress goes
 # to stderr. See bench/README.md.
@@ -24,12 +25,13 @@ THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-1s}
 POOL_SIZE=${POOL_SIZE:-2}
 SERVERS=${SERVERS:-inproc floor dispatcher dispatcher-nolog}
+WORKLOADS=${WORKLOADS:-hello echo}
 COMPARE=${COMPARE:-}
 OUT=${OUT:-}
 READY_TIMEOUT=${READY_TIMEOUT:-20}   # seconds for a server to answer
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}     # seconds for a server to exit on SIGTERM
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -69,6 +71,10 @@ for s in $SERVERS; do
 	esac
 done
 [ -n "${SERVERS// /}" ] || die "SERVERS is empty"
+for w in $WORKLOADS; do
+	case $w in hello | echo) ;; *) die "WORKLOADS: unknown workload '$w' (hello, echo)" ;; esac
+done
+[ -n "${WORKLOADS// /}" ] || die "WORKLOADS is empty"
 if [ -n "$COMPARE" ]; then
 	for s in $SERVERS; do
 		case $s in dispatcher | dispatcher-nolog) SERVERS="$SERVERS old${s#dispatcher}" ;; esac
@@ -300,7 +306,7 @@ printf 'round\tserver\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsockerr\tcpu_ticks
 CLK_TCK=$(getconf CLK_TCK)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 COMBOS=()
-for workload in hello echo; do
+for workload in $WORKLOADS; do
 	for s in $SERVERS; do COMBOS+=("$s $workload"); done
 done
 START=$SECONDS
