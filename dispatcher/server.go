@@ -43,7 +43,17 @@ type Config struct {
 	// logger.
 	Logger *logrus.Entry
 	// AccessLog, if false, turns the per-request access log entry off.
+	// The entry is an info entry "request" with the fields bytes, client
+	// (the client's IP: the peer's, or from a trusted proxy the one it
+	// forwards for), duration_ms, host, method, path, pid (of the worker;
+	// 0 if none), query (the raw query string), req_id, status and
+	// user_agent; empty strings are left out. A Logger writing to a
+	// LogWriter gets it built without logrus's per-entry fields map (see
+	// LogWriter).
 	AccessLog bool
+	// AccessLogOmitQuery leaves the query string out of the access log (it
+	// may carry tokens or personal data).
+	AccessLogOmitQuery bool
 	// Observer, if set, is told each request's status and duration
 	// (metrics).
 	Observer Observer
@@ -96,7 +106,7 @@ type Observer interface {
 type Server struct {
 	inv       Invoker
 	log       *logrus.Entry
-	accessLog bool
+	accessLog *accessLog // nil: none
 	obs       Observer
 	onError   func(http.ResponseWriter, *http.Request, error)
 	idPrefix  string
@@ -123,7 +133,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		inv:            cfg.Invoker,
 		log:            cfg.Logger,
-		accessLog:      cfg.AccessLog,
 		obs:            cfg.Observer,
 		onError:        cfg.ErrorHandler,
 		idPrefix:       hex.EncodeToString(b[:]) + "-",
@@ -140,6 +149,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.onError == nil {
 		s.onError = s.defaultErrorHandler
+	}
+	if cfg.AccessLog {
+		s.accessLog = newAccessLog(cfg.Logger, !cfg.AccessLogOmitQuery)
 	}
 	return s, nil
 }
@@ -206,7 +218,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in := &info{id: s.requestID(r), w: w, s: s}
 	in.idv[0] = in.id
 	w.Header()[HeaderRequestID] = in.idv[:]
-	if s.accessLog || s.obs != nil {
+	if s.accessLog != nil || s.obs != nil {
 		// Deferred: a response cut with http.ErrAbortHandler counts too.
 		defer s.served(r, in, time.Now())
 	}
@@ -218,18 +230,9 @@ func (s *Server) served(r *http.Request, in *info, start time.Time) {
 	if s.obs != nil {
 		s.obs.Served(in.status, d)
 	}
-	if !s.accessLog {
-		return
+	if s.accessLog != nil && s.log.Logger.IsLevelEnabled(logrus.InfoLevel) {
+		s.accessLog.write(r, in, s.clientAddr(r), d)
 	}
-	s.log.WithFields(logrus.Fields{
-		"method":      r.Method,
-		"path":        r.URL.Path,
-		"status":      in.status,
-		"bytes":       in.bytes,
-		"duration_ms": float64(d.Microseconds()) / 1000,
-		"pid":         in.pid,
-		"req_id":      in.id,
-	}).Info("request")
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, in *info) {

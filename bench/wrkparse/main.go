@@ -5,10 +5,10 @@
 //	                      responses, socket errors (connect+read+write+timeout)
 //	wrkparse table FILE   reads the tab-separated results run.sh collected
 //	                      (with a header line) and prints markdown tables: the
-//	                      medians per (server, workload), the ratios
-//	                      dispatcher/inproc, floor/inproc and
-//	                      dispatcher/floor (those whose servers ran), and
-//	                      every round
+//	                      medians per (server, workload), the ratios of the
+//	                      pairs of servers compared (those that ran: each
+//	                      against in-process and the floor, the access log
+//	                      on against off, new against old), and every round
 //
 // Latencies are normalised to milliseconds whatever unit wrk chose (us, ms,
 // s, m, h).
@@ -150,6 +150,10 @@ type Row struct {
 	CPUTicks  int64 // utime+stime of the server and its children, clock ticks
 	ElapsedMS int64 // wall time over which CPUTicks was measured
 	ClkTck    int64
+	CtxSw     int64 // context switches of the server's threads over the run
+	// FrontTicks is CPUTicks of the server process alone, without its
+	// workers or children.
+	FrontTicks int64
 }
 
 // CPUPercent is the CPU the server used, in percent of one core.
@@ -168,7 +172,24 @@ func (r Row) CPUPerRequest() float64 {
 	return r.CPUPercent() / 100 / r.RPS * 1e6
 }
 
-var columns = []string{"round", "server", "workload", "rps", "p50_ms", "p99_ms", "non2xx", "sockerr", "cpu_ticks", "elapsed_ms", "clk_tck"}
+// FrontPerRequest is the server process's own CPU time per request, in
+// microseconds.
+func (r Row) FrontPerRequest() float64 {
+	if r.RPS <= 0 || r.ElapsedMS <= 0 || r.ClkTck <= 0 {
+		return 0
+	}
+	return float64(r.FrontTicks) / float64(r.ClkTck) / (r.RPS * float64(r.ElapsedMS) / 1e3) * 1e6
+}
+
+// CtxSwPerRequest is the server's context switches per request.
+func (r Row) CtxSwPerRequest() float64 {
+	if r.RPS <= 0 || r.ElapsedMS <= 0 {
+		return 0
+	}
+	return float64(r.CtxSw) / (r.RPS * float64(r.ElapsedMS) / 1e3)
+}
+
+var columns = []string{"round", "server", "workload", "rps", "p50_ms", "p99_ms", "non2xx", "sockerr", "cpu_ticks", "elapsed_ms", "clk_tck", "ctxsw", "front_ticks"}
 
 // ReadRows reads the tab-separated results; the first line is the header.
 func ReadRows(r io.Reader) ([]Row, error) {
@@ -201,7 +222,8 @@ func ReadRows(r io.Reader) ([]Row, error) {
 		row.Server, row.Workload = f[1], f[2]
 		row.RPS, row.P50, row.P99 = atof(f[3]), atof(f[4]), atof(f[5])
 		row.Non2xx, row.SocketErrors = atoi(f[6]), atoi(f[7])
-		row.CPUTicks, row.ElapsedMS, row.ClkTck = atoi(f[8]), atoi(f[9]), atoi(f[10])
+		row.CPUTicks, row.ElapsedMS, row.ClkTck, row.CtxSw = atoi(f[8]), atoi(f[9]), atoi(f[10]), atoi(f[11])
+		row.FrontTicks = atoi(f[12])
 		if err := errors.Join(errs...); err != nil {
 			return nil, fmt.Errorf("line %d: %v", n, err)
 		}
@@ -227,31 +249,27 @@ type key struct{ server, workload string }
 type summary struct {
 	n                  int
 	rps, p50, p99, cpu float64 // medians
-	cpuPerReq          float64 // median
+	cpuPerReq, ctxsw   float64 // medians, per request
+	frontPerReq        float64 // median
 	non2xx, sockErrs   int64   // totals over the rounds
+	rounds             map[int]float64
 }
 
-// The servers run.sh knows: the in-process baseline, the process-hop floor
-// (bench/floor) and the dispatcher.
-const (
-	Baseline  = "inproc"
-	Floor     = "floor"
-	Candidate = "dispatcher"
-)
+// servers are those run.sh knows, in the order of the tables: the
+// in-process baseline, the process-hop floors (bench/floor), the
+// dispatcher with and without the access log, and the same at an older
+// revision.
+var servers = []string{"inproc", "floor", "floor-mux", "floor-coalesce", "dispatcher", "dispatcher-nolog", "old", "old-nolog"}
 
 // ratios are the (candidate, baseline) pairs reported, when both ran.
-var ratios = [][2]string{{Candidate, Baseline}, {Floor, Baseline}, {Candidate, Floor}}
-
-// rank orders the servers in the tables: baseline, floor, the rest.
-func rank(server string) int {
-	switch server {
-	case Baseline:
-		return 0
-	case Floor:
-		return 1
-	}
-	return 2
+var ratios = [][2]string{
+	{"dispatcher", "inproc"}, {"dispatcher-nolog", "inproc"}, {"old", "inproc"}, {"old-nolog", "inproc"},
+	{"floor", "inproc"}, {"floor-mux", "inproc"}, {"floor-coalesce", "inproc"},
+	{"dispatcher", "floor"}, {"dispatcher", "dispatcher-nolog"}, {"old", "old-nolog"}, {"dispatcher", "old"},
 }
+
+// rank orders the servers in the tables.
+func rank(server string) int { return indexOf(servers, server) }
 
 // Table writes the medians, the ratios and the raw rounds as markdown.
 func Table(w io.Writer, rows []Row) error {
@@ -283,74 +301,87 @@ func Table(w io.Writer, rows []Row) error {
 	})
 	sums := map[key]summary{}
 	for _, k := range order {
-		var rps, p50, p99, cpu, cpr []float64
-		var s summary
+		var rps, p50, p99, cpu, cpr, csw, fpr []float64
+		s := summary{rounds: map[int]float64{}}
 		for _, r := range groups[k] {
 			rps, p50, p99, cpu = append(rps, r.RPS), append(p50, r.P50), append(p99, r.P99), append(cpu, r.CPUPercent())
-			cpr = append(cpr, r.CPUPerRequest())
+			cpr, csw = append(cpr, r.CPUPerRequest()), append(csw, r.CtxSwPerRequest())
+			fpr = append(fpr, r.FrontPerRequest())
 			s.non2xx += r.Non2xx
 			s.sockErrs += r.SocketErrors
+			s.rounds[r.Round] = r.RPS
 		}
 		s.n, s.rps, s.p50, s.p99, s.cpu = len(rps), median(rps), median(p50), median(p99), median(cpu)
-		s.cpuPerReq = median(cpr)
+		s.cpuPerReq, s.ctxsw, s.frontPerReq = median(cpr), median(csw), median(fpr)
 		sums[k] = s
 	}
 
 	fmt.Fprintln(w, "### Medians per (server, workload)")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| server | workload | rounds | req/s | p50 ms | p99 ms | errors (non-2xx / socket, total) | server CPU % | server CPU µs/req |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| server | workload | rounds | req/s | p50 ms | p99 ms | errors (non-2xx / socket, total) | server CPU % | server CPU µs/req | front µs/req | ctx sw/req |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, k := range order {
 		s := sums[k]
-		fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.3f | %.3f | %d / %d | %.0f | %.0f |\n",
-			k.server, k.workload, s.n, s.rps, s.p50, s.p99, s.non2xx, s.sockErrs, s.cpu, s.cpuPerReq)
+		fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.3f | %.3f | %d / %d | %.0f | %.1f | %.1f | %.2f |\n",
+			k.server, k.workload, s.n, s.rps, s.p50, s.p99, s.non2xx, s.sockErrs, s.cpu, s.cpuPerReq, s.frontPerReq, s.ctxsw)
 	}
 	fmt.Fprintln(w)
-	for _, pair := range ratios {
-		ratioTable(w, pair[0], pair[1], workloads, sums)
-	}
+	ratioTable(w, workloads, sums)
 	fmt.Fprintln(w, "### Every round")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % |")
-	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| round | server | workload | req/s | p50 ms | p99 ms | non-2xx | socket errors | server CPU % | CPU µs/req | front µs/req | ctx sw/req |")
+	fmt.Fprintln(w, "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f |\n",
-			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent())
+		fmt.Fprintf(w, "| %d | %s | %s | %.0f | %.3f | %.3f | %d | %d | %.0f | %.1f | %.1f | %.2f |\n",
+			r.Round, r.Server, r.Workload, r.RPS, r.P50, r.P99, r.Non2xx, r.SocketErrors, r.CPUPercent(), r.CPUPerRequest(), r.FrontPerRequest(), r.CtxSwPerRequest())
 	}
 	return nil
 }
 
-// ratioTable writes the ratios of candidate's medians to baseline's, if
-// both servers ran.
-func ratioTable(w io.Writer, candidate, baseline string, workloads []string, sums map[key]summary) {
-	ran := func(server string) bool {
-		for k := range sums {
-			if k.server == server {
-				return true
+// ratioTable writes the ratios of each pair of servers that both ran:
+// of their medians, and the median (and range) of the ratios within each
+// round, where the two ran minutes apart at most.
+func ratioTable(w io.Writer, workloads []string, sums map[key]summary) {
+	header := false
+	for _, pair := range ratios {
+		for _, wl := range workloads {
+			c, okc := sums[key{pair[0], wl}]
+			b, okb := sums[key{pair[1], wl}]
+			if !okc || !okb || b.rps == 0 || b.p99 == 0 {
+				continue
 			}
+			if !header {
+				header = true
+				fmt.Fprintln(w, "### Ratios")
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "| servers | workload | req/s ratio of medians (1 = parity) | req/s ratio, median of rounds (min-max) | p99 ratio (lower is better) | CPU/req ratio (lower is better) | ctx sw/req ratio |")
+				fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|")
+			}
+			var per []float64
+			for r, crps := range c.rounds {
+				if brps, ok := b.rounds[r]; ok && brps > 0 {
+					per = append(per, crps/brps)
+				}
+			}
+			sort.Float64s(per)
+			rounds := "n/a"
+			if len(per) > 0 {
+				rounds = fmt.Sprintf("%.3f (%.3f-%.3f)", median(per), per[0], per[len(per)-1])
+			}
+			fmt.Fprintf(w, "| %s / %s | %s | %.3f | %s | %.2f | %s | %s |\n", pair[0], pair[1], wl,
+				c.rps/b.rps, rounds, c.p99/b.p99, ratio(c.cpuPerReq, b.cpuPerReq, "%.2f"), ratio(c.ctxsw, b.ctxsw, "%.2f"))
 		}
-		return false
 	}
-	if !ran(candidate) || !ran(baseline) {
-		return
+	if header {
+		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "### Ratio %s / %s (of the medians)\n\n", candidate, baseline)
-	fmt.Fprintln(w, "| workload | req/s ratio (higher is better, 1 = parity) | p99 ratio (lower is better, 1 = parity) | CPU/req ratio (lower is better) |")
-	fmt.Fprintln(w, "|---|--:|--:|--:|")
-	for _, wl := range workloads {
-		b, okb := sums[key{baseline, wl}]
-		c, okc := sums[key{candidate, wl}]
-		if !okb || !okc || b.rps == 0 || b.p99 == 0 {
-			fmt.Fprintf(w, "| %s | n/a | n/a | n/a |\n", wl)
-			continue
-		}
-		cpuRatio := "n/a"
-		if b.cpuPerReq > 0 {
-			cpuRatio = fmt.Sprintf("%.1f", c.cpuPerReq/b.cpuPerReq)
-		}
-		fmt.Fprintf(w, "| %s | %.3f | %.2f | %s |\n", wl, c.rps/b.rps, c.p99/b.p99, cpuRatio)
+}
+
+func ratio(a, b float64, format string) string {
+	if b <= 0 {
+		return "n/a"
 	}
-	fmt.Fprintln(w)
+	return fmt.Sprintf(format, a/b)
 }
 
 func indexOf(xs []string, x string) int {

@@ -83,14 +83,17 @@ func table(t *testing.T, rows ...string) string {
 
 func TestTableWithFloor(t *testing.T) {
 	out := table(t,
-		"1\tdispatcher\thello\t40\t2\t4\t0\t0\t150\t1000\t100\n",
-		"1\tfloor\thello\t50\t2\t5\t0\t0\t150\t1000\t100\n",
-		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n")
+		"1\tdispatcher\thello\t40\t2\t4\t0\t0\t150\t1000\t100\t80\t100\n",
+		"1\tfloor\thello\t50\t2\t5\t0\t0\t150\t1000\t100\t100\t100\n",
+		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\t50\t100\n")
 	order := []string{
-		"| inproc | hello |", "| floor | hello |", "| dispatcher | hello |",
-		"### Ratio dispatcher / inproc", "| hello | 0.400 | 2.00 | 3.8 |",
-		"### Ratio floor / inproc", "| hello | 0.500 | 2.50 | 3.0 |",
-		"### Ratio dispatcher / floor", "| hello | 0.800 | 0.80 | 1.2 |",
+		"| inproc | hello | 1 | 100 | 1.000 | 2.000 | 0 / 0 | 100 | 10000.0 | 10000.0 | 0.50 |",
+		"| floor | hello |", "| dispatcher | hello |",
+		"### Ratios",
+		"| dispatcher / inproc | hello | 0.400 | 0.400 (0.400-0.400) | 2.00 | 3.75 | 4.00 |",
+		"| floor / inproc | hello | 0.500 | 0.500 (0.500-0.500) | 2.50 | 3.00 | 4.00 |",
+		"| dispatcher / floor | hello | 0.800 | 0.800 (0.800-0.800) | 0.80 | 1.25 | 1.00 |",
+		"### Every round",
 	}
 	at := 0
 	for _, want := range order {
@@ -104,20 +107,24 @@ func TestTableWithFloor(t *testing.T) {
 
 func TestTable(t *testing.T) {
 	out := table(t,
-		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n",
-		"1\tdispatcher\thello\t50\t2\t6\t1\t0\t150\t1000\t100\n",
-		"2\tdispatcher\thello\t70\t2\t4\t0\t2\t150\t1000\t100\n",
-		"2\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\n")
+		"1\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\t0\t50\n",
+		"1\tdispatcher\thello\t50\t2\t6\t1\t0\t150\t1000\t100\t0\t50\n",
+		"1\tdispatcher-nolog\thello\t50\t2\t6\t1\t0\t150\t1000\t100\t0\t50\n",
+		"2\tdispatcher-nolog\thello\t100\t2\t6\t1\t0\t150\t1000\t100\t0\t50\n",
+		"2\tdispatcher\thello\t70\t2\t4\t0\t2\t150\t1000\t100\t0\t50\n",
+		"2\tinproc\thello\t100\t1\t2\t0\t0\t100\t1000\t100\t0\t50\n")
 	for _, want := range []string{
-		"| inproc | hello | 2 | 100 | 1.000 | 2.000 | 0 / 0 | 100 | 10000 |",
-		"| dispatcher | hello | 2 | 60 | 2.000 | 5.000 | 1 / 2 | 150 | 25714 |",
-		"| hello | 0.600 | 2.50 | 2.6 |",
+		"| inproc | hello | 2 | 100 | 1.000 | 2.000 | 0 / 0 | 100 | 10000.0 | 5000.0 | 0.00 |",
+		"| dispatcher | hello | 2 | 60 | 2.000 | 5.000 | 1 / 2 | 150 | 25714.3 | 8571.4 | 0.00 |",
+		"| dispatcher / inproc | hello | 0.600 | 0.600 (0.500-0.700) | 2.50 | 2.57 | n/a |",
+		// The median of the rounds' ratios is not the ratio of the medians.
+		"| dispatcher / dispatcher-nolog | hello | 0.800 | 0.850 (0.700-1.000) | 0.83 |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "floor") {
-		t.Errorf("floor ratios without a floor run:\n%s", out)
+	if strings.Contains(out, "floor") || strings.Contains(out, "old") {
+		t.Errorf("ratios of servers that did not run:\n%s", out)
 	}
 }

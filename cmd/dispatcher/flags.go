@@ -78,6 +78,8 @@ var flagGroups = []struct {
 		"log-format",
 		"log-level",
 		"access-log",
+		"access-log-query",
+		"access-log-flush",
 		"check-config",
 		"watch",
 		"shutdown-timeout",

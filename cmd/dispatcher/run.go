@@ -18,10 +18,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/childproc/dispatcher/dispatcher"
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/childproc/dispatcher/workers"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // UsageError is a problem with the command line or with what it names; the
@@ -85,6 +88,8 @@ type options struct {
 	logFormat       string
 	logLevel        string
 	accessLog       bool
+	accessLogQuery  bool
+	accessLogFlush  time.Duration
 	version         bool
 	isolation       isolationFlags // flags_isolation.go
 	http            httpFlags      // flags_http.go
@@ -123,6 +128,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.accessLog, "access-log", true, "log one line per request")
+	fs.BoolVar(&o.accessLogQuery, "access-log-query", true, "log each request's query string (false leaves it out: it may hold tokens)")
+	fs.DurationVar(&o.accessLogFlush, "access-log-flush", dispatcher.DefaultFlushInterval, "longest an access-log line waits in memory to be written with others (0: written at once)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	o.isolation.register(fs)
 	o.http.register(fs)
@@ -254,6 +261,8 @@ func (o *options) checkGlobal() error {
 	switch {
 	case o.shutdownTimeout < 0:
 		return usageErrorf("--shutdown-timeout %s: must not be negative", o.shutdownTimeout)
+	case o.accessLogFlush < 0:
+		return usageErrorf("--access-log-flush %s: must not be negative", o.accessLogFlush)
 	case o.logFormat != "text" && o.logFormat != "json":
 		return usageErrorf("--log-format %q: must be text or json", o.logFormat)
 	case o.watch && o.config == "" && o.workers == "":
@@ -335,17 +344,48 @@ func isNumber(s string) bool {
 	return err == nil
 }
 
-func (m *Main) logger(o *options) *logrus.Logger {
+// logTimeFormat is the text log's timestamp: RFC 3339 in milliseconds.
+const logTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// logger returns the dispatcher's logger. Unless it writes to a terminal,
+// its output is a LogWriter, which the caller must close: logging never
+// waits on the destination, and access-log lines are written in batches.
+func (m *Main) logger(o *options) (*logrus.Logger, *dispatcher.LogWriter) {
 	l := logrus.New()
 	l.Out = m.Stderr
+	var lw *dispatcher.LogWriter
+	if !isTerminal(m.Stderr) {
+		flush := o.accessLogFlush
+		if flush == 0 {
+			flush = -1 // LogWriter: no buffering
+		}
+		lw = dispatcher.NewLogWriter(m.Stderr, dispatcher.LogWriterConfig{FlushInterval: flush, Dropped: func(n int) {
+			l.WithField("dropped", n).Warn("log lines dropped: the log destination did not take them in time")
+		}})
+		l.Out = lw
+	}
 	if o.logFormat == "json" {
 		l.Formatter = &logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano}
 	} else {
-		l.Formatter = &logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"}
+		l.Formatter = &logrus.TextFormatter{FullTimestamp: true, TimestampFormat: logTimeFormat}
 	}
 	l.Level, _ = logrus.ParseLevel(o.logLevel)
-	return l
+	return l, lw
 }
+
+// isTerminal reports whether w is a terminal (logrus then colours the
+// text log).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// logCloseTimeout bounds the wait for the log destination at exit.
+const logCloseTimeout = 5 * time.Second
 
 // Run parses args, starts the workers and serves until ctx is done, then
 // shuts down in order: stop accepting, let in-flight requests finish, stop
@@ -359,7 +399,15 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		fmt.Fprintln(m.Stdout, "dispatcher", readBuild())
 		return nil
 	}
-	logger := m.logger(o)
+	logger, lw := m.logger(o)
+	if lw != nil {
+		defer func() {
+			// Whatever the destination has not taken within this is lost.
+			ctx, cancel := context.WithTimeout(context.Background(), logCloseTimeout)
+			defer cancel()
+			_ = lw.Close(ctx)
+		}()
+	}
 	log := logrus.NewEntry(logger)
 	if o.checkConfig != "" {
 		// The file is valid; now each worker binary, started as it
@@ -385,6 +433,12 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 
 	t0 := time.Now()
 	svc := newService(m, args, o, log)
+	if lw != nil {
+		svc.metrics.Registry().MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dispatcher_log_lines_dropped_total",
+			Help: "Log lines dropped because the log destination did not take them in time.",
+		}, func() float64 { return float64(lw.Dropped()) }))
+	}
 	if err := svc.start(ctx); err != nil {
 		var se *launch.StartError
 		switch {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -257,10 +258,11 @@ func (s *service) routes(live []*liveFunction) ([]dispatcher.Route, error) {
 			log = log.WithField("function", fo.name)
 		}
 		srv, err := dispatcher.New(fo.http.config(dispatcher.Config{
-			Invoker:   lf.fn,
-			Logger:    log,
-			AccessLog: s.opts.accessLog,
-			Observer:  s.metrics.Observer(fo.name),
+			Invoker:            lf.fn,
+			Logger:             log,
+			AccessLog:          s.opts.accessLog,
+			AccessLogOmitQuery: !s.opts.accessLogQuery,
+			Observer:           s.metrics.Observer(fo.name),
 		}))
 		if err != nil {
 			return nil, err
@@ -292,6 +294,9 @@ func (s *service) reload(ctx context.Context) (err error) {
 	for _, g := range []struct{ name, old, new string }{
 		{"listen", s.opts.listen, o.listen}, {"admin-listen", s.opts.adminListen, o.adminListen},
 		{"log-format", s.opts.logFormat, o.logFormat}, {"log-level", s.opts.logLevel, o.logLevel},
+		{"access-log", strconv.FormatBool(s.opts.accessLog), strconv.FormatBool(o.accessLog)},
+		{"access-log-query", strconv.FormatBool(s.opts.accessLogQuery), strconv.FormatBool(o.accessLogQuery)},
+		{"access-log-flush", s.opts.accessLogFlush.String(), o.accessLogFlush.String()},
 	} {
 		if g.old != g.new {
 			s.log.WithFields(logrus.Fields{"setting": g.name, "running": g.old, "configured": g.new}).Warn("setting changed: it takes effect at the next restart")
