@@ -117,8 +117,9 @@ class Slot {
     const abandoned = this.cur ? [this.cur, ...this.queue] : this.queue;
     this.cur = null;
     this.queue = [];
+    const running = abandoned.filter((ex) => ex.state === RUNNING);
     for (const ex of abandoned) ex.abandon(err);
-    this.worker.slotClosed(this);
+    this.worker.slotClosed(running);
   }
 }
 

@@ -43,6 +43,7 @@ class Worker {
     this.inflight = 0;
     this.open = 0;
     this.quitting = false;
+    this.abandoned = [];
     this.slots = cfg.fds.map((fd) => new Slot(this, fd));
     this.open = this.slots.length;
   }
@@ -58,9 +59,13 @@ class Worker {
     current.run(ex, call, this.listener, ex);
   }
 
-  slotClosed() {
+  // slotClosed is told each slot's end, after its exchanges were
+  // abandoned.
+  slotClosed(abandoned) {
+    this.abandoned.push(...abandoned);
     if (--this.open > 0) return;
     // Every slot is closed: no request can come any more.
+    if (this.abandoned.length > 0) this.stopping('every slot closed', this.abandoned);
     setImmediate(() => process.exit(0));
   }
 
@@ -94,14 +99,12 @@ class Worker {
     process.exit(1);
   }
 
-  // quarantined: the dispatcher gave up on this worker (SIGQUIT, then
-  // SIGKILL a second later). The log says what it was doing.
-  quarantined() {
-    const busy = [];
-    for (const s of this.slots) {
-      if (s.cur && s.cur.req) busy.push(`${s.cur.req.method} ${s.cur.req.url} (request ${s.cur.requestId})`);
-    }
-    this.log.error(`quarantined by the dispatcher (SIGQUIT) with ${busy.length} request(s) in flight${busy.length ? ': ' + busy.join(', ') : ''}`);
+  // stopping says which requests the worker was serving when the
+  // dispatcher gave up on it: after a timeout it sends SIGQUIT, then
+  // SIGKILL a second later, and closes the slots.
+  stopping(why, exchanges) {
+    const busy = exchanges.filter((ex) => ex.req).map((ex) => `${ex.req.method} ${ex.req.url} (request ${ex.requestId})`);
+    this.log.error(`stopping (${why}) with ${busy.length} request(s) in flight${busy.length ? ': ' + busy.join(', ') : ''}`);
   }
 }
 
@@ -122,7 +125,7 @@ function start(cfg, listener) {
   process.on('uncaughtException', (err) => w.uncaught(err));
   process.on('unhandledRejection', (err) => w.uncaught(err));
   const onQuit = () => {
-    w.quarantined();
+    w.stopping('SIGQUIT: quarantined by the dispatcher', w.slots.filter((sl) => sl.cur).map((sl) => sl.cur));
     process.removeListener('SIGQUIT', onQuit);
     process.kill(process.pid, 'SIGQUIT');
   };

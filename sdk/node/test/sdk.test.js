@@ -223,9 +223,9 @@ test('a cancel closes the request and the response, and ends the exchange', () =
   const r = await s.response(id);
   assert.equal(r.aborted, true);
   assert.equal(r.reason, 'cancelled by the dispatcher');
-  await waitFor(() => w.logs().filter((l) => l.request_id === 'gone').length >= 4);
+  await waitFor(() => w.logs().filter((l) => l.request_id === 'gone').length >= 5);
   const said = w.logs().filter((l) => l.request_id === 'gone').map((l) => l['@message']);
-  assert.deepEqual(said, ['signal aborted: cancelled by the dispatcher', 'req aborted', 'res close, writableEnded=false', 'req close']);
+  assert.deepEqual(said, ['waiting', 'signal aborted: cancelled by the dispatcher', 'req aborted', 'res close, writableEnded=false', 'req close']);
   assert.equal((await s.exchange({ uri: '/info' })).status, 200);
 }));
 
