@@ -214,7 +214,7 @@ async function startWorker(script, opts = {}) {
     PLUGIN_UNIX_SOCKET_DIR: '/tmp',
     ...opts.env,
   };
-  const child = spawn(process.execPath, [path.resolve(__dirname, script)], {
+  const child = spawn(process.execPath, [...(opts.execArgv || []), path.resolve(__dirname, script)], {
     env,
     stdio: ['ignore', 'pipe', 'pipe', ...Array(n).fill('pipe')],
   });
