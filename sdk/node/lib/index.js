@@ -17,7 +17,7 @@
 // and sandboxing are the dispatcher's.
 
 const { readEnv, NotWorkerError } = require('./env');
-const { start, current } = require('./worker');
+const { start, currentExchange } = require('./worker');
 const { kExchange } = require('./http');
 const { root } = require('./log');
 
@@ -52,7 +52,7 @@ function serve(listener) {
 
 function exchangeOf(msg) {
   if (msg && msg[kExchange]) return msg[kExchange];
-  return msg === undefined ? current.getStore() : undefined;
+  return msg === undefined ? currentExchange() : undefined;
 }
 
 // requestId returns the dispatcher's ID of the request req (or res), also

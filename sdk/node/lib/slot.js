@@ -158,7 +158,7 @@ class Exchange {
     // The response body not yet sent.
     this.chunks = [];
     this.size = 0;
-    this.callbacks = [];
+    this.callbacks = null;
     this.headSent = false;
     this.scheduled = false;
     this.needDrain = false;
@@ -391,7 +391,7 @@ class Exchange {
       this.chunks.push(buf);
       this.size += buf.length;
     }
-    if (cb) this.callbacks.push(cb);
+    if (cb) (this.callbacks ??= []).push(cb);
     if (last) return true;
     if (this.size >= (this.headSent ? this.worker.chunk : CHUNK_SIZE)) {
       this.flush(false);
@@ -442,15 +442,15 @@ class Exchange {
     while (this.size > 0) frames.push(w.body(this.id, this.take(Math.min(this.size, this.worker.chunk))));
     if (last && !ended) frames.push(w.end(this.id, this.trailers));
     const cbs = this.callbacks;
-    this.callbacks = [];
+    this.callbacks = null;
     if (last) this.finishing();
     const sock = this.slot.socket;
     if (frames.length > 1) sock.cork();
     for (let i = 0; i < frames.length - 1; i++) this.slot.send(frames[i]);
-    this.slot.send(frames[frames.length - 1], (err) => {
-      for (const cb of cbs) cb(err || undefined);
+    this.slot.send(frames[frames.length - 1], cbs || last ? (err) => {
+      if (cbs) for (const cb of cbs) cb(err || undefined);
       if (last) this.finished(err);
-    });
+    } : undefined);
     if (frames.length > 1) sock.uncork();
     if (!last && this.needDrain && !sock.writableNeedDrain) process.nextTick(() => this.drained());
   }
@@ -502,8 +502,7 @@ class Exchange {
   }
 
   // finished: the response's last frame is flushed: 'finish', then
-  // 'close', as Node's server emits them; a body the handler did not read
-  // is dropped.
+  // 'close' (closeFinished).
   finished(err) {
     const res = this.res;
     const req = this.req;
@@ -512,19 +511,7 @@ class Exchange {
     } finally {
       this.done();
     }
-    process.nextTick(() => {
-      this.quiet = true;
-      if (!req.readableEnded && !req.destroyed) {
-        if (req.complete && !req._consuming) req._dump();
-        else if (!req.complete) req.destroy();
-      }
-      if (!res.destroyed) {
-        res.destroyed = true;
-        res._closed = true;
-        res.emit('close');
-      }
-      this.socket.closed();
-    });
+    process.nextTick(closeFinished, this);
   }
 
   drained() {
@@ -563,6 +550,24 @@ class Exchange {
     if (!this.cancelledReason) this.cancelledReason = reason;
     if (this.controller && !this.controller.signal.aborted) this.controller.abort(reason);
   }
+}
+
+// closeFinished follows 'finish' with 'close', as Node's server does; a
+// body the handler did not read is dropped.
+function closeFinished(ex) {
+  const req = ex.req;
+  const res = ex.res;
+  ex.quiet = true;
+  if (!req.readableEnded && !req.destroyed) {
+    if (req.complete && !req._consuming) req._dump();
+    else if (!req.complete) req.destroy();
+  }
+  if (!res.destroyed) {
+    res.destroyed = true;
+    res._closed = true;
+    res.emit('close');
+  }
+  ex.socket.closed();
 }
 
 function describe(err) {

@@ -46,10 +46,17 @@ const PROTO_KEY = '\u0000__proto__';
 const keyDecoder = {
   canBeCached: () => true,
   decode(bytes, offset, length) {
-    const s = Buffer.from(bytes.buffer, bytes.byteOffset + offset, length).toString();
+    const s = utf8(bytes, offset, offset + length);
     return s === '__proto__' ? PROTO_KEY : s;
   },
 };
+
+// utf8 decodes bytes[start:end] natively. FrameReader decodes Buffers, so
+// the decoder's byte arrays are Buffers; a plain Uint8Array is viewed as one.
+function utf8(bytes, start, end) {
+  if (Buffer.isBuffer(bytes)) return bytes.utf8Slice(start, end);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).utf8Slice(start, end);
+}
 
 // Keys sent as bin (a str may always arrive as bin).
 function mapKeyConverter(key) {
@@ -66,7 +73,10 @@ const EMPTY = Buffer.alloc(0);
 class FrameReader {
   constructor(maxFrame) {
     this.maxFrame = maxFrame;
+    // Strings come back as bytes (rawStrings), decoded natively by str():
+    // the protocol accepts str and bin alike in either kind of field.
     this.decoder = new Decoder({
+      rawStrings: true,
       keyDecoder,
       mapKeyConverter,
       maxStrLength: maxFrame,
@@ -193,8 +203,8 @@ function bool(v, what) {
 
 // str accepts str, bin and nil (PROTOCOL.md 3.2).
 function str(v, what) {
+  if (v instanceof Uint8Array) return utf8(v, 0, v.length);
   if (typeof v === 'string') return v;
-  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.length).toString();
   if (v === null) return '';
   throw new ProtocolError(`${what}: want a string, got ${typeName(v)}`);
 }

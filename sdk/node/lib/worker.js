@@ -149,4 +149,9 @@ function start(cfg, listener) {
   return w;
 }
 
-module.exports = { start, current };
+// currentExchange returns the exchange whose code is running, if any.
+function currentExchange() {
+  return current.getStore();
+}
+
+module.exports = { start, currentExchange };
