@@ -10,7 +10,6 @@
 const fs = require('fs');
 const net = require('net');
 const path = require('path');
-const crypto = require('crypto');
 
 const YAMUX_HEADER = 12;
 const YAMUX_WINDOW = 256 << 10;
@@ -40,19 +39,13 @@ const GOB_RESPONSE_TYPE = Buffer.from([
 const GOB_EMPTY_TYPE = Buffer.from([0x0a, 0xff, 0x81, 0x03, 0x01, 0x02, 0xff, 0x82, 0x00, 0x00, 0x00]);
 const GOB_EMPTY_VALUE = Buffer.from([0x03, 0xff, 0x82, 0x00]);
 
-// handshakeLine is go-plugin's line naming the control socket: core
-// protocol 1, this protocol's version 1, netrpc.
-function handshakeLine(socketPath) {
-  return `1|1|unix|${socketPath}|netrpc|\n`;
-}
-
 // listenControl listens on a unix socket in dir (go-plugin makes it for this
 // worker alone, so a fixed name does), or under a random name in tmpDir;
 // it calls back with the server and the socket's path.
 function listenControl(dir, tmpDir, onConnection, cb) {
   let tries = 0;
   const attempt = () => {
-    const name = dir && tries === 0 ? 'plugin' : 'plugin' + crypto.randomBytes(6).toString('hex');
+    const name = dir && tries === 0 ? 'plugin' : 'plugin' + Math.random().toString(36).slice(2);
     const p = path.join(dir || tmpDir, name);
     const srv = net.createServer(onConnection);
     srv.once('error', (err) => {
@@ -338,4 +331,4 @@ function removeSocketAtExit(p) {
   });
 }
 
-module.exports = { handshakeLine, listenControl, serveControl, removeSocketAtExit };
+module.exports = { listenControl, serveControl, removeSocketAtExit };

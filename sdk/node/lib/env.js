@@ -3,7 +3,6 @@
 // 2.1): the slots it inherited, the frame limit, the pipelining depth and
 // the optional features it understands.
 
-const os = require('os');
 const { DEFAULT_MAX_FRAME, MIN_MAX_FRAME, MAX_DEPTH } = require('./wire');
 
 const COOKIE_KEY = 'DISPATCHER_WORKER_COOKIE';
@@ -45,7 +44,7 @@ function readEnv(env) {
     features,
     control: env.DISPATCHER_CONTROL !== 'none',
     socketDir: env.PLUGIN_UNIX_SOCKET_DIR || '',
-    tmpDir: os.tmpdir(),
+    tmpDir: env.TMPDIR || '/tmp',
   };
 }
 

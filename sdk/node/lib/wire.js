@@ -5,7 +5,16 @@
 // kind's layout: anything else is a protocol violation, after which the
 // slot cannot be trusted.
 
-const { Encoder, Decoder } = require('@msgpack/msgpack');
+// Encoder and Decoder alone: the package's index loads the rest of it too,
+// which would double its share of a worker's start.
+let Encoder;
+let Decoder;
+try {
+  ({ Encoder } = require('@msgpack/msgpack/dist.cjs/Encoder.cjs'));
+  ({ Decoder } = require('@msgpack/msgpack/dist.cjs/Decoder.cjs'));
+} catch {
+  ({ Encoder, Decoder } = require('@msgpack/msgpack'));
+}
 
 const Kind = Object.freeze({
   REQUEST: 1,

@@ -6,7 +6,6 @@ const path = require('path');
 const { AsyncLocalStorage } = require('async_hooks');
 const { FrameWriter, WINDOW, WIDE_WINDOW, CHUNK_SIZE, WIDE_CHUNK_SIZE, WIDE_CHUNK_MAX_FRAME } = require('./wire');
 const { Slot } = require('./slot');
-const control = require('./control');
 const { root } = require('./log');
 
 // How long a worker asked to quit waits for the requests in flight.
@@ -134,9 +133,10 @@ function start(cfg, listener) {
   if (!cfg.control) {
     // No connection will come: the line names a socket the worker does
     // not make (PROTOCOL.md 2.2).
-    process.stdout.write(control.handshakeLine(path.join(dir, 'plugin')));
+    process.stdout.write(handshakeLine(path.join(dir, 'plugin')));
     return w;
   }
+  const control = require('./control');
   control.listenControl(cfg.socketDir, cfg.tmpDir, (sock) => control.serveControl(sock, () => w.quit()), (err, srv, p) => {
     if (err) {
       process.stderr.write(`dispatcher worker: control socket: ${err.message}\n`);
@@ -144,9 +144,15 @@ function start(cfg, listener) {
     }
     srv.unref();
     control.removeSocketAtExit(p);
-    process.stdout.write(control.handshakeLine(p));
+    process.stdout.write(handshakeLine(p));
   });
   return w;
+}
+
+// handshakeLine is go-plugin's line naming the control socket: core
+// protocol 1, this protocol's version 1, netrpc.
+function handshakeLine(socketPath) {
+  return `1|1|unix|${socketPath}|netrpc|\n`;
 }
 
 // currentExchange returns the exchange whose code is running, if any.
