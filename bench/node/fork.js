@@ -17,7 +17,15 @@ http.createServer((req, res) => {
   const body = [];
   req.on('data', (c) => body.push(c));
   req.on('end', () => {
-    const c = fork(child, [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    let c;
+    try {
+      c = fork(child, [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    } catch (err) {
+      // Out of processes or memory: this request fails, the server goes on.
+      res.statusCode = 503;
+      res.end(`${err.code || err.message}\n`);
+      return;
+    }
     c.on('error', () => {});
     c.once('message', (m) => {
       res.writeHead(m.status, m.headers);

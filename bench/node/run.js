@@ -322,9 +322,12 @@ async function measure(o, server, workload, round) {
 // --- profile ----------------------------------------------------------------
 
 // category names what a sampled function's time goes to.
+const STARTUP = 'start-up: loading modules (once per process)';
+
 function category(cf) {
   const u = cf.url;
   const f = cf.functionName;
+  if (/node:internal\/(modules|bootstrap|process\/pre_execution|main)/.test(u) || f === 'compileForInternalLoader') return STARTUP;
   if (f === '(garbage collector)') return 'garbage collection';
   if (f === '(program)') return 'V8 and libuv, unattributed';
   if (['writeBuffer', 'writev', 'writeUtf8String', 'writeLatin1String', 'writeAsciiString'].includes(f)) return 'socket writes (system calls)';
@@ -358,11 +361,12 @@ function summarizeProfile(file) {
 
 async function profile(o) {
   const dir = o.profileDir || fs.mkdtempSync(path.join(os.tmpdir(), 'bench-node-prof-'));
+  fs.mkdirSync(dir, { recursive: true });
   const out = {};
   try {
     for (const server of ['pool', 'plain']) {
       const pd = path.join(dir, server);
-      fs.mkdirSync(pd);
+      fs.mkdirSync(pd, { recursive: true });
       const s = await startServer(server, ['--cpu-prof', `--cpu-prof-dir=${pd}`]);
       let w;
       try {
@@ -444,7 +448,7 @@ function report(o, results, prof, env) {
     for (let round = 1; round <= o.rounds; round++) {
       const x = results.find((r) => `${r.server}:${r.workload}` === a && r.round === round);
       const y = results.find((r) => `${r.server}:${r.workload}` === b && r.round === round);
-      if (x && y) per.push(x.rps / y.rps);
+      if (x && y && y.rps > 0) per.push(x.rps / y.rps);
     }
     if (per.length) p(`| ${name} | ${median(per).toFixed(3)} | ${per.map((x) => x.toFixed(3)).join(', ')} | ${target} |`);
   }
@@ -471,15 +475,20 @@ function report(o, results, prof, env) {
     p();
     p('| category | Node.js worker (pool) | plain http server |');
     p('|---|--:|--:|');
+    // Per request: the busy time less the start-up's.
+    const serving = (x) => x.busy - (x.cats.get(STARTUP) || 0);
     const cats = new Set([...prof.pool.cats.keys(), ...prof.plain.cats.keys()]);
+    cats.delete(STARTUP);
     const per = (x, c) => {
       const t = x.cats.get(c) || 0;
-      return `${(t / x.requests).toFixed(1)} (${((100 * t) / x.busy).toFixed(0)}%)`;
+      return `${(t / x.requests).toFixed(1)} (${((100 * t) / serving(x)).toFixed(0)}%)`;
     };
     for (const c of [...cats].sort((a, b) => (prof.pool.cats.get(b) || 0) - (prof.pool.cats.get(a) || 0))) {
       p(`| ${c} | ${per(prof.pool, c)} | ${per(prof.plain, c)} |`);
     }
-    p(`| all | ${(prof.pool.busy / prof.pool.requests).toFixed(1)} | ${(prof.plain.busy / prof.plain.requests).toFixed(1)} |`);
+    p(`| all | ${(serving(prof.pool) / prof.pool.requests).toFixed(1)} | ${(serving(prof.plain) / prof.plain.requests).toFixed(1)} |`);
+    const ms = (x) => ((x.cats.get(STARTUP) || 0) / 1000 / x.profiles).toFixed(0);
+    p(`| not counted: ${STARTUP}, ms per process | ${ms(prof.pool)} | ${ms(prof.plain)} |`);
     p();
   }
   p('Every round:');

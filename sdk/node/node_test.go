@@ -158,6 +158,31 @@ func TestException(t *testing.T) {
 	}
 }
 
+// What a handler prints becomes dispatcher log lines; the logger's keep
+// their level, fields and request ID.
+func TestLogs(t *testing.T) {
+	srv := start(t, sdktest.Options{})
+	resp, _ := get(t, srv.URL+"/log")
+	id := resp.Header.Get("X-Request-Id")
+	for _, want := range []struct {
+		msg    string
+		level  logrus.Level
+		stream string
+		field  string
+		value  any
+	}{
+		{"a line on stdout", logrus.InfoLevel, "stdout", "", nil},
+		{"a line on stderr", logrus.InfoLevel, "stderr", "", nil},
+		{"a warning", logrus.WarnLevel, "stderr", "child.n", float64(1)},
+		{"a debug line", logrus.DebugLevel, "stderr", "child.component", "test"},
+	} {
+		e := srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == want.msg })
+		if e.Level != want.level || e.Fields["stream"] != want.stream || (want.field != "" && (e.Fields[want.field] != want.value || e.Fields["req_id"] != id)) {
+			t.Errorf("%q: %v", want.msg, e)
+		}
+	}
+}
+
 // A client that goes away: the handler sees 'close' on its response and
 // its signal aborted, and the worker serves on.
 func TestClientCancel(t *testing.T) {

@@ -317,7 +317,6 @@ class Exchange {
   teardown(reason) {
     this.abortSignal(reason);
     const req = this.req;
-    const res = this.res;
     if (req && !req.destroyed) {
       const err = codeError(Error, 'ECONNRESET', 'aborted');
       if (!req.readableEnded || !req.complete) {
@@ -327,6 +326,12 @@ class Exchange {
       this.quiet = true;
       req.destroy(err);
     }
+    this.closeResponse();
+  }
+
+  // closeResponse emits the response's 'close' and the socket's, once.
+  closeResponse() {
+    const res = this.res;
     if (res && !res.destroyed) {
       res.destroyed = true;
       res._closed = true;
@@ -349,12 +354,7 @@ class Exchange {
     this.quiet = true;
     this.abortSignal(err);
     if (this.req && !this.req.destroyed) this.req.destroy();
-    if (this.res && !this.res.destroyed) {
-      this.res.destroyed = true;
-      this.res._closed = true;
-      this.res.emit('close');
-    }
-    if (this.socket) this.socket.closed();
+    this.closeResponse();
   }
 
   // finishing marks the last frame as being written: from now on the
@@ -556,18 +556,12 @@ class Exchange {
 // body the handler did not read is dropped.
 function closeFinished(ex) {
   const req = ex.req;
-  const res = ex.res;
   ex.quiet = true;
   if (!req.readableEnded && !req.destroyed) {
     if (req.complete && !req._consuming) req._dump();
     else if (!req.complete) req.destroy();
   }
-  if (!res.destroyed) {
-    res.destroyed = true;
-    res._closed = true;
-    res.emit('close');
-  }
-  ex.socket.closed();
+  ex.closeResponse();
 }
 
 function describe(err) {
