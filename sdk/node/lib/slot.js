@@ -33,7 +33,7 @@ class Slot {
     this.socket.on('error', (err) => this.close(err));
     this.socket.on('close', () => this.close(null));
     this.socket.on('drain', () => {
-      if (this.cur) this.cur.drained();
+      if (this.cur) this.worker.within(this.cur, drained);
     });
   }
 
@@ -56,19 +56,12 @@ class Slot {
       case Kind.REQUEST:
         this.start(f);
         return;
-      case Kind.CANCEL: {
-        const ex = this.find(f.id);
-        if (ex) ex.cancel();
-        return;
-      }
     }
-    // Body, end and abort frames of an exchange that is over are late:
-    // harmless.
+    // Frames of an exchange that is over are late: harmless. The others
+    // reach the handler's code (its listeners on req and res), in the
+    // exchange's context.
     const ex = this.find(f.id);
-    if (!ex || !ex.streamed) return;
-    if (f.kind === Kind.BODY) ex.received(f.data);
-    else if (f.kind === Kind.END) ex.bodyEnded(f.trailer);
-    else ex.bodyAborted(f.reason);
+    if (ex && (f.kind === Kind.CANCEL || ex.streamed)) this.worker.within(ex, exchangeFrame, f);
   }
 
   // find returns exchange id, running or queued, or null.
@@ -118,7 +111,7 @@ class Slot {
     this.cur = null;
     this.queue = [];
     const running = abandoned.filter((ex) => ex.state === RUNNING);
-    for (const ex of abandoned) ex.abandon(err);
+    for (const ex of abandoned) this.worker.within(ex, abandon, err);
     this.worker.slotClosed(running);
   }
 }
@@ -550,6 +543,28 @@ class Exchange {
     if (!this.cancelledReason) this.cancelledReason = reason;
     if (this.controller && !this.controller.signal.aborted) this.controller.abort(reason);
   }
+}
+
+// exchangeFrame hands ex a frame of its exchange.
+function exchangeFrame(ex, f) {
+  switch (f.kind) {
+    case Kind.CANCEL:
+      return ex.cancel();
+    case Kind.BODY:
+      return ex.received(f.data);
+    case Kind.END:
+      return ex.bodyEnded(f.trailer);
+    default:
+      return ex.bodyAborted(f.reason);
+  }
+}
+
+function abandon(ex, err) {
+  ex.abandon(err);
+}
+
+function drained(ex) {
+  ex.drained();
 }
 
 // closeFinished follows 'finish' with 'close', as Node's server does; a

@@ -4,7 +4,7 @@
 
 const path = require('path');
 const { AsyncLocalStorage } = require('async_hooks');
-const { FrameWriter, WINDOW, WIDE_WINDOW, CHUNK_SIZE, WIDE_CHUNK_SIZE, WIDE_CHUNK_MAX_FRAME } = require('./wire');
+const { FrameWriter, ProtocolError, WINDOW, WIDE_WINDOW, CHUNK_SIZE, WIDE_CHUNK_SIZE, WIDE_CHUNK_MAX_FRAME } = require('./wire');
 const { Slot } = require('./slot');
 const { root } = require('./log');
 
@@ -58,6 +58,14 @@ class Worker {
     current.run(ex, call, this.listener, ex);
   }
 
+  // within runs fn(ex, arg) in ex's context, where the sdk calls into the
+  // handler's code (the events of req and res) from outside it: an
+  // exception fails the exchange, and what the code starts stays ex's. A
+  // protocol violation goes on to the slot.
+  within(ex, fn, arg) {
+    current.run(ex, runWithin, fn, ex, arg);
+  }
+
   // slotClosed is told each slot's end, after its exchanges were
   // abandoned.
   slotClosed(abandoned) {
@@ -104,6 +112,15 @@ class Worker {
   stopping(why, exchanges) {
     const busy = exchanges.filter((ex) => ex.req).map((ex) => `${ex.req.method} ${ex.req.url} (request ${ex.requestId})`);
     this.log.error(`stopping (${why}) with ${busy.length} request(s) in flight${busy.length ? ': ' + busy.join(', ') : ''}`);
+  }
+}
+
+function runWithin(fn, ex, arg) {
+  try {
+    fn(ex, arg);
+  } catch (err) {
+    if (err instanceof ProtocolError) throw err;
+    ex.fail(err);
   }
 }
 

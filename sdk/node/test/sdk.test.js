@@ -215,6 +215,20 @@ test('a handler\'s exception answers 500 (or cuts) and the worker serves on', ()
   assert.ok(w.logs().some((l) => /late boom/.test(l.stack)));
 }));
 
+test('an exception from a listener the sdk calls is the exchange\'s', () => withWorker({}, async (w) => {
+  const s = w.slots[0];
+  const id = s.request({ method: 'POST', uri: '/throw-on-data', eof: false, body: Buffer.alloc(10), contentLength: -1, requestId: 'data' });
+  const r = await s.response(id);
+  assert.equal(r.status, 500);
+  const id2 = s.request({ uri: '/throw-on-close', requestId: 'close' });
+  await new Promise((res) => setTimeout(res, 50));
+  s.cancel(id2);
+  assert.equal((await s.response(id2)).aborted, true);
+  assert.equal((await s.exchange({ uri: '/info' })).status, 200);
+  await waitFor(() => w.logs().some((l) => l.request_id === 'close' && /close boom/.test(l['@message'])));
+  assert.ok(w.logs().some((l) => l.request_id === 'data' && /data boom/.test(l['@message'])));
+}));
+
 test('a cancel closes the request and the response, and ends the exchange', () => withWorker({}, async (w) => {
   const s = w.slots[0];
   const id = s.request({ uri: '/wait', requestId: 'gone' });
