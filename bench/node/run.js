@@ -257,9 +257,12 @@ async function check(s, workload) {
 }
 
 // wrk runs wrk under bash, whose `times` reports wrk's CPU.
-function wrk(port, conns, seconds, workload) {
+// A request of a process-per-request server waits for a Node.js start,
+// seconds on a loaded machine: wrk's default timeout (2 s) would make the
+// clients give up and ask again while the server still works for them.
+function wrk(port, conns, seconds, workload, timeout) {
   return new Promise((resolve, reject) => {
-    const args = ['-c', 'wrk "$@"; times >&2', 'wrk', '-t1', `-c${conns}`, `-d${seconds}s`, '--latency', '-s', path.join(HERE, 'report.lua'), `http://127.0.0.1:${port}/`];
+    const args = ['-c', 'wrk "$@"; times >&2', 'wrk', '-t1', `-c${conns}`, `-d${seconds}s`, `--timeout=${timeout}s`, '--latency', '-s', path.join(HERE, 'report.lua'), `http://127.0.0.1:${port}/`];
     const p = spawn('bash', args, { env: { ...process.env, BODY_BYTES: String(WORKLOADS[workload].body) }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -269,7 +272,7 @@ function wrk(port, conns, seconds, workload) {
     p.stderr.on('data', (d) => {
       err += d;
     });
-    const timer = setTimeout(() => p.kill('SIGKILL'), (seconds + 30) * 1000);
+    const timer = setTimeout(() => p.kill('SIGKILL'), (seconds + timeout + 30) * 1000);
     p.on('exit', (code) => {
       clearTimeout(timer);
       const line = out.split('\n').find((l) => l.startsWith('{'));
@@ -287,12 +290,16 @@ async function measure(o, server, workload, round) {
   try {
     await check(s, workload);
     const conns = oneshotLike(server) ? o.oneshotConns : o.conns;
-    await wrk(s.port, conns, o.warmup, workload);
+    const timeout = oneshotLike(server) ? 30 : 2;
+    await wrk(s.port, conns, o.warmup, workload, timeout);
     const c0 = sessionCPU(s.child.pid);
     const m0 = machineBusy();
-    const w = await wrk(s.port, conns, o.duration, workload);
+    const w = await wrk(s.port, conns, o.duration, workload, timeout);
     const cpu = cpuDelta(c0, sessionCPU(s.child.pid));
     const busy = machineBusy() - m0;
+    if (s.child.exitCode !== null || s.child.signalCode !== null) {
+      throw new Error(`${server} ${workload} died during the run (${s.child.exitCode ?? s.child.signalCode}): ${s.stderr()}`);
+    }
     const secs = w.duration_us / 1e6;
     const server_us = cpu.leader + cpu.reaped + cpu.others;
     const r = {
@@ -327,7 +334,9 @@ const STARTUP = 'start-up: loading modules (once per process)';
 function category(cf) {
   const u = cf.url;
   const f = cf.functionName;
-  if (/node:internal\/(modules|bootstrap|process\/pre_execution|main)/.test(u) || f === 'compileForInternalLoader') return STARTUP;
+  if (/node:internal\/(modules|bootstrap|process\/pre_execution|main)/.test(u) || f === '' ||
+    ['compileForInternalLoader', 'realpathSync', 'readFileUtf8', 'readFileSync', 'internalModuleStat', 'internalModuleReadJSON', 'lstat'].includes(f) ||
+    (u === 'node:path' && f === 'resolve')) return STARTUP;
   if (f === '(garbage collector)') return 'garbage collection';
   if (f === '(program)') return 'V8 and libuv, unattributed';
   if (['writeBuffer', 'writev', 'writeUtf8String', 'writeLatin1String', 'writeAsciiString'].includes(f)) return 'socket writes (system calls)';
@@ -370,8 +379,8 @@ async function profile(o) {
       const s = await startServer(server, ['--cpu-prof', `--cpu-prof-dir=${pd}`]);
       let w;
       try {
-        await wrk(s.port, o.conns, o.warmup, 'hello');
-        w = await wrk(s.port, o.conns, o.duration, 'hello');
+        await wrk(s.port, o.conns, o.warmup, 'hello', 2);
+        w = await wrk(s.port, o.conns, o.duration, 'hello', 2);
       } finally {
         await stopServer(s);
       }
