@@ -198,8 +198,9 @@ function withTimeout(p, what) {
 
 // startWorker starts script as a worker with the given number of slots and
 // resolves once it printed its handshake line and answered a ping on each
-// slot. opts: slots, depth, maxFrame, features, env, noControl (default
-// true: DISPATCHER_CONTROL=none).
+// slot. opts: slots, depth, maxFrame, features (all by default), env
+// (added; DISPATCHER_CONTROL=none unless overridden), execArgv (node's
+// options, such as --cpu-prof).
 async function startWorker(script, opts = {}) {
   const n = opts.slots || 1;
   const env = {
