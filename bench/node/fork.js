@@ -27,16 +27,20 @@ http.createServer((req, res) => {
       return;
     }
     c.on('error', () => {});
+    // The reply, or a 502 if the child died first: whichever comes first.
+    let answered = false;
     c.once('message', (m) => {
+      if (answered) return;
+      answered = true;
       res.writeHead(m.status, m.headers);
       res.end(Buffer.from(m.body, 'base64'));
       c.kill('SIGKILL');
     });
     c.once('exit', () => {
-      if (!res.headersSent) {
-        res.statusCode = 502;
-        res.end();
-      }
+      if (answered) return;
+      answered = true;
+      res.statusCode = 502;
+      res.end();
     });
     c.send({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(body).toString('base64') });
   });
