@@ -93,11 +93,9 @@ func (s *slot) serve() {
 				s.cancelQueued(f.ID)
 			}
 		case ipc.KindWithdraw:
-			if s.dropQueued(f.ID) {
-				if err := s.sc.WriteWithdrawn(f.ID); err != nil {
-					s.abandon()
-					return
-				}
+			if err := s.withdraw(f.ID); err != nil {
+				s.abandon()
+				return
 			}
 		case ipc.KindPing:
 			if err := s.sc.WritePong(f.ID); err != nil {
@@ -137,19 +135,23 @@ func (s *slot) cancelQueued(id uint64) {
 	}
 }
 
-// dropQueued takes a queued request that has not started out of the queue
-// (the dispatcher withdrew it) and reports whether there was one.
-func (s *slot) dropQueued(id uint64) bool {
+// withdraw takes a queued request that has not started out of the queue,
+// as the dispatcher asked, and says so with a withdrawn frame; a request
+// that started, or is unknown, stays as it is. The frame is written before
+// the lock that advance takes is released: no frame of a request after it
+// in line may go out first (the dispatcher would read it as the withdrawn
+// request's answer).
+func (s *slot) withdraw(id uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, q := range s.queue {
 		if q.ex.id == id {
 			q.ex.cancel(nil)
 			s.queue = slices.Delete(s.queue, i, i+1)
-			return true
+			return s.sc.WriteWithdrawn(id)
 		}
 	}
-	return false
+	return nil
 }
 
 // abandon cancels the exchange in flight and drops the queued ones when the

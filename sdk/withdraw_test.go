@@ -90,3 +90,56 @@ func TestWithdrawQueued(t *testing.T) {
 		}
 	}
 }
+
+// A withdraw that comes as the request before the withdrawn one ends must
+// still be answered before anything of the request after it, which may
+// then start at once: otherwise the dispatcher would read that request's
+// answer as the withdrawn one's.
+func TestWithdrawRacingTheEndOfTheRunningRequest(t *testing.T) {
+	release := make(chan struct{}, 1)
+	w := &worker{depth: 4, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	c := ipc.NewConn(serveOneSlot(t, w, []string{ipc.FeatureWithdraw}), 0)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := c.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	send := func(tk *ipc.Ticket, path string) {
+		t.Helper()
+		if err := c.Send(tk, &ipc.Request{Method: "GET", URI: path, Proto: "HTTP/1.1", EOF: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(tk *ipc.Ticket) (string, error) {
+		if turn := tk.Turn(); turn != nil {
+			<-turn
+		}
+		_, b, err := tk.Head()
+		if err != nil {
+			return "", err
+		}
+		body, err := io.ReadAll(b)
+		return string(body), err
+	}
+	for i := range 300 {
+		var slow, mid, last ipc.Ticket
+		send(&slow, "/slow")
+		send(&mid, "/mid")
+		send(&last, "/last")
+		go func() { release <- struct{}{} }()
+		mid.Withdraw()
+		if body, err := read(&slow); err != nil || body != "/slow" {
+			t.Fatalf("round %d: the running request: %q %v", i, body, err)
+		}
+		if body, err := read(&mid); err != nil && !errors.Is(err, ipc.ErrWithdrawn) || err == nil && body != "/mid" {
+			t.Fatalf("round %d: the withdrawn request: %q %v", i, body, err)
+		}
+		if body, err := read(&last); err != nil || body != "/last" {
+			t.Fatalf("round %d: the request after it: %q %v", i, body, err)
+		}
+	}
+}
