@@ -67,6 +67,11 @@ type Conn struct {
 	nc  net.Conn
 	rc  syscall.RawConn // nc's, when it has one: to look for unsolicited bytes
 	rdl time.Time       // the read deadline last set with SetDeadline or SetReadDeadline; guarded by qmu
+	// peek, made once, peeks at the socket for pending; peekN is what it
+	// found. Guarded by qmu.
+	peek    func(fd uintptr) bool
+	peekBuf [1]byte
+	peekN   int
 	fr  *frameReader
 	pd  *payloadDecoder
 	wmu sync.Mutex
@@ -134,6 +139,10 @@ func NewConn(nc net.Conn, maxFrame int) *Conn {
 	c := &Conn{nc: nc, fr: newFrameReader(nc, maxFrame), pd: newPayloadDecoder(), fw: newFrameWriter()}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.rc, _ = sc.SyscallConn()
+		c.peek = func(fd uintptr) bool {
+			c.peekN, _, _ = syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return true
+		}
 	}
 	return c
 }
@@ -208,7 +217,7 @@ func (c *Conn) settle() error {
 }
 
 // pending reports whether unread bytes from the worker are buffered or
-// waiting in the socket.
+// waiting in the socket. Called with qmu held.
 func (c *Conn) pending() bool {
 	if c.fr.br.Buffered() > 0 || c.fr.inFrame() {
 		return true
@@ -216,13 +225,9 @@ func (c *Conn) pending() bool {
 	if c.rc == nil {
 		return false
 	}
-	n := 0
-	_ = c.rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true
-	})
-	return n > 0
+	c.peekN = 0
+	_ = c.rc.Read(c.peek)
+	return c.peekN > 0
 }
 
 // SetDeadline bounds every read and write of the current exchange.
