@@ -110,8 +110,8 @@ func run(c config) error {
 	}
 	fmt.Printf("Head-of-line blocking: %d connections, %d of them sending %s requests, the rest hello; --pool-size %d --concurrency %d, other flags at their defaults; %d rounds of %s (medians of the rounds).\n\n",
 		c.conns, c.slowConns, c.slow, c.poolSize, c.concurrency, c.rounds, c.duration)
-	fmt.Println("| --pipeline | hello req/s | hello p50 ms | hello p99 ms | hello max ms | slow done | errors | p99 per round (ms) |")
-	fmt.Println("|--:|--:|--:|--:|--:|--:|--:|---|")
+	fmt.Println("| --pipeline | hello req/s | hello p50 ms | hello p99 ms | hello p99.9 ms | hello max ms | slow done | errors | p99 per round (ms) |")
+	fmt.Println("|--:|--:|--:|--:|--:|--:|--:|--:|---|")
 	p99 := map[int]float64{}
 	for _, p := range c.pipelines {
 		rs := results[p]
@@ -128,9 +128,10 @@ func run(c config) error {
 			per = append(per, fmt.Sprintf("%.1f", ms(r.pct(0.99))))
 		}
 		p99[p] = med(func(r *runResult) float64 { return ms(r.pct(0.99)) })
-		fmt.Printf("| %d | %.0f | %.2f | %.1f | %.1f | %.0f | %.0f | %s |\n", p,
+		fmt.Printf("| %d | %.0f | %.2f | %.1f | %.1f | %.1f | %.0f | %.0f | %s |\n", p,
 			med(func(r *runResult) float64 { return float64(len(r.hello)) / c.duration.Seconds() }),
 			med(func(r *runResult) float64 { return ms(r.pct(0.5)) }), p99[p],
+			med(func(r *runResult) float64 { return ms(r.pct(0.999)) }),
 			med(func(r *runResult) float64 { return ms(r.pct(1)) }),
 			med(func(r *runResult) float64 { return float64(r.slowDone) }),
 			med(func(r *runResult) float64 { return float64(r.errors) }), strings.Join(per, ", "))
