@@ -152,7 +152,7 @@ type Response struct {
 func (r *Response) exchange(ctx context.Context, req *ipc.Request, body io.Reader, e *entry) error {
 	p, s := r.p, r.s
 	conn, t := s.conn, &r.t
-	req.Timeout = p.cfg.Timeout
+	req.Timeout = handlerTimeout(p.cfg.Timeout)
 	r.ctx = ctx
 	if e == nil {
 		if err := conn.CheckIdle(); err != nil {
@@ -211,6 +211,13 @@ func (r *Response) exchange(ctx context.Context, req *ipc.Request, body io.Reade
 	}
 	r.Status, r.Header, r.Streaming, r.body = head.Status, head.Header, !head.EOF, rb
 	return nil
+}
+
+// handlerTimeout is the deadline the handler is told (Request.Timeout):
+// a little less than the dispatcher's own, so that a handler that answers
+// at its deadline is read before the worker is killed for the timeout.
+func handlerTimeout(timeout time.Duration) time.Duration {
+	return timeout - min(timeout/10, 100*time.Millisecond)
 }
 
 // Next returns the next chunk of the body, valid until the next call, or

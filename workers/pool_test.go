@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -573,5 +574,18 @@ func TestDefaultSocketDir(t *testing.T) {
 	}
 	if got != want {
 		t.Errorf("without TMPDIR, XDG_RUNTIME_DIR=%s: %s, want %s", dir, got, want)
+	}
+}
+
+// A handler that gives up at its context's deadline and answers is heard:
+// its deadline comes before the dispatcher's timeout, and the worker lives.
+func TestHandlerDeadlineComesBeforeTheTimeout(t *testing.T) {
+	p := startPool(t, "hang", Config{Size: 1, Timeout: 300 * time.Millisecond})
+	pid := p.Workers()[0]
+	for i := range 5 {
+		status, _, got, err := get(context.Background(), p.Pool, "/deadline")
+		if err != nil || status != http.StatusServiceUnavailable || got != pid {
+			t.Fatalf("round %d: %d from pid %d (was %d): %v; want the handler's own 503", i, status, got, pid, err)
+		}
 	}
 }

@@ -1,7 +1,8 @@
 // Command hang never answers /hang. With /spawn it first starts a
 // grandchild (sleep) in its process group and reports its pid on stderr as
 // "grandchild <pid>". /ctx logs "hang: waiting", waits for its context to
-// be cancelled and logs that. Other paths answer "ok" and the worker's pid.
+// be cancelled and logs that. /deadline waits for its context's deadline and
+// answers 503 itself. Other paths answer "ok" and the worker's pid.
 package main
 
 import (
@@ -26,6 +27,11 @@ func main() {
 			select {}
 		case "/hang":
 			select {}
+		case "/deadline":
+			// Gives up at its deadline, with an answer of its own.
+			<-r.Context().Done()
+			http.Error(w, "gave up: "+r.Context().Err().Error(), http.StatusServiceUnavailable)
+			return
 		case "/ctx":
 			fmt.Fprintln(os.Stderr, "hang: waiting for cancellation of", sdk.RequestID(r.Context()))
 			<-r.Context().Done()

@@ -2,7 +2,7 @@
 // package sdktest: GET / answers JSON with its pid, arguments, working
 // directory and environment; /barrier?n=N answers only once N requests are
 // inside the handler at the same time; /log logs a warning through
-// sdk.Logger; /sleep answers only when its request is cancelled.
+// sdk.Logger; /sleep never answers, whatever its context says.
 package main
 
 import (
@@ -51,8 +51,7 @@ func main() {
 			}
 			return
 		case "/sleep":
-			<-r.Context().Done()
-			return
+			select {}
 		case "/log":
 			sdk.Logger(r.Context()).WithField("probe", "yes").Warn("probe warning")
 			w.Write([]byte("logged\n"))
