@@ -72,10 +72,10 @@ type Conn struct {
 	peek    func(fd uintptr) bool
 	peekBuf [1]byte
 	peekN   int
-	fr  *frameReader
-	pd  *payloadDecoder
-	wmu sync.Mutex
-	fw  *frameWriter
+	fr      *frameReader
+	pd      *payloadDecoder
+	wmu     sync.Mutex
+	fw      *frameWriter
 
 	sent atomic.Uint64 // last exchange id sent; written under qmu and wmu
 	errp atomic.Pointer[error]
