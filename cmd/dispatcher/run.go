@@ -461,8 +461,9 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	defer errWriter.Close()
 	errLog := stdlog.New(errWriter, "", 0)
 	hs := o.http.server(svc.router, errLog)
+	front := dispatcher.GuardFraming(hs, ln) // RFC 9112 §6.1: close after Content-Length with Transfer-Encoding
 	served := make(chan error, 2)
-	go func() { served <- o.http.serve(hs, ln) }()
+	go func() { served <- o.http.serve(hs, front) }()
 	fields := logrus.Fields{"addr": ln.Addr().String(), "startup_ms": time.Since(t0).Milliseconds()}
 	if o.config == "" {
 		fields["workers"] = strings.Trim(fmt.Sprint(svc.functions()[0].Pool.Workers()), "[]")
