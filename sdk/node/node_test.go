@@ -59,6 +59,13 @@ func TestConformance(t *testing.T) {
 	if err != nil || !regexp.MustCompile(`(?m)^\d+ passed, 0 failed, 0 skipped$`).Match(out) {
 		t.Fatalf("conformance: %v\n%s", err, out)
 	}
+	// The optional features pass because the worker uses them, not because
+	// it does not list them.
+	for _, want := range []string{"PASS  withdraw", "withdrawn while the first request ran", "acknowledged a request before its body came"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("conformance: no %q in\n%s", want, out)
+		}
+	}
 }
 
 // Bodies stream both ways through the dispatcher: an upload of unknown

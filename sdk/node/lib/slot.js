@@ -56,6 +56,9 @@ class Slot {
       case Kind.REQUEST:
         this.start(f);
         return;
+      case Kind.WITHDRAW:
+        this.withdraw(f.id);
+        return;
     }
     // Frames of an exchange that is over are late: harmless. The others
     // reach the handler's code (its listeners on req and res), in the
@@ -87,6 +90,19 @@ class Slot {
       throw new ProtocolError(`request ${f.id} arrived with ${this.queue.length + 1} exchanges unanswered (depth ${this.worker.depth})`);
     }
     this.queue.push(ex);
+  }
+
+  // withdraw gives back a queued request that has not started, as the
+  // dispatcher asked (PROTOCOL.md 4.5): out of the line, and a withdrawn
+  // frame at once. It is written now, while the frame is read, so it goes
+  // out before anything of a request after it in line, which can only
+  // start later. A request that started, or is unknown, stays as it is.
+  withdraw(id) {
+    const i = this.queue.findIndex((ex) => ex.id === id);
+    if (i < 0) return;
+    const [ex] = this.queue.splice(i, 1);
+    ex.state = DONE;
+    this.send(this.worker.writer.withdrawn(id));
   }
 
   // advance runs the next queued exchange once ex's last frame is out.

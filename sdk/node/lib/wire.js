@@ -27,6 +27,8 @@ const Kind = Object.freeze({
   WINDOW: 8,
   ABORT: 9,
   INFORMATIONAL: 10,
+  WITHDRAW: 11,
+  WITHDRAWN: 12,
 });
 
 const DEFAULT_MAX_FRAME = 1 << 20;
@@ -145,11 +147,13 @@ class FrameReader {
       case Kind.CANCEL:
       case Kind.PING:
       case Kind.ABORT:
+      case Kind.WITHDRAW:
         break;
       case Kind.RESPONSE:
       case Kind.PONG:
       case Kind.WINDOW:
       case Kind.INFORMATIONAL:
+      case Kind.WITHDRAWN:
         throw new ProtocolError(`frame kind ${kind} is only sent by a worker`);
       default:
         throw new ProtocolError(`unknown frame kind ${kind}`);
@@ -160,7 +164,7 @@ class FrameReader {
       throw new ProtocolError(`kind ${kind}: malformed msgpack: ${err.message}`);
     }
     if (!Array.isArray(a)) throw new ProtocolError(`kind ${kind}: payload is not an array`);
-    const need = kind === Kind.REQUEST ? 11 : kind === Kind.CANCEL || kind === Kind.PING ? 1 : 2;
+    const need = kind === Kind.REQUEST ? 11 : kind === Kind.CANCEL || kind === Kind.PING || kind === Kind.WITHDRAW ? 1 : 2;
     if (a.length < need) throw new ProtocolError(`kind ${kind}: ${a.length} elements, want at least ${need}`);
     const id = uint(a[0], 'id');
     switch (kind) {
@@ -294,6 +298,10 @@ class FrameWriter {
 
   window(id, n) {
     return this.frame(Kind.WINDOW, [id, n]);
+  }
+
+  withdrawn(id) {
+    return this.frame(Kind.WITHDRAWN, [id]);
   }
 }
 

@@ -30,13 +30,15 @@ class Worker {
     this.chunk = wideChunk ? WIDE_CHUNK_SIZE : CHUNK_SIZE;
     // The pongs list the announced features this worker uses. Wide chunks
     // are accepted from the dispatcher too, and a request marked continue
-    // gets its window at the handler's first read.
+    // gets its window at the handler's first read. A queued request is
+    // given back when the dispatcher withdraws it.
     this.features = [];
     if (this.informational) this.features.push('informational');
     if (this.headAck) this.features.push('head-ack');
     if (wideWindow) this.features.push('wide-window');
     if (wideChunk) this.features.push('wide-chunk');
     if (has('continue')) this.features.push('continue');
+    if (has('withdraw')) this.features.push('withdraw');
     this.writer = new FrameWriter();
     this.log = root;
     this.inflight = 0;

@@ -263,6 +263,32 @@ test('pipelined requests run in order; a cancelled queued one is answered in its
   assert.deepEqual([rc.aborted, rc.reason], [true, 'cancelled before it started']);
 }));
 
+test('a withdrawn queued request is given back at once, never run; the next runs in its turn', () => withWorker({ depth: 4 }, async (w) => {
+  assert.ok(w.features.includes('withdraw'), `features ${w.features}`);
+  const s = w.slots[0];
+  const a = s.request({ uri: '/wait', requestId: 'running' });
+  const b = s.request({ uri: '/info', requestId: 'withdrawn' });
+  const c = s.request({ uri: '/info' });
+  // The running request, and an unknown one, are not withdrawn.
+  s.withdraw(a);
+  s.withdraw(99);
+  s.withdraw(b);
+  const f = await s.next();
+  assert.deepEqual([f.kind, f.id], [Kind.WITHDRAWN, b]);
+  s.withdraw(b); // a second time: already gone
+  s.cancel(a);
+  assert.equal((await s.response(a)).aborted, true);
+  const rc = await s.response(c);
+  assert.equal(rc.status, 200);
+  assert.equal(JSON.parse(rc.body).requestId, `req-${c}`);
+  assert.equal((await s.ping()).kind, Kind.PONG);
+  assert.ok(!w.logs().some((l) => l.request_id === 'withdrawn'));
+}));
+
+test('without the feature, no withdraw is offered', () => withWorker({ features: 'head-ack' }, async (w) => {
+  assert.deepEqual(w.features, ['head-ack']);
+}));
+
 test('a protocol violation closes the slot, and the worker exits with its last slot', () => withWorker({ slots: 2 }, async (w) => {
   w.slots[0].send(99, [1]);
   assert.equal(await w.slots[0].next(), null);
