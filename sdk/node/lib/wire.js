@@ -183,9 +183,7 @@ class FrameReader {
           body: bin(a[9], 'body'),
           eof: bool(a[10], 'eof'),
           cont: a.length > 11 ? bool(a[11], 'continue') : false,
-          // A later element may be of a type this version does not know
-          // (PROTOCOL.md 10): only an unsigned integer is a deadline.
-          timeoutMs: a.length > 12 && Number.isSafeInteger(a[12]) && a[12] > 0 ? a[12] : 0,
+          timeoutMs: a.length > 12 ? timeoutMs(a[12]) : 0,
         };
       case Kind.BODY:
         return { kind, id, data: bin(a[1], 'data') };
@@ -202,6 +200,16 @@ class FrameReader {
 function uint(v, what) {
   if (Number.isSafeInteger(v) && v >= 0) return v;
   throw new ProtocolError(`${what}: want an unsigned integer, got ${typeName(v)}`);
+}
+
+// MAX_TIMEOUT_MS is the largest timeout_ms a 64-bit count of nanoseconds
+// holds: a larger one is a violation (PROTOCOL.md 3.4).
+const MAX_TIMEOUT_MS = 9223372036854;
+
+function timeoutMs(v) {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_TIMEOUT_MS) return v;
+  if (typeof v === 'number' && Number.isInteger(v) && v > MAX_TIMEOUT_MS) throw new ProtocolError(`timeout_ms: ${v} is over ${MAX_TIMEOUT_MS}`);
+  throw new ProtocolError(`timeout_ms: want an unsigned integer, got ${typeName(v)}`);
 }
 
 function int(v, what) {
