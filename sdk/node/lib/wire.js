@@ -5,13 +5,13 @@
 // kind's layout: anything else is a protocol violation, after which the
 // slot cannot be trusted.
 
-// Encoder and Decoder alone: the package's index loads the rest of it too,
-// which would double its share of a worker's start.
+// The package's own single-file build, the same sources minified: its
+// CommonJS build is eleven modules, and finding and loading each one is a
+// large part of a oneshot worker's start.
 let Encoder;
 let Decoder;
 try {
-  ({ Encoder } = require('@msgpack/msgpack/dist.cjs/Encoder.cjs'));
-  ({ Decoder } = require('@msgpack/msgpack/dist.cjs/Decoder.cjs'));
+  ({ Encoder, Decoder } = require('@msgpack/msgpack/dist.umd/msgpack.min.js'));
 } catch {
   ({ Encoder, Decoder } = require('@msgpack/msgpack'));
 }

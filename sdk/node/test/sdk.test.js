@@ -344,6 +344,10 @@ test('process.exit in a handler ends the worker', () => withWorker({}, async (w)
   assert.deepEqual(await w.exited, { code: 3, signal: null });
 }));
 
+test('VERSION names the sdk and its version', () => {
+  assert.equal(require('..').VERSION, `node-sdk/${require('../package.json').version}`);
+});
+
 test('started by hand, a worker explains itself and exits 1', async () => {
   const { spawnSync } = require('child_process');
   const r = spawnSync(process.execPath, [require.resolve('./fixtures/handlers.js')], { env: { PATH: process.env.PATH }, encoding: 'utf8' });
