@@ -17,6 +17,8 @@
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
+//	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
+//	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
@@ -93,6 +95,7 @@ func main() {
 		fmt.Fprintf(w, "signal %d: %s\n", pid, result(syscall.Kill(pid, 0)))
 	})
 	mux.HandleFunc("/syscalls", syscalls)
+	mux.HandleFunc("/attacks", attacks)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
@@ -383,4 +386,88 @@ func junk(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintf(w, "junk: wrote on %d connections\n", wrote)
+}
+
+// attacks tries what a worker must not do to the dispatcher (or ?pid=P)
+// and to its own cell, and reports one line each: "<what>: ok" or
+// "<what>: error: ...".
+func attacks(w http.ResponseWriter, r *http.Request) {
+	pid := targetPID(r)
+	for _, dir := range cgroupAncestors() {
+		f, err := os.OpenFile(filepath.Join(dir, "cgroup.procs"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+			f.Close()
+		}
+		fmt.Fprintf(w, "join %s: %s\n", dir, result(err))
+	}
+	if cg, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		fmt.Fprintf(w, "cgroup now=%s\n", strings.Join(strings.Fields(string(cg)), " "))
+	}
+	sig := syscall.SIGTERM
+	if r.URL.Query().Get("sig") == "0" {
+		sig = 0 // only whether it could
+	}
+	fmt.Fprintf(w, "kill %d %d: %s\n", pid, sig, result(syscall.Kill(pid, sig)))
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits, detaching a seized target
+		_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(pid), 0, 0, 0, 0)
+		if e != 0 {
+			done <- e
+			return
+		}
+		done <- nil
+	}()
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err == nil && len(b) == 0 {
+		err = errors.New("empty")
+	}
+	fmt.Fprintf(w, "environ %d: %s\n", pid, result(err))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err == nil {
+		f.Close()
+	}
+	fmt.Fprintf(w, "mem %d: %s\n", pid, result(err))
+}
+
+// cgroupAncestors lists the directories above the worker's own cgroup in
+// every hierarchy mounted here, up to each one's root.
+func cgroupAncestors() []string {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for line := range strings.SplitSeq(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") {
+			continue
+		}
+		mount, opts := f[4], ","+g[2]+","
+		for l := range strings.SplitSeq(strings.TrimSpace(string(cg)), "\n") {
+			parts := strings.SplitN(l, ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			match := g[0] == "cgroup2" && parts[1] == ""
+			for _, c := range strings.Split(parts[1], ",") {
+				match = match || g[0] == "cgroup" && c != "" && strings.Contains(opts, ","+c+",")
+			}
+			if !match {
+				continue
+			}
+			for d := filepath.Join(mount, parts[2]); d != mount && strings.HasPrefix(d, mount+"/"); {
+				d = filepath.Dir(d)
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	return dirs
 }
