@@ -157,3 +157,28 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 		t.Errorf("GET /whoami after the attacks: %d %s", resp.StatusCode, body)
 	}
 }
+
+// A worker whose handshake names a file outside its socket directory (a
+// root-only file in a root-only directory) is refused like a non-worker:
+// status 2, one line saying why, and the file is still there.
+func TestForgedHandshakeRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir() // mode 0700
+	victim := dir + "/victim"
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr, tmp := run(t, "--workers", bin(t, "hostile"), "--listen", "127.0.0.1:0", "--env", "HOSTILE_HANDSHAKE=path:"+victim)
+	if code != 2 {
+		t.Errorf("exit status %d, want 2; stderr:\n%s", code, stderr)
+	}
+	if n := strings.Count(stderr, "handshake refused"); n != 1 || !strings.Contains(stderr, victim) {
+		t.Errorf("want one line refusing the handshake naming %s, got %d:\n%s", victim, n, stderr)
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "precious\n" {
+		t.Errorf("the victim did not survive: %q, %v", b, err)
+	}
+	if names := dirEntries(t, tmp); len(names) > 0 {
+		t.Errorf("left in TMPDIR: %v", names)
+	}
+}

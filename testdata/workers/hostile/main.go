@@ -23,6 +23,13 @@
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
 // fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
+//
+// With HOSTILE_HANDSHAKE=KIND:TARGET it prints its own go-plugin handshake
+// instead of serving, naming: the path TARGET (path); TARGET reached from
+// its socket directory through ".." (dotdot); a symbolic link to TARGET
+// (symlink) or to TARGET's directory (dirlink) made in its socket
+// directory; a TCP address (tcp); junk (junk); a regular file it makes in
+// its socket directory (file). Then it waits to be killed.
 package main
 
 import (
@@ -43,6 +50,7 @@ import (
 	"unsafe"
 
 	"github.com/childproc/dispatcher/internal/rawslots"
+	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -66,6 +74,9 @@ func main() {
 			}
 			os.Exit(0)
 		}
+	}
+	if mode, ok := os.LookupEnv("HOSTILE_HANDSHAKE"); ok {
+		forgeHandshake(mode)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/whoami", whoami)
@@ -470,4 +481,37 @@ func cgroupAncestors() []string {
 		}
 	}
 	return dirs
+}
+
+// forgeHandshake prints a handshake naming what mode says (see the package
+// documentation), and waits to be killed.
+func forgeHandshake(mode string) {
+	kind, target, _ := strings.Cut(mode, ":")
+	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	network, addr := "unix", target
+	var err error
+	switch kind {
+	case "dotdot":
+		addr = dir + strings.Repeat("/..", strings.Count(dir, "/")) + target
+	case "symlink":
+		addr = filepath.Join(dir, "plugin")
+		err = os.Symlink(target, addr)
+	case "dirlink":
+		err = os.Symlink(filepath.Dir(target), filepath.Join(dir, "sub"))
+		addr = filepath.Join(dir, "sub", filepath.Base(target))
+	case "tcp":
+		network, addr = "tcp", "127.0.0.1:1"
+	case "junk":
+		addr = "\x00\x1b[31mjunk" + strings.Repeat("A", 300)
+	case "file":
+		addr = filepath.Join(dir, "plugin")
+		err = os.WriteFile(addr, nil, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile:", err)
+	}
+	fmt.Printf("1|%d|%s|%s|netrpc|\n", ipc.ProtocolVersion, network, addr)
+	for {
+		time.Sleep(time.Hour)
+	}
 }
