@@ -367,7 +367,7 @@ func (m *Main) logger(o *options) (*logrus.Logger, *dispatcher.LogWriter) {
 	if o.logFormat == "json" {
 		l.Formatter = &logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano}
 	} else {
-		l.Formatter = &logrus.TextFormatter{FullTimestamp: true, TimestampFormat: logTimeFormat}
+		l.Formatter = &dispatcher.TextFormatter{TextFormatter: logrus.TextFormatter{FullTimestamp: true, TimestampFormat: logTimeFormat}}
 	}
 	l.Level, _ = logrus.ParseLevel(o.logLevel)
 	return l, lw

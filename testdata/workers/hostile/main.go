@@ -20,6 +20,9 @@
 //	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
 //	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
+//	/flood?mb=N&line=L&stream=S&chunk=C  writes N MiB (default 5) of L-byte lines (default 2: "x\n")
+//	                    on stderr (or stdout), one write per line (or C bytes per write), and
+//	                    reports the CPU time it spent: "flood: lines=... cpu_us=..."
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
 // fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
@@ -34,6 +37,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -100,6 +104,7 @@ func main() {
 	mux.HandleFunc("/forkbomb", forkbomb)
 	mux.HandleFunc("/fds", fds)
 	mux.HandleFunc("/spin", spin)
+	mux.HandleFunc("/flood", flood)
 	mux.HandleFunc("/ptrace", ptrace)
 	mux.HandleFunc("/signal", func(w http.ResponseWriter, r *http.Request) {
 		pid := targetPID(r)
@@ -514,4 +519,39 @@ func forgeHandshake(mode string) {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// flood writes lines as fast as it can, as a handler logging in a tight
+// loop would, and reports what it wrote and the CPU time it took.
+func flood(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	mb, err := strconv.Atoi(q.Get("mb"))
+	if err != nil {
+		mb = 5
+	}
+	lineLen, err := strconv.Atoi(q.Get("line"))
+	if err != nil || lineLen < 1 {
+		lineLen = 2
+	}
+	chunk, _ := strconv.Atoi(q.Get("chunk"))
+	out := os.Stderr
+	if q.Get("stream") == "stdout" {
+		out = os.Stdout
+	}
+	line := append(bytes.Repeat([]byte("x"), lineLen-1), '\n')
+	total := mb << 20
+	n := total / lineLen
+	per := max(1, chunk/lineLen)
+	buf := bytes.Repeat(line, per)
+	c0 := cpuTime()
+	written := 0
+	for written < n {
+		k := min(per, n-written)
+		if _, err := out.Write(buf[:k*lineLen]); err != nil {
+			fmt.Fprintf(w, "flood: error: %v\n", err)
+			return
+		}
+		written += k
+	}
+	fmt.Fprintf(w, "flood: lines=%d bytes=%d cpu_us=%d\n", written, written*lineLen, (cpuTime() - c0).Microseconds())
 }
