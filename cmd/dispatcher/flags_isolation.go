@@ -27,6 +27,8 @@ const minNoFile = 32
 
 type isolationFlags struct {
 	env          []string // KEY=VALUE, in order
+	envFiles     []string // --env-file paths, in order
+	fileEnv      []string // KEY=VALUE read from envFiles by check
 	passEnv      []string
 	user         string
 	memoryLimit  int64
@@ -48,6 +50,10 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 			return err
 		}
 		f.env = append(f.env, s)
+		return nil
+	})
+	fs.Func("env-file", "set the workers' variables from `FILE`: KEY=VALUE lines, # comments (repeatable; read at start and at each reload; values stay off the command line)", func(s string) error {
+		f.envFiles = append(f.envFiles, s)
 		return nil
 	})
 	fs.Func("pass-env", "pass the dispatcher's variable `KEY` to the workers (repeatable)", func(s string) error {
@@ -90,6 +96,14 @@ func (f *isolationFlags) check(concurrency int) error {
 	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
 		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
 	}
+	f.fileEnv = nil
+	for _, path := range f.envFiles {
+		env, err := readEnvFile(path)
+		if err != nil {
+			return err
+		}
+		f.fileEnv = append(f.fileEnv, env...)
+	}
 	if f.checksum != "" {
 		if err := sandbox.ParseChecksum(f.checksum); err != nil {
 			return usageErrorf("--checksum %q: %v", f.checksum, err)
@@ -130,7 +144,7 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, erro
 			log.WithField("variable", k).Warn("--pass-env: the dispatcher has no such variable")
 		}
 	}
-	for _, kv := range f.env {
+	for _, kv := range append(f.fileEnv, f.env...) { // --env overrides the files
 		k, v, _ := strings.Cut(kv, "=")
 		env = workers.SetEnv(env, k, v)
 	}
