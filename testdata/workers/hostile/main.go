@@ -17,6 +17,7 @@
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
+//	/inherited          lists its descriptors above stderr; reads and writes those that are not slots
 //	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
 //	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
@@ -46,6 +47,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +114,7 @@ func main() {
 	})
 	mux.HandleFunc("/syscalls", syscalls)
 	mux.HandleFunc("/attacks", attacks)
+	mux.HandleFunc("/inherited", inherited)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
@@ -554,4 +557,56 @@ func flood(w http.ResponseWriter, r *http.Request) {
 		written += k
 	}
 	fmt.Fprintf(w, "flood: lines=%d bytes=%d cpu_us=%d\n", written, written*lineLen, (cpuTime() - c0).Microseconds())
+}
+
+// inherited reports every descriptor the worker holds above standard
+// error: its slot sockets ("slot"), and for any other its target and what
+// reading and writing it achieved (only when poll says it would not block).
+func inherited(w http.ResponseWriter, r *http.Request) {
+	slots := rawslots.FDs()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		fmt.Fprintf(w, "inherited: error: %v\n", err)
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own descriptor, closed since
+		}
+		if slices.Contains(slots, fd) {
+			fmt.Fprintf(w, "fd %d slot\n", fd)
+			continue
+		}
+		base := filepath.Base(target)
+		if strings.HasPrefix(target, "anon_inode:") ||
+			strings.HasPrefix(target, "/sys/fs/cgroup/") && (base == "cpu.max" || base == "cpu.cfs_quota_us" || base == "cpu.cfs_period_us") {
+			// The Go runtime's own (epoll, eventfd; the CPU limit it
+			// sizes GOMAXPROCS by): made here, not inherited.
+			fmt.Fprintf(w, "fd %d target=%s runtime\n", fd, target)
+			continue
+		}
+		read, wrote := "would block", "would block"
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+		if _, err := unix.Poll(pfd, 0); err == nil {
+			if pfd[0].Revents&unix.POLLIN != 0 {
+				b := make([]byte, 64)
+				n, err := unix.Read(fd, b)
+				read = result(err)
+				if err == nil {
+					read = fmt.Sprintf("ok %q", b[:max(n, 0)])
+				}
+			}
+			if pfd[0].Revents&unix.POLLOUT != 0 {
+				_, err := unix.Write(fd, []byte("forged by a worker\n"))
+				wrote = result(err)
+			}
+		}
+		fmt.Fprintf(w, "fd %d target=%s read=%s write=%s\n", fd, target, read, wrote)
+	}
+	fmt.Fprintf(w, "inherited: %d slots\n", len(slots))
 }
