@@ -63,7 +63,7 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.passEnv = append(f.passEnv, s)
 		return nil
 	})
-	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root)")
+	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root; default: nobody when it runs as root, else its own user; root only if named)")
 	fs.Func("memory-limit", "memory cap of each worker and its descendants, e.g. 256M or 1G (`SIZE`; cgroup; default none)", func(s string) error {
 		n, err := parseSize(s)
 		if err != nil {
@@ -148,8 +148,14 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, erro
 		k, v, _ := strings.Cut(kv, "=")
 		env = workers.SetEnv(env, k, v)
 	}
+	userSpec, defaulted := f.workerUser()
+	if userSpec != "" {
+		if err := checkUserCanExecute(path, userSpec, defaulted); err != nil {
+			return nil, err
+		}
+	}
 	sb, err := sandbox.New(path, sandbox.Options{
-		User:         f.user,
+		User:         userSpec,
 		MemoryLimit:  f.memoryLimit,
 		PidsLimit:    f.pidsLimit,
 		CPULimit:     f.cpuLimit,

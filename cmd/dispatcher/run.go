@@ -438,6 +438,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		defer restore()
 	}
 
+	logWorkerUsers(o.functions, log)
 	t0 := time.Now()
 	svc := newService(m, args, o, log)
 	if lw != nil {
