@@ -77,6 +77,7 @@ var flagGroups = []struct {
 	}},
 	{"Operations: admin listener, logs, reloads, shutdown", []string{
 		"admin-listen",
+		"admin-show-query",
 		"admin-pprof",
 		"log-format",
 		"log-level",
