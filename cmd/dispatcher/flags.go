@@ -59,9 +59,12 @@ var flagGroups = []struct {
 		"breaker-crash-ratio",
 		"breaker-min-requests",
 		"breaker-window",
+		"worker-log-lines",
+		"worker-log-bytes",
 	}},
 	{"Isolation: what confines each worker (see the README's security model)", []string{
 		"env",
+		"env-file",
 		"pass-env",
 		"user",
 		"memory-limit",
@@ -74,6 +77,7 @@ var flagGroups = []struct {
 	}},
 	{"Operations: admin listener, logs, reloads, shutdown", []string{
 		"admin-listen",
+		"admin-show-query",
 		"admin-pprof",
 		"log-format",
 		"log-level",

@@ -27,6 +27,8 @@ const minNoFile = 32
 
 type isolationFlags struct {
 	env          []string // KEY=VALUE, in order
+	envFiles     []string // --env-file paths, in order
+	fileEnv      []string // KEY=VALUE read from envFiles by check
 	passEnv      []string
 	user         string
 	memoryLimit  int64
@@ -50,6 +52,10 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.env = append(f.env, s)
 		return nil
 	})
+	fs.Func("env-file", "set the workers' variables from `FILE`: KEY=VALUE lines, # comments (repeatable; read at start and at each reload; values stay off the command line)", func(s string) error {
+		f.envFiles = append(f.envFiles, s)
+		return nil
+	})
 	fs.Func("pass-env", "pass the dispatcher's variable `KEY` to the workers (repeatable)", func(s string) error {
 		if err := workers.CheckEnvKey(s); err != nil {
 			return err
@@ -57,7 +63,7 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.passEnv = append(f.passEnv, s)
 		return nil
 	})
-	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root)")
+	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root; default: nobody when it runs as root, else its own user; root only if named)")
 	fs.Func("memory-limit", "memory cap of each worker and its descendants, e.g. 256M or 1G (`SIZE`; cgroup; default none)", func(s string) error {
 		n, err := parseSize(s)
 		if err != nil {
@@ -89,6 +95,14 @@ func (f *isolationFlags) check(concurrency int) error {
 		return usageErrorf("--allow-network: only meaningful with --sandbox")
 	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
 		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
+	}
+	f.fileEnv = nil
+	for _, path := range f.envFiles {
+		env, err := readEnvFile(path)
+		if err != nil {
+			return err
+		}
+		f.fileEnv = append(f.fileEnv, env...)
 	}
 	if f.checksum != "" {
 		if err := sandbox.ParseChecksum(f.checksum); err != nil {
@@ -130,12 +144,18 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, erro
 			log.WithField("variable", k).Warn("--pass-env: the dispatcher has no such variable")
 		}
 	}
-	for _, kv := range f.env {
+	for _, kv := range append(f.fileEnv, f.env...) { // --env overrides the files
 		k, v, _ := strings.Cut(kv, "=")
 		env = workers.SetEnv(env, k, v)
 	}
+	userSpec, defaulted := f.workerUser()
+	if userSpec != "" {
+		if err := checkUserCanExecute(path, userSpec, defaulted); err != nil {
+			return nil, err
+		}
+	}
 	sb, err := sandbox.New(path, sandbox.Options{
-		User:         f.user,
+		User:         userSpec,
 		MemoryLimit:  f.memoryLimit,
 		PidsLimit:    f.pidsLimit,
 		CPULimit:     f.cpuLimit,

@@ -1,7 +1,6 @@
 package launch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -72,11 +71,29 @@ type Config struct {
 	// reaped, or failed to start, before Exited is closed: the place to
 	// kill and remove what it leaves behind (its sandbox cell).
 	OnExit func()
+	// LogLines and LogBytes bound the worker's output (stdout and stderr
+	// together) that reaches the log, per second: a line past either is
+	// dropped unread, and what was dropped is logged in one warning per
+	// second while it lasts. If zero, DefaultLogLines and DefaultLogBytes;
+	// if negative, no bound.
+	LogLines, LogBytes int
+	// LogDropped, if set, is told what was dropped, with each warning.
+	LogDropped func(lines, bytes int)
+	// Requests, if set, returns the IDs of the requests the worker is
+	// serving (or the one it is blamed for), which the log entry of a
+	// stack trace on its stderr names. It is called from the goroutine
+	// reading stderr, at the trace's first line.
+	Requests func() []string
 }
 
 // ErrStartTimeout is the Err of a StartError for a worker that did not
 // complete the handshake (and answer its pings) within Config.StartTimeout.
 var ErrStartTimeout = errors.New("no handshake")
+
+// ErrHandshakeAddress is the Err (wrapped) of a StartError for a worker
+// whose handshake names anything but a unix socket in the directory the
+// dispatcher made for it: that address is never removed or dialled.
+var ErrHandshakeAddress = errors.New("handshake refused: its address is not a unix socket in the worker's own socket directory")
 
 // StartError reports a worker that could not be started or did not complete
 // the handshake.
@@ -192,31 +209,41 @@ func Start(cfg Config) (*Child, error) {
 	}
 
 	log := cfg.Logger.WithField("worker", filepath.Base(path))
-	stderr := &workerLog{e: log, stream: "stderr"}
+	stderr := &workerLog{e: log, stream: "stderr", requests: cfg.Requests}
+	stdout := &workerLog{e: log, stream: "stdout", requests: cfg.Requests}
 	syncOut := &workerLog{e: log, stream: "stdout"}
 	syncErr := &workerLog{e: log, stream: "stderr"}
-	pr := &procRunner{cmd: cmd, name: path, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
+	limit := newOutputLimit(cfg.LogLines, cfg.LogBytes, func(lines, bytes int) {
+		stderr.e.WithFields(logrus.Fields{"dropped_lines": lines, "dropped_bytes": bytes}).Warn("worker output over its limit: lines dropped")
+		if cfg.LogDropped != nil {
+			cfg.LogDropped(lines, bytes)
+		}
+	})
+	pr := &procRunner{cmd: cmd, name: path, control: cfg.Control, sockFD: -1, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
 		l := log.WithField("pid", pid)
-		stderr.e, syncOut.e, syncErr.e = l, l, l
+		stderr.e, stdout.e, syncOut.e, syncErr.e = l, l, l, l
 		closeChildFiles()
 	}}
-	stderrSink := stderr.sink()
+	stderrSink := stderr.limitedSink(limit)
+	stdoutSink := stdout.limitedSink(limit)
 	pr.stderrDone = make(chan struct{})
-	pr.stdoutSink = syncOut.sink()
+	pr.stdoutSink, pr.stderrSink, pr.limit = stdoutSink, stderrSink, limit
+	pr.stdoutEOF = func() { stdoutSink.Flush(); stdout.finish() }
+	pr.stderrEOF = func() { stderrSink.Flush(); stderr.finish() }
 
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		Plugins:          pluginSet(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolNetRPC},
-		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, _ string) (runner.Runner, error) {
+		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
 			cmd.Env = append(cmd.Env, spec.Env...)
+			pr.sockDir = filepath.Clean(sockDir)
 			return pr, nil
 		},
 		SkipHostEnv: true,
-		// go-plugin's reader of the worker's standard error: 64 KiB by
-		// default, allocated for every worker; lineSink joins the pieces
-		// of longer lines.
-		PluginLogBufferSize: 16 << 10,
+		// go-plugin's reader of the worker's standard error, which only
+		// ever reads its end (outputPump): the smallest.
+		PluginLogBufferSize: 16,
 		StartTimeout:        cfg.StartTimeout,
 		Logger:              newHclog(log),
 		Stderr:              stderrSink,
@@ -244,9 +271,8 @@ func Start(cfg Config) (*Child, error) {
 		}
 		t.Stop()
 		c.waitStderr(200 * time.Millisecond)
-		stderrSink.Flush()
 		go c.cleanup()
-		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(), State: c.ExitState()}
+		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(time.Time{}), State: c.ExitState()}
 	}
 	if cfg.Control {
 		rpc, err := client.Client()
@@ -261,11 +287,10 @@ func Start(cfg Config) (*Child, error) {
 	}
 	// Unlink the control socket so that no other process (such as another
 	// worker) can ever connect to this worker's control server. (A worker
-	// told that no connection comes may not have made it; go-plugin
-	// removes the directory at the end.)
-	if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
-		_ = os.Remove(rc.Addr.String())
-	}
+	// told that no connection comes may not have made it.) Only the name
+	// PluginToHost checked, in the worker's own directory, whatever it is
+	// now.
+	pr.unlinkSocket()
 	for i, conn := range c.conns {
 		conn.SetDeadline(deadline)
 		if err := conn.Ping(); err != nil {
@@ -334,11 +359,13 @@ func (c *Child) ExitState() *os.ProcessState {
 	}
 }
 
-// StderrTail returns the worker's last stderr lines, waiting up to d for its
-// stderr to reach end of file so that a dying worker's last words are in.
-func (c *Child) StderrTail(d time.Duration) []string {
+// StderrTail returns the worker's last stderr lines read at or after since
+// (all it kept if since is zero), waiting up to d for its stderr to reach
+// end of file so that a dying worker's last words are in. A stack trace
+// counts as its first line: it is logged whole, as one entry.
+func (c *Child) StderrTail(since time.Time, d time.Duration) []string {
 	c.waitStderr(d)
-	return c.stderr.Tail()
+	return c.stderr.Tail(since)
 }
 
 func (c *Child) waitStderr(d time.Duration) {
@@ -445,10 +472,14 @@ func (c *Child) cleanup() {
 		t.Stop()
 	}
 	c.run.closeOutput()
-	// go-plugin's goroutines end with the pipes; it removes the socket
-	// directory. Its attempt at a graceful quit finds no control socket
-	// (removed after the handshake) and fails at once.
+	// The worker's socket directory goes first, all of it: go-plugin's
+	// Kill dials the handshake's address for a graceful quit, which then
+	// names nothing (or, with Config.Control, the socket pinned by
+	// PluginToHost, of a worker now dead), and fails at once. go-plugin's
+	// goroutines end with the pipes.
+	c.run.removeSocketDir()
 	c.client.Kill()
+	c.run.closeSocketFD()
 }
 
 // procRunner implements go-plugin's runner.Runner: it starts the worker in
@@ -460,11 +491,23 @@ type procRunner struct {
 	start   func(*exec.Cmd) error // Config.StartProcess
 	onStart func(pid int)
 	onExit  func() // Config.OnExit
+	control bool   // Config.Control
+
+	// The worker's own socket directory, made by go-plugin, and what
+	// PluginToHost found in it.
+	sockMu   sync.Mutex
+	sockDir  string // cleaned; "" until RunnerFunc
+	sockName string // the handshake's socket name in sockDir, once checked
+	sockFD   int    // with control: an O_PATH descriptor of that socket, or -1
 
 	stdoutR    io.ReadCloser
 	stdoutSink io.Writer
+	stdoutEOF  func()
 	stderrR    io.ReadCloser
+	stderrSink io.Writer
+	stderrEOF  func()
 	stderrDone chan struct{}
+	limit      *outputLimit
 
 	started  chan struct{}
 	waitDone chan struct{}
@@ -503,9 +546,11 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	r.pid = r.cmd.Process.Pid
-	r.outR = []io.Closer{outR, errR}
-	r.stdoutR = &stdoutTee{r: outR, sink: r.stdoutSink}
-	r.stderrR = &eofReader{r: errR, done: r.stderrDone}
+	stdout, stderr := newOutputPump(outR, r.stdoutSink, r.limit), newOutputPump(errR, r.stderrSink, r.limit)
+	stdout.handshake, stdout.eof = true, r.stdoutEOF
+	stderr.eof, stderr.done = r.stderrEOF, r.stderrDone
+	r.outR = []io.Closer{stdout, stderr}
+	r.stdoutR, r.stderrR = stdout, stderr
 	close(r.started)
 	r.onStart(r.pid)
 	go func() {
@@ -595,64 +640,122 @@ func (r *procRunner) signalGroup(sig syscall.Signal) error {
 	return err
 }
 
-func (r *procRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
+// PluginToHost is go-plugin's hook between reading the worker's handshake
+// and using its address: it refuses any address but a name in the
+// worker's own socket directory (see checkAddress).
+func (r *procRunner) PluginToHost(network, addr string) (string, string, error) {
+	a, err := r.checkAddress(network, addr)
+	if err != nil {
+		return "", "", err
+	}
+	return "unix", a, nil
+}
+
 func (r *procRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
 
-// stdoutTee passes the worker's stdout to go-plugin, which reads the
-// handshake line and discards the rest, and copies everything after the
-// first line to sink, so that what a handler prints reaches the log.
-type stdoutTee struct {
-	r      io.ReadCloser
-	sink   io.Writer
-	passed bool
-}
+// maxAddress bounds the address quoted in an error: it is the worker's.
+const maxAddress = 200
 
-func (t *stdoutTee) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	out := p[:n]
-	if !t.passed {
-		i := bytes.IndexByte(out, '\n')
-		if i < 0 {
-			if err != nil {
-				t.r.Close()
-			}
-			return n, err
-		}
-		t.passed = true
-		out = out[i+1:]
+// checkAddress checks the handshake's address: a unix socket path made of
+// the worker's socket directory, exactly as go-plugin made it, and one
+// plain name, which is, within that directory (looked up without following
+// symbolic links), a socket or, without Control, nothing at all (the
+// worker was told no connection comes). It returns the address to dial:
+// with Control, /proc/self/fd/N of a descriptor of the socket itself, so
+// that what was checked is what is dialled even if the worker changes the
+// name meanwhile; without, the path, which cleanup removes before go-plugin
+// would dial it.
+func (r *procRunner) checkAddress(network, addr string) (string, error) {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	refuse := func(why string) (string, error) {
+		a := truncate(addr, maxAddress)
+		return "", fmt.Errorf("%w: %q %q: %s", ErrHandshakeAddress, truncate(network, 20), a, why)
 	}
-	if len(out) > 0 {
-		_, _ = t.sink.Write(out)
+	dir := r.sockDir
+	name := filepath.Base(addr)
+	switch {
+	case r.sockName != "" || r.sockFD >= 0:
+		return refuse("a second address")
+	case network != "unix":
+		return refuse("not a unix socket")
+	case dir == "" || dir == ".":
+		return refuse("no socket directory was made for the worker")
+	case strings.ContainsRune(addr, 0) || addr != filepath.Join(dir, name) || name == "." || name == ".." || name == "/":
+		return refuse("not a name in " + dir)
+	}
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return refuse(fmt.Sprintf("the socket directory: %v", err))
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) && !r.control {
+		r.sockName = name
+		return addr, nil
 	}
 	if err != nil {
-		// go-plugin reads to the end but never closes: release the pipe.
-		t.r.Close()
+		return refuse(err.Error())
 	}
-	return n, err
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(fd)
+		return refuse("not a socket")
+	}
+	r.sockName = name
+	if !r.control {
+		unix.Close(fd)
+		return addr, nil
+	}
+	r.sockFD = fd
+	return "/proc/self/fd/" + strconv.Itoa(fd), nil
 }
 
-func (t *stdoutTee) Close() error { return t.r.Close() }
-
-// eofReader closes done, and the underlying reader (go-plugin never closes
-// it), when the underlying reader reaches end of file.
-type eofReader struct {
-	r    io.ReadCloser
-	done chan struct{}
-	once sync.Once
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
-func (e *eofReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
+// unlinkSocket removes the name PluginToHost checked from the worker's
+// socket directory (never following a symbolic link), if it is there.
+func (r *procRunner) unlinkSocket() {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	if r.sockName == "" {
+		return
+	}
+	dfd, err := unix.Open(r.sockDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		e.once.Do(func() {
-			e.r.Close()
-			close(e.done)
-		})
+		return
 	}
-	return n, err
+	_ = unix.Unlinkat(dfd, r.sockName, 0)
+	unix.Close(dfd)
 }
 
-func (e *eofReader) Close() error { return e.r.Close() }
+// removeSocketDir removes the worker's socket directory and whatever it
+// put there (os.RemoveAll follows no symbolic link). go-plugin removes it
+// too, but only for a process that started.
+func (r *procRunner) removeSocketDir() {
+	r.sockMu.Lock()
+	dir := r.sockDir
+	r.sockMu.Unlock()
+	if dir != "" && dir != "." {
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// closeSocketFD closes the descriptor PluginToHost pinned, once go-plugin
+// is done with the address naming it.
+func (r *procRunner) closeSocketFD() {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	if r.sockFD >= 0 {
+		unix.Close(r.sockFD)
+		r.sockFD = -1
+	}
+}
 
 // RawConns returns the dispatcher's ends of the child's slot connections as
 // plain stream connections, in slot order (see ipc.Conn.NetConn). Start

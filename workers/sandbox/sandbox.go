@@ -558,8 +558,10 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 			// The worker must reach its own socket directory (go-plugin
 			// makes it 0700 and the shim gives it to the worker); it still
 			// cannot list the others.
-			if err := os.Chmod(socketDir, 0o711); err != nil {
-				return nil, err
+			if fi, err := os.Stat(socketDir); err != nil || fi.Mode().Perm() != 0o711 {
+				if err := os.Chmod(socketDir, 0o711); err != nil {
+					return nil, err
+				}
 			}
 			if err := searchable(filepath.Dir(socketDir), s.cred.Uid, s.cred.Gid); err != nil {
 				return nil, err
