@@ -558,6 +558,11 @@ func shortTempDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Searchable, as a sandbox's root (nobody outside) must reach its
+	// socket directory in it; not listable.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if err := os.RemoveAll(dir); err != nil {
 			t.Errorf("removing the test's TMPDIR: %v", err)
