@@ -87,7 +87,7 @@ func planRoot(path string, args []string, pathEnv string, network bool, extra []
 	}
 	for _, b := range extra {
 		if err := p.add(b.Src, b.Dst); err != nil {
-			return nil, fmt.Errorf("bind %s: %w", b.Src, err)
+			return nil, &UnsupportedError{"Binds", fmt.Sprintf("bind %s: %v", b.Src, err)}
 		}
 	}
 	return p.mounts, nil

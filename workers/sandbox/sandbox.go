@@ -118,6 +118,10 @@ type Options struct {
 // zero.
 const DefaultTmpSize = 64 << 20
 
+// DefaultPidsLimit is the tasks limit the dispatcher gives sandboxed
+// workers unless told otherwise: a fork bomb stops there.
+const DefaultPidsLimit = 256
+
 // UnsupportedError reports an option that this machine (or the dispatcher's
 // privileges) cannot honour.
 type UnsupportedError struct {
@@ -603,6 +607,7 @@ type Cell struct {
 	owner     *syscall.Credential // who gets the socket directory, or nil
 	ns        bool                // a sandbox: joins its cell through descriptors
 	sharedNet bool                // started in the shared empty network namespace
+	root      []mount             // binds the dispatcher clones for the shim
 
 	once    sync.Once
 	err     error
@@ -640,6 +645,10 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 			return nil, err
 		}
 		if sp.Root, err = s.root(path, cmd.Args[1:], envValue(cmd.Env, "PATH")); err != nil {
+			var ue *UnsupportedError
+			if errors.As(err, &ue) {
+				return nil, err
+			}
 			return nil, &UnsupportedError{"Namespaces", "the worker's root file system: " + err.Error()}
 		}
 		sp.Path, sp.OuterUID, sp.TmpSize = path, s.outerUID, s.opts.TmpSize
@@ -648,6 +657,9 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		}
 		sp.OwnNet = !s.sharedNet && !s.opts.AllowNetwork
 		c.ns, c.sharedNet = true, s.sharedNet
+		if os.Geteuid() == 0 {
+			c.root = sp.Root // cloned at each start (startSandboxed)
+		}
 		if int(s.outerUID) != os.Geteuid() || int(s.outerGID) != os.Getegid() {
 			owner = &syscall.Credential{Uid: s.outerUID, Gid: s.outerGID}
 		}
@@ -656,8 +668,10 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		owner = s.cred
 	}
 	if owner != nil && socketDir != "" {
-		if err := os.Chmod(socketDir, 0o711); err != nil {
-			return nil, err
+		if fi, err := os.Stat(socketDir); err != nil || fi.Mode().Perm() != 0o711 {
+			if err := os.Chmod(socketDir, 0o711); err != nil {
+				return nil, err
+			}
 		}
 		if err := searchable(filepath.Dir(socketDir), owner.Uid, owner.Gid); err != nil {
 			return nil, err
@@ -839,6 +853,27 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	}
 	if len(fds) > 0 {
 		cmd.Env = append(cmd.Env, envCellFDs+"="+strings.Join(fds, ","))
+	}
+	// A root dispatcher hands the shim a copy of each bind, which it
+	// attaches without having to reach the source (it need not: the
+	// worker binary may lie in a directory only root may enter).
+	var trees []string
+	for i, m := range c.root {
+		flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
+		if m.Dir {
+			flags |= unix.AT_RECURSIVE
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, m.Src, uint(flags))
+		if err != nil {
+			return fmt.Errorf("sandbox: clone the bind of %s: %w", m.Src, err)
+		}
+		f := os.NewFile(uintptr(fd), m.Src)
+		files = append(files, f)
+		trees = append(trees, fmt.Sprintf("%d:%d", i, 3+len(cmd.ExtraFiles)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	if len(trees) > 0 {
+		cmd.Env = append(cmd.Env, envTreeFDs+"="+strings.Join(trees, ","))
 	}
 	if c.sharedNet {
 		return emptyNet.start(cmd)

@@ -26,6 +26,7 @@ const (
 	envSpec    = "DISPATCHER_SANDBOX_SPEC"
 	envSockDir = "PLUGIN_UNIX_SOCKET_DIR"      // set by go-plugin: the worker's own socket directory
 	envCellFDs = "DISPATCHER_SANDBOX_CELL_FDS" // the cell's cgroup.procs, opened by the dispatcher
+	envTreeFDs = "DISPATCHER_SANDBOX_TREE_FDS" // the binds, cloned by the dispatcher: "INDEX:FD,..."
 	trialOK    = "sandbox: trial ok"
 	shimFailed = 125 // exit status of a shim that could not confine or start the worker
 )
@@ -85,7 +86,7 @@ func shim() error {
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellFDs+"=") {
+		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellFDs+"=") && !strings.HasPrefix(kv, envTreeFDs+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -109,6 +110,10 @@ func shim() error {
 				return fmt.Errorf("join cgroup %s: %w", dir, err)
 			}
 		}
+	}
+	trees, err := treeFDs(len(sp.Root))
+	if err != nil {
+		return err
 	}
 	inherited := inheritedFDs()
 	ppid := os.Getppid()
@@ -153,7 +158,7 @@ func shim() error {
 		if err != nil {
 			return err
 		}
-		if err := buildRoot(&sp, sockDir); err != nil {
+		if err := buildRoot(&sp, sockDir, trees); err != nil {
 			return err
 		}
 		if err := dropCapabilities(lastCap); err != nil {
@@ -248,6 +253,29 @@ func (fd fdReader) Read(p []byte) (int, error) {
 	}
 }
 
+// treeFDs reads envTreeFDs and marks its descriptors close-on-exec: they
+// are the shim's, not the worker's.
+func treeFDs(n int) (map[int]int, error) {
+	v, ok := os.LookupEnv(envTreeFDs)
+	if !ok {
+		return nil, nil
+	}
+	trees := map[int]int{}
+	for f := range strings.SplitSeq(v, ",") {
+		i, fd, _ := strings.Cut(f, ":")
+		idx, err1 := strconv.Atoi(i)
+		n2, err2 := strconv.Atoi(fd)
+		if err1 != nil || err2 != nil || idx < 0 || idx >= n || n2 <= 2 {
+			return nil, fmt.Errorf("bad %s %q", envTreeFDs, v)
+		}
+		if _, err := unix.FcntlInt(uintptr(n2), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("%s: %w", envTreeFDs, err)
+		}
+		trees[idx] = n2
+	}
+	return trees, nil
+}
+
 // inheritedFDs lists the descriptors above stderr that the shim inherited
 // for the worker (those without close-on-exec).
 func inheritedFDs() []int {
@@ -288,7 +316,11 @@ func becomeUser(uid, gid uint32) error {
 // detached and the new one pivoted to. Every mount is nosuid, and nodev
 // but for the device nodes' own; everything but /tmp, /dev/shm and the
 // socket directory is read-only.
-func buildRoot(sp *spec, sockDir string) error {
+//
+// trees holds, by index in sp.Root, detached copies of the binds that a
+// root dispatcher made (open_tree): they are attached as they are, for the
+// shim, an unprivileged user outside, may not reach their source.
+func buildRoot(sp *spec, sockDir string, trees map[int]int) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
@@ -329,12 +361,20 @@ func buildRoot(sp *spec, sockDir string) error {
 	if err := mountAt("proc", "/newroot/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
-	for _, m := range sp.Root {
-		if err := bindAt("/oldroot"+m.Src, "/newroot"+m.Dst, m.Dir, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV); err != nil {
-			if errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("bind %s into the sandbox: %w (the worker's user, uid %d outside, must be able to reach it)", m.Src, err, sp.OuterUID)
-			}
-			return fmt.Errorf("bind %s into the sandbox: %w", m.Src, err)
+	for i, m := range sp.Root {
+		const attr = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+		var err error
+		if fd, ok := trees[i]; ok {
+			err = attachAt(fd, "/newroot"+m.Dst, m.Dir, attr)
+			unix.Close(fd)
+		} else {
+			err = bindAt("/oldroot"+m.Src, "/newroot"+m.Dst, m.Dir, attr)
+		}
+		switch {
+		case err != nil && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOENT)):
+			return fmt.Errorf("bind %s in the new root: %w (the worker's user, uid %d outside, must be able to reach it)", m.Src, err, sp.OuterUID)
+		case err != nil:
+			return fmt.Errorf("bind %s in the new root: %w", m.Src, err)
 		}
 	}
 	if sockDir != "" {
@@ -415,6 +455,28 @@ func mountAt(src, dst, fstype string, flags uintptr, data string) error {
 // bindAt binds src on dst, making dst (a directory, or an empty file) and
 // its parents, and sets attr on the bind and everything below it.
 func bindAt(src, dst string, dir bool, attr uint64) error {
+	if err := mountpoint(dst, dir); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+}
+
+// attachAt attaches the detached mount tree fd on dst, as bindAt does.
+func attachAt(fd int, dst string, dir bool, attr uint64) error {
+	if err := mountpoint(dst, dir); err != nil {
+		return err
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+}
+
+// mountpoint makes dst, a directory or an empty file, and its parents.
+func mountpoint(dst string, dir bool) error {
 	if dir {
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
@@ -429,10 +491,7 @@ func bindAt(src, dst string, dir bool, attr uint64) error {
 		}
 		unix.Close(fd)
 	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return err
-	}
-	return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+	return nil
 }
 
 // dropCapabilities empties the bounding and ambient sets, so that the

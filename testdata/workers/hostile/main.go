@@ -101,6 +101,7 @@ func main() {
 		}
 		fmt.Fprintf(w, "dial: %s\n", result(err))
 	})
+	sandboxAttacks(mux) // sandbox.go
 	sdk.Serve(mux)
 }
 
