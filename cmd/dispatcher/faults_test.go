@@ -36,7 +36,7 @@ import (
 // processesOf(copy) finds exactly this test's workers.
 func faultCopy(t *testing.T, name string) string {
 	t.Helper()
-	dst := filepath.Join(t.TempDir(), name)
+	dst := filepath.Join(shortTempDir(t), name) // reachable by the workers' user
 	if err := faultCopyFile(bin(t, name), dst); err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,7 @@ var flagGroups = []struct {
 	}},
 	{"Isolation: what confines each worker (see the README's security model)", []string{
 		"env",
+		"env-file",
 		"pass-env",
 		"user",
 		"memory-limit",

@@ -29,6 +29,8 @@ const minNoFile = 32
 
 type isolationFlags struct {
 	env          []string // KEY=VALUE, in order
+	envFiles     []string // --env-file paths, in order
+	fileEnv      []string // KEY=VALUE read from envFiles by check
 	passEnv      []string
 	user         string
 	memoryLimit  int64
@@ -90,6 +92,10 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.env = append(f.env, s)
 		return nil
 	})
+	fs.Func("env-file", "set the workers' variables from `FILE`: KEY=VALUE lines, # comments (repeatable; read at start and at each reload; values stay off the command line)", func(s string) error {
+		f.envFiles = append(f.envFiles, s)
+		return nil
+	})
 	fs.Func("pass-env", "pass the dispatcher's variable `KEY` to the workers (repeatable)", func(s string) error {
 		if err := workers.CheckEnvKey(s); err != nil {
 			return err
@@ -97,7 +103,7 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.passEnv = append(f.passEnv, s)
 		return nil
 	})
-	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root)")
+	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root; default: nobody when it runs as root, else its own user; root only if named)")
 	fs.Func("memory-limit", "memory cap of each worker and its descendants, e.g. 256M or 1G (`SIZE`; cgroup; default none)", func(s string) error {
 		n, err := parseSize(s)
 		if err != nil {
@@ -157,6 +163,14 @@ func (f *isolationFlags) check(concurrency int) error {
 	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
 		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
 	}
+	f.fileEnv = nil
+	for _, path := range f.envFiles {
+		env, err := readEnvFile(path)
+		if err != nil {
+			return err
+		}
+		f.fileEnv = append(f.fileEnv, env...)
+	}
 	if f.checksum != "" {
 		if err := sandbox.ParseChecksum(f.checksum); err != nil {
 			return usageErrorf("--checksum %q: %v", f.checksum, err)
@@ -203,12 +217,21 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map)
 			log.WithField("variable", k).Warn("--pass-env: the dispatcher has no such variable")
 		}
 	}
-	for _, kv := range f.env {
+	for _, kv := range append(f.fileEnv, f.env...) { // --env overrides the files
 		k, v, _ := strings.Cut(kv, "=")
 		env = workers.SetEnv(env, k, v)
 	}
+	userSpec, defaulted := f.workerUser()
+	// Without the sandbox the worker's user must reach the binary; in it,
+	// the dispatcher hands the binary in.
+	checkUser := func() error {
+		if userSpec == "" {
+			return nil
+		}
+		return checkUserCanExecute(path, userSpec, defaulted)
+	}
 	opts := sandbox.Options{
-		User:        f.user,
+		User:        userSpec,
 		MemoryLimit: f.memoryLimit,
 		PidsLimit:   f.pidsLimit,
 		CPULimit:    f.cpuLimit,
@@ -220,6 +243,8 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map)
 		if !f.pidsSet {
 			opts.PidsLimit = sandbox.DefaultPidsLimit
 		}
+	} else if err := checkUser(); err != nil {
+		return nil, err
 	}
 	sb, err := sandbox.New(path, opts)
 	// On by default: where the machine cannot set the sandbox up (or the
@@ -237,6 +262,9 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map)
 				opts.PidsLimit = 0
 			}
 			warnOnce(log, "workers' sandbox: it cannot be set up on this machine, so workers run without it (see the \"workers confined\" line; --sandbox=required refuses to start instead): "+ue.Missing)
+			if err := checkUser(); err != nil {
+				return nil, err
+			}
 		default:
 			ue = nil
 		}

@@ -118,7 +118,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.workers, "workers", "", "worker `BINARY` built with the sdk (required unless --config); arguments for it follow --")
 	fs.StringVar(&o.config, "config", "", "YAML `FILE` declaring the functions to serve, their routes and settings (see examples/dispatcher.yaml)")
 	fs.StringVar(&o.checkConfig, "check-config", "", "validate the config `FILE`, start each function's worker binary once through its handshake, and exit")
-	fs.BoolVar(&o.watch, "watch", false, "reload when the config file or a worker binary changes (as on SIGHUP)")
+	fs.BoolVar(&o.watch, "watch", false, "reload when the config file, a worker binary or an --env-file changes (as on SIGHUP)")
 	fs.StringVar(&o.listen, "listen", ":8080", "`ADDRESS` to serve HTTP on, host:port (no host: every interface)")
 	fs.StringVar(&o.adminListen, "admin-listen", defaultAdminListen, "`ADDRESS` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
 	fs.BoolVar(&o.adminPprof, "admin-pprof", false, "also serve Go's runtime profiles of the dispatcher under /debug/pprof/ on the admin listener")
@@ -434,6 +434,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		defer restore()
 	}
 
+	logWorkerUsers(o.functions, log)
 	t0 := time.Now()
 	svc := newService(m, args, o, log)
 	if lw != nil {
@@ -464,8 +465,9 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	defer errWriter.Close()
 	errLog := stdlog.New(errWriter, "", 0)
 	hs := o.http.server(svc.router, errLog)
+	front := dispatcher.GuardFraming(hs, ln) // RFC 9112 §6.1: close after Content-Length with Transfer-Encoding
 	served := make(chan error, 2)
-	go func() { served <- o.http.serve(hs, ln) }()
+	go func() { served <- o.http.serve(hs, front) }()
 	fields := logrus.Fields{"addr": ln.Addr().String(), "startup_ms": time.Since(t0).Milliseconds()}
 	if o.config == "" {
 		fields["workers"] = strings.Trim(fmt.Sprint(svc.functions()[0].Pool.Workers()), "[]")

@@ -67,6 +67,7 @@ func (fo *options) workersKey() string {
 		}
 	}
 	fmt.Fprintf(&b, "args %q\n", fo.workerArgs)
+	fmt.Fprintf(&b, "env-file contents %s\n", envDigest(fo.isolation.fileEnv))
 	for _, name := range slices.Sorted(maps.Keys(fo.values)) {
 		if !globalFlags[name] && !frontFlags[name] {
 			fmt.Fprintf(&b, "%s=%q\n", name, fo.values[name])
@@ -421,7 +422,7 @@ func (s *service) close(ctx context.Context) {
 	wg.Wait()
 }
 
-// watch reloads when the config file or a worker binary changes, if
+// watch reloads when the config file, a worker binary or an env file changes, if
 // --watch is on. It returns a function that stops watching.
 func (s *service) watch(o *options) func() {
 	if !o.watch {
@@ -437,6 +438,7 @@ func (s *service) watch(o *options) func() {
 		}
 		for _, fo := range o.functions {
 			files = append(files, fo.workers)
+			files = append(files, fo.isolation.envFiles...)
 		}
 		for i := range files {
 			files[i], _ = filepath.Abs(files[i])

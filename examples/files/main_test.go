@@ -35,7 +35,7 @@ func put(t *testing.T, url string, body io.Reader) (*http.Response, []byte) {
 }
 
 func TestUploadAndDownload(t *testing.T) {
-	dir := t.TempDir()
+	dir := sdktest.TempDir(t) // the workers write there
 	srv := sdktest.Start(t, sdktest.Build(t, "."), sdktest.Options{
 		Size: 2,
 		Env:  []string{"FILES_DIR=" + dir, "MAX_UPLOAD=" + "10000000"},

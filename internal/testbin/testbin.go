@@ -80,6 +80,12 @@ func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Executable by every user: a dispatcher running as root runs its
+	// workers as nobody.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if *bins, err = Build(dir, pkgs...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -66,7 +66,7 @@ type probeReport struct {
 
 func TestOptionsReachTheWorkers(t *testing.T) {
 	t.Setenv("SDKTEST_OUTER", "must not leak")
-	dir := t.TempDir()
+	dir := sdktest.TempDir(t) // the workers' working directory
 	srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{
 		Size: 2,
 		Env:  []string{"PROBE_A=1", "PROBE_B=two words"},

@@ -17,10 +17,19 @@
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
+//	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
+//	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
 // fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
+//
+// With HOSTILE_HANDSHAKE=KIND:TARGET it prints its own go-plugin handshake
+// instead of serving, naming: the path TARGET (path); TARGET reached from
+// its socket directory through ".." (dotdot); a symbolic link to TARGET
+// (symlink) or to TARGET's directory (dirlink) made in its socket
+// directory; a TCP address (tcp); junk (junk); a regular file it makes in
+// its socket directory (file). Then it waits to be killed.
 package main
 
 import (
@@ -41,6 +50,7 @@ import (
 	"unsafe"
 
 	"github.com/childproc/dispatcher/internal/rawslots"
+	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -64,6 +74,9 @@ func main() {
 			}
 			os.Exit(0)
 		}
+	}
+	if mode, ok := os.LookupEnv("HOSTILE_HANDSHAKE"); ok {
+		forgeHandshake(mode)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/whoami", whoami)
@@ -93,6 +106,7 @@ func main() {
 		fmt.Fprintf(w, "signal %d: %s\n", pid, result(syscall.Kill(pid, 0)))
 	})
 	mux.HandleFunc("/syscalls", syscalls)
+	mux.HandleFunc("/attacks", attacks)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
@@ -384,4 +398,121 @@ func junk(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintf(w, "junk: wrote on %d connections\n", wrote)
+}
+
+// attacks tries what a worker must not do to the dispatcher (or ?pid=P)
+// and to its own cell, and reports one line each: "<what>: ok" or
+// "<what>: error: ...".
+func attacks(w http.ResponseWriter, r *http.Request) {
+	pid := targetPID(r)
+	for _, dir := range cgroupAncestors() {
+		f, err := os.OpenFile(filepath.Join(dir, "cgroup.procs"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+			f.Close()
+		}
+		fmt.Fprintf(w, "join %s: %s\n", dir, result(err))
+	}
+	if cg, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		fmt.Fprintf(w, "cgroup now=%s\n", strings.Join(strings.Fields(string(cg)), " "))
+	}
+	sig := syscall.SIGTERM
+	if r.URL.Query().Get("sig") == "0" {
+		sig = 0 // only whether it could
+	}
+	fmt.Fprintf(w, "kill %d %d: %s\n", pid, sig, result(syscall.Kill(pid, sig)))
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits, detaching a seized target
+		_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(pid), 0, 0, 0, 0)
+		if e != 0 {
+			done <- e
+			return
+		}
+		done <- nil
+	}()
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err == nil && len(b) == 0 {
+		err = errors.New("empty")
+	}
+	fmt.Fprintf(w, "environ %d: %s\n", pid, result(err))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err == nil {
+		f.Close()
+	}
+	fmt.Fprintf(w, "mem %d: %s\n", pid, result(err))
+}
+
+// cgroupAncestors lists the directories above the worker's own cgroup in
+// every hierarchy mounted here, up to each one's root.
+func cgroupAncestors() []string {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for line := range strings.SplitSeq(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") {
+			continue
+		}
+		mount, opts := f[4], ","+g[2]+","
+		for l := range strings.SplitSeq(strings.TrimSpace(string(cg)), "\n") {
+			parts := strings.SplitN(l, ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			match := g[0] == "cgroup2" && parts[1] == ""
+			for _, c := range strings.Split(parts[1], ",") {
+				match = match || g[0] == "cgroup" && c != "" && strings.Contains(opts, ","+c+",")
+			}
+			if !match {
+				continue
+			}
+			for d := filepath.Join(mount, parts[2]); d != mount && strings.HasPrefix(d, mount+"/"); {
+				d = filepath.Dir(d)
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	return dirs
+}
+
+// forgeHandshake prints a handshake naming what mode says (see the package
+// documentation), and waits to be killed.
+func forgeHandshake(mode string) {
+	kind, target, _ := strings.Cut(mode, ":")
+	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	network, addr := "unix", target
+	var err error
+	switch kind {
+	case "dotdot":
+		addr = dir + strings.Repeat("/..", strings.Count(dir, "/")) + target
+	case "symlink":
+		addr = filepath.Join(dir, "plugin")
+		err = os.Symlink(target, addr)
+	case "dirlink":
+		err = os.Symlink(filepath.Dir(target), filepath.Join(dir, "sub"))
+		addr = filepath.Join(dir, "sub", filepath.Base(target))
+	case "tcp":
+		network, addr = "tcp", "127.0.0.1:1"
+	case "junk":
+		addr = "\x00\x1b[31mjunk" + strings.Repeat("A", 300)
+	case "file":
+		addr = filepath.Join(dir, "plugin")
+		err = os.WriteFile(addr, nil, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile:", err)
+	}
+	fmt.Printf("1|%d|%s|%s|netrpc|\n", ipc.ProtocolVersion, network, addr)
+	for {
+		time.Sleep(time.Hour)
+	}
 }
