@@ -841,8 +841,21 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 			f.Close()
 		}
 	}()
+	// The kernel creates the shim in its cgroup v2 cell (clone3 with
+	// CLONE_INTO_CGROUP): moving a process between cgroups costs an RCU
+	// grace period, milliseconds. The shim joins the others itself.
+	defer c.closeCgroupFD()
 	var fds []string
 	for _, g := range c.groups {
+		if g.h.v2 && c.cgroupFD < 0 {
+			fd, err := unix.Open(g.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("cgroup: %w", err)
+			}
+			c.cgroupFD = fd
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+			continue
+		}
 		f, err := os.OpenFile(filepath.Join(g.dir, "cgroup.procs"), os.O_WRONLY, 0)
 		if err != nil {
 			return fmt.Errorf("cgroup: %w", err)
@@ -851,9 +864,7 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 		fds = append(fds, strconv.Itoa(3+len(cmd.ExtraFiles)))
 		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
 	}
-	if len(fds) > 0 {
-		cmd.Env = append(cmd.Env, envCellFDs+"="+strings.Join(fds, ","))
-	}
+	cmd.Env = append(cmd.Env, envCellFDs+"="+strings.Join(fds, ","))
 	// A root dispatcher hands the shim a copy of each bind, which it
 	// attaches without having to reach the source (it need not: the
 	// worker binary may lie in a directory only root may enter).

@@ -95,6 +95,9 @@ func shim() error {
 	// checks the opener's rights), which are then closed.
 	if fds, ok := os.LookupEnv(envCellFDs); ok {
 		for f := range strings.SplitSeq(fds, ",") {
+			if f == "" {
+				continue // none: started in its only cell
+			}
 			fd, err := strconv.Atoi(f)
 			if err != nil || fd <= 2 {
 				return fmt.Errorf("bad %s %q", envCellFDs, fds)
