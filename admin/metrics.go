@@ -77,6 +77,8 @@ type Metrics struct {
 	spawnTime   *prometheus.HistogramVec
 	exits       *prometheus.CounterVec
 	transitions *prometheus.CounterVec
+	logDropped  *prometheus.CounterVec
+	logDroppedB *prometheus.CounterVec
 
 	mu        sync.Mutex
 	observers map[string]*Observer
@@ -136,6 +138,14 @@ func NewMetrics(functions func() []Function, build BuildInfo) *Metrics {
 			Namespace: namespace, Name: "breaker_transitions_total",
 			Help: "Circuit breaker transitions of a function's worker binary, by the state entered.",
 		}, []string{"function", "to"}),
+		logDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "worker_log_dropped_lines_total",
+			Help: "Lines of workers' output dropped over --worker-log-lines or --worker-log-bytes.",
+		}, []string{"function"}),
+		logDroppedB: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "worker_log_dropped_bytes_total",
+			Help: "Bytes of the workers' output lines dropped over --worker-log-lines or --worker-log-bytes.",
+		}, []string{"function"}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -152,7 +162,7 @@ func NewMetrics(functions func() []Function, build BuildInfo) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo, m.reloads, m.reloadSuccessful, m.reloadTime,
-		m.requests, m.duration, m.queueWait, m.refused, m.spawns, m.spawnTime, m.exits, m.transitions,
+		m.requests, m.duration, m.queueWait, m.refused, m.spawns, m.spawnTime, m.exits, m.transitions, m.logDropped, m.logDroppedB,
 		&poolCollector{functions: functions},
 	)
 	return m
@@ -201,6 +211,7 @@ func (m *Metrics) Observer(name string) *Observer {
 	for _, to := range breakerStates {
 		m.transitions.WithLabelValues(name, to)
 	}
+	o.logLines, o.logBytes = m.logDropped.WithLabelValues(name), m.logDroppedB.WithLabelValues(name)
 	m.observers[name] = o
 	return o
 }
@@ -213,6 +224,8 @@ type Observer struct {
 	duration  prometheus.Observer
 	queueWait prometheus.Observer
 	spawnTime prometheus.Observer
+	logLines  prometheus.Counter
+	logBytes  prometheus.Counter
 	codes     [1000]atomic.Pointer[prometheus.Counter] // requests_total by status, made on first use
 }
 
@@ -273,6 +286,12 @@ func (o *Observer) BreakerChanged(open bool) {
 		to = "open"
 	}
 	o.m.transitions.WithLabelValues(o.name, to).Inc()
+}
+
+// LogDropped counts a worker's output lines dropped over its limits.
+func (o *Observer) LogDropped(lines, bytes int) {
+	o.logLines.Add(float64(lines))
+	o.logBytes.Add(float64(bytes))
 }
 
 // poolCollector reads the pools' state at each scrape.

@@ -77,7 +77,11 @@ func newAccessLog(log *logrus.Entry, query bool) *accessLog {
 		a.extra = append(a.extra, field{key: k, kind: 's', s: s})
 	}
 	slices.SortFunc(a.extra, func(x, y field) int { return strings.Compare(x.key, y.key) })
-	switch f := log.Logger.Formatter.(type) {
+	formatter := log.Logger.Formatter
+	if f, ok := formatter.(*TextFormatter); ok {
+		formatter = &f.TextFormatter // the same for an access line
+	}
+	switch f := formatter.(type) {
 	case *logrus.TextFormatter:
 		if f.ForceColors || f.EnvironmentOverrideColors || f.DisableSorting || f.SortingFunc != nil ||
 			f.ForceQuote || f.DisableQuote || f.QuoteEmptyFields || len(f.FieldMap) > 0 {

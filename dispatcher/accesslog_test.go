@@ -22,6 +22,9 @@ var formatters = []struct {
 		return &logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"}
 	}},
 	{"text-default", func() logrus.Formatter { return &logrus.TextFormatter{} }},
+	{"text-multiline", func() logrus.Formatter {
+		return &TextFormatter{TextFormatter: logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"}}
+	}},
 	{"text-no-time", func() logrus.Formatter { return &logrus.TextFormatter{DisableTimestamp: true} }},
 	{"json", func() logrus.Formatter { return &logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano} }},
 	{"json-no-html-escape", func() logrus.Formatter { return &logrus.JSONFormatter{DisableHTMLEscape: true} }},

@@ -155,7 +155,12 @@ func (s *Server) defaultErrorHandler(w http.ResponseWriter, r *http.Request, err
 		e.WithField("pid", tooLarge.PID).Error("worker response refused: over the size limit")
 		msg = "the worker's response is too large"
 	case errors.As(err, &exitErr):
-		e.WithFields(logrus.Fields{"pid": exitErr.PID, "exit": exitErr.How(), "stderr": exitErr.Stderr}).Error("worker failed during the request")
+		f := logrus.Fields{"pid": exitErr.PID, "exit": exitErr.How()}
+		if len(exitErr.Stderr) > 0 {
+			// What it wrote since the request was sent, as lines.
+			f["stderr"] = strings.Join(exitErr.Stderr, "\n") + "\n"
+		}
+		e.WithFields(f).Error("worker failed during the request")
 		msg = "the worker handling this request failed"
 	case errors.As(err, &te):
 		e.WithFields(logrus.Fields{"pid": te.PID, "timeout": te.Timeout.String()}).Error("request timed out; worker killed")

@@ -228,6 +228,23 @@ func (a *admission) pipelineSlotLocked(now time.Time) *slot {
 	return best
 }
 
+// requestsOf returns the request w is blamed for, or the IDs of the
+// requests running on its slots.
+func (a *admission) requestsOf(w *worker) []string {
+	if id := w.blame.Load(); id != nil {
+		return []string{*id}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for _, s := range w.slots {
+		if s.cur != nil && s.cur.RequestID != "" {
+			ids = append(ids, s.cur.RequestID)
+		}
+	}
+	return ids
+}
+
 // reserveLocked counts one more exchange on s.
 func (a *admission) reserveLocked(s *slot, req *ipc.Request, pipelinable bool, now time.Time) {
 	if s.n == 0 {

@@ -149,6 +149,12 @@ type Config struct {
 	// binary at Path, confined by Sandbox, through go-plugin's handshake.
 	// Tests run workers in memory with it.
 	Start func(StartSpec) (Process, error)
+	// LogLines and LogBytes bound each worker's output (stdout and stderr
+	// together) that reaches the log, per second; past either, its lines
+	// are dropped, counted (Observer.LogDropped) and reported in one
+	// warning per second. If zero, launch.DefaultLogLines and
+	// launch.DefaultLogBytes; if negative, no bound.
+	LogLines, LogBytes int
 	// Observer, if set, receives the pool's events (metrics).
 	Observer Observer
 	// Logger receives pool events and worker output. If nil, logrus's

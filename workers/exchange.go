@@ -143,6 +143,9 @@ type Response struct {
 	interrupt sync.WaitGroup
 	cause     atomic.Pointer[error]
 
+	id    string    // the request's ID
+	began time.Time // when it was sent: what its worker wrote since is its
+
 	done bool
 	err  error
 }
@@ -153,7 +156,7 @@ func (r *Response) exchange(ctx context.Context, req *ipc.Request, body io.Reade
 	p, s := r.p, r.s
 	conn, t := s.conn, &r.t
 	req.Timeout = handlerTimeout(p.cfg.Timeout)
-	r.ctx = ctx
+	r.ctx, r.id, r.began = ctx, req.RequestID, time.Now()
 	if e == nil {
 		if err := conn.CheckIdle(); err != nil {
 			return r.fail(err) // junk written while idle: try another worker
@@ -314,12 +317,13 @@ func (r *Response) fail(err error) error {
 		p.discard(s, &r.t, err)
 		err = *cause
 	case errors.Is(err, os.ErrDeadlineExceeded):
+		w.blameOn(r.id) // its goroutine dump is this request's
 		p.sup.quarantine(w, CauseTimeout, "request timed out")
 		err = &TimeoutError{Path: p.cfg.Path, PID: w.proc.PID(), Timeout: p.cfg.Timeout}
 		p.discard(s, &r.t, err)
 	case errors.As(err, &abort) && s.conn.Err() == nil:
 	default:
-		err = p.crashed(w, err)
+		err = p.crashed(w, err, r)
 		p.discard(s, &r.t, err)
 	}
 	r.err = err
@@ -357,8 +361,10 @@ func (p *Pool) discard(s *slot, t *ipc.Ticket, cause error) {
 const killedWait = 2 * time.Second
 
 // crashed builds the error of a worker that died or broke the protocol
-// during a request, making sure it is dead and, within killedWait, reaped.
-func (p *Pool) crashed(w *worker, err error) error {
+// during request r, making sure it is dead and, within killedWait, reaped.
+// The error carries what the worker wrote on stderr since r was sent.
+func (p *Pool) crashed(w *worker, err error, r *Response) error {
+	w.blameOn(r.id)
 	var pe *ipc.ProtocolError
 	if errors.As(err, &pe) {
 		w.kill(CauseProtocol, "protocol violation: "+pe.Reason)
@@ -383,7 +389,7 @@ func (p *Pool) crashed(w *worker, err error) error {
 		Path:   p.cfg.Path,
 		PID:    w.proc.PID(),
 		State:  w.proc.ExitState(),
-		Stderr: w.proc.StderrTail(100 * time.Millisecond),
+		Stderr: w.proc.StderrTail(r.began, 100*time.Millisecond),
 		Err:    err,
 	}
 }

@@ -172,10 +172,10 @@ func (p *fakeProc) Stop(ctx context.Context) error {
 	}
 }
 
-func (p *fakeProc) Exited() <-chan struct{}           { return p.exited }
-func (p *fakeProc) ExitState() *os.ProcessState       { return nil }
-func (p *fakeProc) StderrTail(time.Duration) []string { return nil }
-func (p *fakeProc) OutOfMemory() bool                 { return false }
+func (p *fakeProc) Exited() <-chan struct{}                      { return p.exited }
+func (p *fakeProc) ExitState() *os.ProcessState                  { return nil }
+func (p *fakeProc) StderrTail(time.Time, time.Duration) []string { return nil }
+func (p *fakeProc) OutOfMemory() bool                            { return false }
 
 // serve answers one slot: a reader that queues requests, and a runner that
 // answers them in order.

@@ -23,6 +23,9 @@ type Observer interface {
 	// BreakerChanged reports the binary's circuit breaker opening or
 	// closing.
 	BreakerChanged(open bool)
+	// LogDropped reports output lines of a worker dropped over
+	// Config.LogLines or LogBytes, and their bytes.
+	LogDropped(lines, bytes int)
 }
 
 // Cause classifies why a worker exited.
@@ -54,6 +57,7 @@ func (nopObserver) WorkerStarted(time.Duration, error) {}
 func (nopObserver) WorkerExited(Cause)                 {}
 func (nopObserver) Admitted(time.Duration, error)      {}
 func (nopObserver) BreakerChanged(bool)                {}
+func (nopObserver) LogDropped(int, int)                {}
 
 // Worker states in a Status.
 const (

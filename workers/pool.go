@@ -128,22 +128,23 @@ func (p *Pool) Start(ctx context.Context) error {
 	case ModeOneShot:
 		initial = min(p.cfg.Spares, p.cfg.MaxWorkers)
 	}
-	spec := StartSpec{Slots: p.cfg.Concurrency, Depth: p.cfg.Pipeline, MaxFrame: p.cfg.MaxFrame, Timeout: p.cfg.StartTimeout}
 	type started struct {
-		proc Process
-		err  error
-		took time.Duration
+		proc  Process
+		bound *atomic.Pointer[worker]
+		err   error
+		took  time.Duration
 	}
 	results := make(chan started, initial)
 	for range initial {
 		go func() {
 			t0 := time.Now()
+			spec, bound := p.sup.startSpec()
 			proc, err := p.sup.start(spec)
-			results <- started{proc, err, time.Since(t0)}
+			results <- started{proc, bound, err, time.Since(t0)}
 		}()
 	}
 	var first error
-	var procs []Process
+	var procs []started
 	for range initial {
 		r := <-results
 		p.sup.obs.WorkerStarted(r.took, r.err)
@@ -151,22 +152,23 @@ func (p *Pool) Start(ctx context.Context) error {
 			first = r.err
 		}
 		if r.err == nil {
-			procs = append(procs, r.proc)
+			procs = append(procs, r)
 		}
 	}
 	if first == nil {
 		first = ctx.Err()
 	}
 	if first != nil {
-		for _, proc := range procs {
-			proc.Kill()
+		for _, r := range procs {
+			r.proc.Kill()
 		}
 		_ = p.Close(ctx)
 		return first
 	}
 	now := time.Now()
-	for _, proc := range procs {
-		w := newWorker(proc, jittered(p.cfg.MaxRequests), now)
+	for _, r := range procs {
+		w := newWorker(r.proc, jittered(p.cfg.MaxRequests), now)
+		r.bound.Store(w)
 		p.sup.mu.Lock()
 		p.sup.workers[w] = struct{}{}
 		p.sup.mu.Unlock()

@@ -201,6 +201,14 @@ func (s *supervisor) exited(w *worker) {
 }
 
 func (s *supervisor) logExit(w *worker, note *exitNote, lived, delay time.Duration) {
+	// The requests that saw it die report it, with what it wrote: named
+	// here before they finish.
+	reqs := s.adm.requestsOf(w)
+	var tail []string
+	if note == nil || note.cause == CauseTimeout || note.cause == CauseQuarantined {
+		// Its last words (a goroutine dump after SIGQUIT) come first.
+		tail = w.proc.StderrTail(time.Time{}, 100*time.Millisecond)
+	}
 	f := logrus.Fields{
 		"pid":    w.proc.PID(),
 		"exit":   describeExit(w.proc.ExitState()),
@@ -208,6 +216,9 @@ func (s *supervisor) logExit(w *worker, note *exitNote, lived, delay time.Durati
 	}
 	if delay > 0 {
 		f["restart_in"] = delay.String()
+	}
+	if len(reqs) > 0 && note != nil {
+		f["req_id"] = strings.Join(reqs, ",")
 	}
 	switch {
 	case note != nil && note.text != "":
@@ -217,8 +228,10 @@ func (s *supervisor) logExit(w *worker, note *exitNote, lived, delay time.Durati
 		f["reason"] = "out of memory"
 		s.log.WithFields(f).Warn("worker killed: out of memory (over its memory limit); replacing it")
 	default:
-		if tail := w.proc.StderrTail(100 * time.Millisecond); len(tail) > 0 {
-			f["stderr"] = tail
+		if len(reqs) > 0 {
+			f["req_id"] = strings.Join(reqs, ",") // their entries have what it wrote
+		} else if len(tail) > 0 {
+			f["stderr"] = strings.Join(tail, "\n")
 		}
 		s.log.WithFields(f).Warn("worker exited unexpectedly; replacing it")
 	}
@@ -342,7 +355,8 @@ func (s *supervisor) deficitLocked() (n, room int) {
 func (s *supervisor) startOne() {
 	defer s.pool.wg.Done()
 	t0 := time.Now()
-	proc, err := s.start(StartSpec{Slots: s.cfg.Concurrency, Depth: s.cfg.Pipeline, MaxFrame: s.cfg.MaxFrame, Timeout: s.cfg.StartTimeout})
+	spec, bound := s.startSpec()
+	proc, err := s.start(spec)
 	s.obs.WorkerStarted(time.Since(t0), err)
 	now := time.Now()
 	s.mu.Lock()
@@ -368,6 +382,7 @@ func (s *supervisor) startOne() {
 		return
 	}
 	w := newWorker(proc, jittered(s.cfg.MaxRequests), now)
+	bound.Store(w)
 	if s.pool.isClosed() || !s.pool.track() {
 		s.mu.Unlock()
 		proc.Kill()
@@ -432,6 +447,22 @@ func (s *supervisor) watch(w *worker) {
 	}
 }
 
+// startSpec returns what a worker start asks for. Its Requests hook names
+// the worker's requests once bound holds the worker.
+func (s *supervisor) startSpec() (StartSpec, *atomic.Pointer[worker]) {
+	bound := new(atomic.Pointer[worker])
+	return StartSpec{
+		Slots: s.cfg.Concurrency, Depth: s.cfg.Pipeline, MaxFrame: s.cfg.MaxFrame, Timeout: s.cfg.StartTimeout,
+		LogLines: s.cfg.LogLines, LogBytes: s.cfg.LogBytes, LogDropped: s.obs.LogDropped,
+		Requests: func() []string {
+			if w := bound.Load(); w != nil {
+				return s.adm.requestsOf(w)
+			}
+			return nil
+		},
+	}, bound
+}
+
 // quarantine takes a worker out of rotation at once because it hung or
 // misbehaved, and replaces it. A Go worker is sent SIGQUIT first, so that
 // its goroutine stacks land in the log; the whole worker is killed after
@@ -442,7 +473,11 @@ func (s *supervisor) quarantine(w *worker, cause Cause, reason string) {
 	}
 	s.adm.drop(w)
 	s.wake()
-	s.log.WithFields(logrus.Fields{"pid": w.proc.PID(), "reason": reason}).Warn("worker quarantined: sending SIGQUIT for its goroutine dump, then killing it")
+	f := logrus.Fields{"pid": w.proc.PID(), "reason": reason}
+	if id := w.blame.Load(); id != nil {
+		f["req_id"] = *id
+	}
+	s.log.WithFields(f).Warn("worker quarantined: sending SIGQUIT for its goroutine dump, then killing it")
 	_ = w.proc.Signal(syscall.SIGQUIT)
 	if !s.pool.track() {
 		w.proc.Kill()

@@ -39,9 +39,10 @@ type Process interface {
 	// ExitState says how the process ended, once Exited is closed; nil if
 	// unknown.
 	ExitState() *os.ProcessState
-	// StderrTail returns its last stderr lines, waiting up to d for the
-	// stream to end so that a dying worker's last words are in.
-	StderrTail(d time.Duration) []string
+	// StderrTail returns its last stderr lines read at or after since
+	// (all it kept if since is zero), waiting up to d for the stream to
+	// end so that a dying worker's last words are in.
+	StderrTail(since time.Time, d time.Duration) []string
 	// OutOfMemory reports whether its memory limit killed it.
 	OutOfMemory() bool
 }
@@ -52,6 +53,13 @@ type StartSpec struct {
 	Depth    int           // requests that may be outstanding on a slot (Config.Pipeline)
 	MaxFrame int           // the largest frame read from the worker
 	Timeout  time.Duration // bound on the start and handshake (Config.StartTimeout)
+	LogLines int           // output lines per second that reach the log (Config.LogLines)
+	LogBytes int           // output bytes per second that reach the log (Config.LogBytes)
+	// LogDropped is told what of the worker's output was dropped.
+	LogDropped func(lines, bytes int)
+	// Requests returns the IDs of the requests the worker serves, or the
+	// one it is blamed for, for the log entry of a stack trace it writes.
+	Requests func() []string
 }
 
 // child is a worker process started by launch, with its sandbox cell.
@@ -134,6 +142,10 @@ func (c *Config) startChild(spec StartSpec, socketDir string) (Process, error) {
 		StartTimeout: spec.Timeout,
 		SocketDir:    socketDir,
 		Logger:       c.Logger,
+		LogLines:     spec.LogLines,
+		LogBytes:     spec.LogBytes,
+		LogDropped:   spec.LogDropped,
+		Requests:     spec.Requests,
 	})
 	if err != nil {
 		if onExit != nil {
@@ -169,7 +181,10 @@ type worker struct {
 	// hardKilled: it was sent SIGKILL, and no longer counts against
 	// MaxWorkers whatever its process still does.
 	hardKilled atomic.Bool
-	stop       sync.Once
+	// blame is the ID of the request its death or goroutine dump is
+	// reported with: the one that timed out, or first saw it crash.
+	blame atomic.Pointer[string]
+	stop  sync.Once
 
 	// Guarded by admission.mu.
 	busy      int       // exchanges reserved on its slots
@@ -283,4 +298,12 @@ type slot struct {
 	// cur is the running request, if known, and since when.
 	cur   *ipc.Request
 	since time.Time
+}
+
+// blameOn makes request id the one w's death and goroutine dump are
+// reported with, unless another request already is.
+func (w *worker) blameOn(id string) {
+	if id != "" {
+		w.blame.CompareAndSwap(nil, &id)
+	}
 }

@@ -36,7 +36,7 @@ import (
 // globalFlags are the settings of the dispatcher as a whole: they may not
 // appear inside a function.
 var globalFlags = map[string]bool{
-	"listen": true, "admin-listen": true, "admin-pprof": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
+	"listen": true, "admin-listen": true, "admin-pprof": true, "admin-show-query": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
 	"access-log": true, "access-log-query": true, "access-log-flush": true, "config": true, "check-config": true, "watch": true,
 	"tls-cert": true, "tls-key": true, "h2c": true, "read-header-timeout": true, "read-timeout": true,
 	"write-timeout": true, "keepalive-timeout": true, "max-header-bytes": true,

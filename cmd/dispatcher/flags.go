@@ -59,6 +59,8 @@ var flagGroups = []struct {
 		"breaker-crash-ratio",
 		"breaker-min-requests",
 		"breaker-window",
+		"worker-log-lines",
+		"worker-log-bytes",
 	}},
 	{"Isolation: what confines each worker (see the README's security model)", []string{
 		"env",
@@ -77,6 +79,7 @@ var flagGroups = []struct {
 	}},
 	{"Operations: admin listener, logs, reloads, shutdown", []string{
 		"admin-listen",
+		"admin-show-query",
 		"admin-pprof",
 		"log-format",
 		"log-level",

@@ -5,9 +5,11 @@ package main
 
 import (
 	"flag"
+	"math"
 	"runtime"
 	"time"
 
+	"github.com/childproc/dispatcher/ipc/launch"
 	"github.com/childproc/dispatcher/workers"
 )
 
@@ -27,6 +29,8 @@ type modeFlags struct {
 	breakerCrashRatio  float64
 	breakerMinRequests int
 	breakerWindow      time.Duration
+	logLines           int
+	logBytes           byteSize
 
 	parsed workers.Mode
 }
@@ -46,6 +50,9 @@ func (f *modeFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.breakerCrashRatio, "breaker-crash-ratio", 0.5, "quarantine the worker binary when more than this share of the requests within --breaker-window killed their worker (0: never); a crash now and then among healthy requests never does")
 	fs.IntVar(&f.breakerMinRequests, "breaker-min-requests", 20, "requests within --breaker-window before --breaker-crash-ratio applies")
 	fs.DurationVar(&f.breakerWindow, "breaker-window", 30*time.Second, "window in which --breaker-start-failures and --breaker-crash-ratio count")
+	fs.IntVar(&f.logLines, "worker-log-lines", launch.DefaultLogLines, "most lines of one worker's output (stdout and stderr) logged per second; past it they are dropped unread, counted, and summed up in one warning per second (0: no limit)")
+	f.logBytes = launch.DefaultLogBytes
+	fs.Var(&f.logBytes, "worker-log-bytes", "most bytes of one worker's output lines logged per second (`SIZE`; 0: no limit); past it, as --worker-log-lines")
 
 }
 
@@ -86,6 +93,10 @@ func (f *modeFlags) check(concurrency, pipeline int, set map[string]bool) error 
 		return usageErrorf("--breaker-min-requests %d: must be at least 1", f.breakerMinRequests)
 	case f.breakerWindow <= 0:
 		return usageErrorf("--breaker-window %s: must be positive", f.breakerWindow)
+	case f.logLines < 0:
+		return usageErrorf("--worker-log-lines %d: must not be negative (0: no limit)", f.logLines)
+	case f.logBytes > math.MaxInt32:
+		return usageErrorf("--worker-log-bytes %s: at most 2G (0: no limit)", f.logBytes.String())
 	case m == workers.ModeOneShot && concurrency > 1:
 		return usageErrorf("--concurrency %d: a oneshot worker serves one request", concurrency)
 	case m == workers.ModeOneShot && set["pipeline"] && pipeline > 1:
@@ -124,6 +135,13 @@ func (f *modeFlags) apply(cfg workers.Config) workers.Config {
 	cfg.Breaker.MinRequests = f.breakerMinRequests
 	cfg.Breaker.Window = f.breakerWindow
 	cfg.QueueTimeout = f.queueTimeout
+	cfg.LogLines, cfg.LogBytes = f.logLines, int(f.logBytes)
+	if f.logLines == 0 {
+		cfg.LogLines = -1 // workers.Config: zero means the default
+	}
+	if f.logBytes == 0 {
+		cfg.LogBytes = -1
+	}
 	if cfg.Mode == workers.ModeOneShot {
 		cfg.Pipeline = 1
 	}

@@ -30,6 +30,10 @@ import (
 )
 
 func main() {
+	if err := closeOnExecInherited(); err != nil {
+		fmt.Fprintln(os.Stderr, "dispatcher: cannot mark inherited descriptors close-on-exec: "+err.Error())
+		os.Exit(1)
+	}
 	// Not dumpable: a worker of the dispatcher's own user (no --user, not
 	// root) can neither ptrace it nor read its /proc/PID/environ or mem,
 	// which now belong to root. Its children get the default back at exec.

@@ -84,6 +84,9 @@ func newService(m *Main, args []string, o *options, log *logrus.Entry) *service 
 	if o.adminPprof {
 		s.admin.EnableProfiling()
 	}
+	if o.adminShowQuery {
+		s.admin.ShowQueries()
+	}
 	return s
 }
 
@@ -294,6 +297,7 @@ func (s *service) reload(ctx context.Context) (err error) {
 	}
 	for _, g := range []struct{ name, old, new string }{
 		{"listen", s.opts.listen, o.listen}, {"admin-listen", s.opts.adminListen, o.adminListen},
+		{"admin-show-query", strconv.FormatBool(s.opts.adminShowQuery), strconv.FormatBool(o.adminShowQuery)},
 		{"log-format", s.opts.logFormat, o.logFormat}, {"log-level", s.opts.logLevel, o.logLevel},
 		{"access-log", strconv.FormatBool(s.opts.accessLog), strconv.FormatBool(o.accessLog)},
 		{"access-log-query", strconv.FormatBool(s.opts.accessLogQuery), strconv.FormatBool(o.accessLogQuery)},

@@ -187,3 +187,87 @@ func TestForgedHandshakeRefused(t *testing.T) {
 		t.Errorf("left in TMPDIR: %v", names)
 	}
 }
+
+// Descriptors the dispatcher inherited (a secret file open for reading, a
+// root-only log open for appending) never reach a worker, at default flags
+// or with --sandbox: the worker holds only its slot sockets above standard
+// error (and the Go runtime's own), and the files are untouched.
+func TestInheritedDescriptors(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the files are root's, the dispatcher's workers nobody's")
+	}
+	dir := t.TempDir() // mode 0700
+	secretPath, logPath := dir+"/secret", dir+"/root.log"
+	if err := os.WriteFile(secretPath, []byte("top secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logPath, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Checked once the parallel subtests are done.
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(logPath); err != nil || len(b) > 0 {
+			t.Errorf("the root-only log: %q, %v", b, err)
+		}
+	})
+	secret, err := os.Open(secretPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { secret.Close() })
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"default", nil},
+		{"sandbox", []string{"--sandbox"}},
+		{"concurrency", []string{"--concurrency", "3"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if slices.Contains(tc.args, "--sandbox") {
+				if _, err := os.Stat("/proc/self/ns/cgroup"); err != nil {
+					t.Skip("no namespaces here")
+				}
+			}
+			argv := append([]string{bin(t, "dispatcher"), "--workers", bin(t, "hostile"), "--pool-size", "1",
+				"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, tc.args...)
+			d := launchProcWith(t, shortTempDir(t), argv, func(cmd *exec.Cmd) {
+				// Descriptors 3 to 8, above where the slots go.
+				cmd.ExtraFiles = []*os.File{secret, logf, secret, logf, secret, logf}
+			})
+			d.awaitListening(true)
+			resp, body := d.get("/inherited")
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /inherited: %d %s", resp.StatusCode, body)
+			}
+			t.Logf("the worker's report:\n%s", body)
+			slots := 0
+			for _, l := range attackLines(body, "fd ") {
+				switch {
+				case strings.HasSuffix(l, " slot"):
+					slots++
+				case strings.HasSuffix(l, " runtime"): // epoll, eventfd, cgroup CPU limit
+				default:
+					t.Errorf("the worker holds a descriptor it was not given: %s", l)
+				}
+			}
+			want := 1
+			if slices.Contains(tc.args, "--concurrency") {
+				want = 3
+			}
+			if slots != want {
+				t.Errorf("%d slot sockets, want %d", slots, want)
+			}
+			if strings.Contains(body, "top secret") {
+				t.Errorf("the worker read the secret")
+			}
+		})
+	}
+}

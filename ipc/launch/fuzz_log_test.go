@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/childproc/dispatcher/internal/allocs"
@@ -52,6 +53,7 @@ func FuzzWorkerLog(f *testing.F) {
 			s.Write(b[:k])
 			s.Write(b[k:])
 			s.Flush()
+			w.finish()
 		})
 		entries := hook.AllEntries()
 		if len(entries) > lines {
@@ -72,10 +74,16 @@ func FuzzWorkerLog(f *testing.F) {
 			for k, v := range e.Data {
 				checkSanitized(t, "field name", k)
 				if s, ok := v.(string); ok {
+					if k == "stack" || k == "child.stack" {
+						s = strings.ReplaceAll(s, "\n", " ") // a trace keeps its lines
+						if k == "stack" && len(s) > maxTrace+len("\n[truncated]") {
+							t.Fatalf("trace of %d bytes", len(s))
+						}
+					}
 					checkSanitized(t, "field "+k, s)
 				}
 				switch {
-				case k == "stream", k == "req_id", k == "child.more_fields":
+				case k == "stream", k == "req_id", k == "child.more_fields", k == "stack":
 				case strings.HasPrefix(k, "child."):
 					child++
 				default:
@@ -86,7 +94,7 @@ func FuzzWorkerLog(f *testing.F) {
 				t.Fatalf("%d child fields", child)
 			}
 		}
-		tail := w.Tail()
+		tail := w.Tail(time.Time{})
 		if len(tail) > tailLines+2 {
 			t.Fatalf("tail of %d lines", len(tail))
 		}

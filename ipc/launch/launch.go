@@ -1,7 +1,6 @@
 package launch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -72,6 +71,19 @@ type Config struct {
 	// reaped, or failed to start, before Exited is closed: the place to
 	// kill and remove what it leaves behind (its sandbox cell).
 	OnExit func()
+	// LogLines and LogBytes bound the worker's output (stdout and stderr
+	// together) that reaches the log, per second: a line past either is
+	// dropped unread, and what was dropped is logged in one warning per
+	// second while it lasts. If zero, DefaultLogLines and DefaultLogBytes;
+	// if negative, no bound.
+	LogLines, LogBytes int
+	// LogDropped, if set, is told what was dropped, with each warning.
+	LogDropped func(lines, bytes int)
+	// Requests, if set, returns the IDs of the requests the worker is
+	// serving (or the one it is blamed for), which the log entry of a
+	// stack trace on its stderr names. It is called from the goroutine
+	// reading stderr, at the trace's first line.
+	Requests func() []string
 }
 
 // ErrStartTimeout is the Err of a StartError for a worker that did not
@@ -197,17 +209,27 @@ func Start(cfg Config) (*Child, error) {
 	}
 
 	log := cfg.Logger.WithField("worker", filepath.Base(path))
-	stderr := &workerLog{e: log, stream: "stderr"}
+	stderr := &workerLog{e: log, stream: "stderr", requests: cfg.Requests}
+	stdout := &workerLog{e: log, stream: "stdout", requests: cfg.Requests}
 	syncOut := &workerLog{e: log, stream: "stdout"}
 	syncErr := &workerLog{e: log, stream: "stderr"}
+	limit := newOutputLimit(cfg.LogLines, cfg.LogBytes, func(lines, bytes int) {
+		stderr.e.WithFields(logrus.Fields{"dropped_lines": lines, "dropped_bytes": bytes}).Warn("worker output over its limit: lines dropped")
+		if cfg.LogDropped != nil {
+			cfg.LogDropped(lines, bytes)
+		}
+	})
 	pr := &procRunner{cmd: cmd, name: path, control: cfg.Control, sockFD: -1, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
 		l := log.WithField("pid", pid)
-		stderr.e, syncOut.e, syncErr.e = l, l, l
+		stderr.e, stdout.e, syncOut.e, syncErr.e = l, l, l, l
 		closeChildFiles()
 	}}
-	stderrSink := stderr.sink()
+	stderrSink := stderr.limitedSink(limit)
+	stdoutSink := stdout.limitedSink(limit)
 	pr.stderrDone = make(chan struct{})
-	pr.stdoutSink = syncOut.sink()
+	pr.stdoutSink, pr.stderrSink, pr.limit = stdoutSink, stderrSink, limit
+	pr.stdoutEOF = func() { stdoutSink.Flush(); stdout.finish() }
+	pr.stderrEOF = func() { stderrSink.Flush(); stderr.finish() }
 
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -219,10 +241,9 @@ func Start(cfg Config) (*Child, error) {
 			return pr, nil
 		},
 		SkipHostEnv: true,
-		// go-plugin's reader of the worker's standard error: 64 KiB by
-		// default, allocated for every worker; lineSink joins the pieces
-		// of longer lines.
-		PluginLogBufferSize: 16 << 10,
+		// go-plugin's reader of the worker's standard error, which only
+		// ever reads its end (outputPump): the smallest.
+		PluginLogBufferSize: 16,
 		StartTimeout:        cfg.StartTimeout,
 		Logger:              newHclog(log),
 		Stderr:              stderrSink,
@@ -250,9 +271,8 @@ func Start(cfg Config) (*Child, error) {
 		}
 		t.Stop()
 		c.waitStderr(200 * time.Millisecond)
-		stderrSink.Flush()
 		go c.cleanup()
-		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(), State: c.ExitState()}
+		return nil, &StartError{Path: path, Err: err, Stderr: stderr.Tail(time.Time{}), State: c.ExitState()}
 	}
 	if cfg.Control {
 		rpc, err := client.Client()
@@ -339,11 +359,13 @@ func (c *Child) ExitState() *os.ProcessState {
 	}
 }
 
-// StderrTail returns the worker's last stderr lines, waiting up to d for its
-// stderr to reach end of file so that a dying worker's last words are in.
-func (c *Child) StderrTail(d time.Duration) []string {
+// StderrTail returns the worker's last stderr lines read at or after since
+// (all it kept if since is zero), waiting up to d for its stderr to reach
+// end of file so that a dying worker's last words are in. A stack trace
+// counts as its first line: it is logged whole, as one entry.
+func (c *Child) StderrTail(since time.Time, d time.Duration) []string {
 	c.waitStderr(d)
-	return c.stderr.Tail()
+	return c.stderr.Tail(since)
 }
 
 func (c *Child) waitStderr(d time.Duration) {
@@ -480,8 +502,12 @@ type procRunner struct {
 
 	stdoutR    io.ReadCloser
 	stdoutSink io.Writer
+	stdoutEOF  func()
 	stderrR    io.ReadCloser
+	stderrSink io.Writer
+	stderrEOF  func()
 	stderrDone chan struct{}
+	limit      *outputLimit
 
 	started  chan struct{}
 	waitDone chan struct{}
@@ -520,9 +546,11 @@ func (r *procRunner) Start(context.Context) error {
 		return err
 	}
 	r.pid = r.cmd.Process.Pid
-	r.outR = []io.Closer{outR, errR}
-	r.stdoutR = &stdoutTee{r: outR, sink: r.stdoutSink}
-	r.stderrR = &eofReader{r: errR, done: r.stderrDone}
+	stdout, stderr := newOutputPump(outR, r.stdoutSink, r.limit), newOutputPump(errR, r.stderrSink, r.limit)
+	stdout.handshake, stdout.eof = true, r.stdoutEOF
+	stderr.eof, stderr.done = r.stderrEOF, r.stderrDone
+	r.outR = []io.Closer{stdout, stderr}
+	r.stdoutR, r.stderrR = stdout, stderr
 	close(r.started)
 	r.onStart(r.pid)
 	go func() {
@@ -728,62 +756,6 @@ func (r *procRunner) closeSocketFD() {
 		r.sockFD = -1
 	}
 }
-
-// stdoutTee passes the worker's stdout to go-plugin, which reads the
-// handshake line and discards the rest, and copies everything after the
-// first line to sink, so that what a handler prints reaches the log.
-type stdoutTee struct {
-	r      io.ReadCloser
-	sink   io.Writer
-	passed bool
-}
-
-func (t *stdoutTee) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	out := p[:n]
-	if !t.passed {
-		i := bytes.IndexByte(out, '\n')
-		if i < 0 {
-			if err != nil {
-				t.r.Close()
-			}
-			return n, err
-		}
-		t.passed = true
-		out = out[i+1:]
-	}
-	if len(out) > 0 {
-		_, _ = t.sink.Write(out)
-	}
-	if err != nil {
-		// go-plugin reads to the end but never closes: release the pipe.
-		t.r.Close()
-	}
-	return n, err
-}
-
-func (t *stdoutTee) Close() error { return t.r.Close() }
-
-// eofReader closes done, and the underlying reader (go-plugin never closes
-// it), when the underlying reader reaches end of file.
-type eofReader struct {
-	r    io.ReadCloser
-	done chan struct{}
-	once sync.Once
-}
-
-func (e *eofReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil {
-		e.once.Do(func() {
-			e.r.Close()
-			close(e.done)
-		})
-	}
-	return n, err
-}
-
-func (e *eofReader) Close() error { return e.r.Close() }
 
 // RawConns returns the dispatcher's ends of the child's slot connections as
 // plain stream connections, in slot order (see ipc.Conn.NetConn). Start

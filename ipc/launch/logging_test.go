@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,8 +32,8 @@ func TestLineSinkSplitsLines(t *testing.T) {
 		{"no newline until flush", []string{"hel", "lo"}, []string{"hello"}},
 		{"many lines in one write", []string{"a\nb\nc\n"}, []string{"a", "b", "c"}},
 		{"line across writes", []string{"a", "b", "c\nd", "e\n"}, []string{"abc", "de"}},
-		{"empty lines are dropped", []string{"\n\n", "a\n\n"}, []string{"a"}},
-		{"CRLF", []string{"a\r\n", "b\r", "\n", "\r\n"}, []string{"a", "b"}},
+		{"empty lines are lines", []string{"\n\n", "a\n\n"}, []string{"", "", "a", ""}},
+		{"CRLF", []string{"a\r\n", "b\r", "\n", "\r\n"}, []string{"a", "b", ""}},
 		{"inner CR kept", []string{"a\rb\n"}, []string{"a\rb"}},
 		{"partial line flushed", []string{"a\nb"}, []string{"a", "b"}},
 		{"empty writes", []string{"", "a", "", "\n", ""}, []string{"a"}},
@@ -60,7 +61,7 @@ func TestLineSinkSplitsLines(t *testing.T) {
 // and at random positions, and expects the same lines.
 func TestLineSinkWriteBoundaries(t *testing.T) {
 	text := "first line\nsecond\r\n\nthird line is longer than the others\nlast"
-	want := []string{"first line", "second", "third line is longer than the others", "last"}
+	want := []string{"first line", "second", "", "third line is longer than the others", "last"}
 	for i := 0; i <= len(text); i++ {
 		for j := i; j <= len(text); j++ {
 			s, lines := collect()
@@ -172,6 +173,7 @@ func logLines(tb testing.TB, w *workerLog, hook *test.Hook, lines ...string) []*
 		s.Write([]byte(l + "\n"))
 	}
 	s.Flush()
+	w.finish()
 	return hook.AllEntries()
 }
 
@@ -304,38 +306,91 @@ func TestWorkerLogPlainLines(t *testing.T) {
 	}
 }
 
-func TestWorkerLogPanic(t *testing.T) {
-	for _, first := range []string{"panic: runtime error: index out of range", "fatal error: concurrent map writes"} {
+func TestWorkerLogTrace(t *testing.T) {
+	trace := []string{"", "goroutine 1 [running]:", "main.main()", "\t/src/main.go:12 +0x1d", "exit status 2"}
+	for _, first := range []string{
+		"panic: runtime error: index out of range",
+		"fatal error: concurrent map writes",
+		"runtime: goroutine stack exceeds 1000000-byte limit",
+		"SIGQUIT: quit",
+		"goroutine 7 [running]:",
+		"/app/handler.js:12",
+	} {
 		t.Run(first, func(t *testing.T) {
 			w, hook := newTestLog(t)
-			entries := logLines(t, w, hook,
-				"[DEBUG] before",
-				first,
-				"",
-				"goroutine 1 [running]:",
-				"[DEBUG] main.main()",
-				`{"level":"debug","msg":"json keeps its level"}`,
-			)
-			want := []struct {
-				level logrus.Level
-				msg   string
-			}{
-				{logrus.DebugLevel, "[DEBUG] before"},
-				{logrus.ErrorLevel, first},
-				{logrus.ErrorLevel, "goroutine 1 [running]:"},
-				{logrus.ErrorLevel, "[DEBUG] main.main()"},
-				{logrus.DebugLevel, "json keeps its level"},
+			w.requests = func() []string { return []string{"req-1"} }
+			lines := append([]string{"[WARN] before", first}, trace...)
+			lines = append(lines, `{"level":"debug","msg":"json is its own entry"}`)
+			entries := logLines(t, w, hook, lines...)
+			w.finish()
+			entries = hook.AllEntries()
+			if len(entries) != 3 {
+				t.Fatalf("%d entries, want 3: %v", len(entries), entries)
 			}
-			if len(entries) != len(want) {
-				t.Fatalf("%d entries, want %d", len(entries), len(want))
+			if e := entries[0]; e.Level != logrus.WarnLevel || e.Message != "[WARN] before" {
+				t.Errorf("entry 0: %s %q", e.Level, e.Message)
 			}
-			for i, e := range entries {
-				if e.Level != want[i].level || e.Message != want[i].msg {
-					t.Errorf("entry %d: %s %q, want %s %q", i, e.Level, e.Message, want[i].level, want[i].msg)
-				}
+			if e := entries[1]; e.Level != logrus.DebugLevel || e.Message != "json is its own entry" {
+				t.Errorf("entry 1: %s %q", e.Level, e.Message)
+			}
+			e := entries[2]
+			want := strings.Join(append([]string{first}, trace...), "\n")
+			if e.Level != logrus.ErrorLevel || e.Message != first || e.Data["stack"] != want || e.Data["req_id"] != "req-1" {
+				t.Errorf("trace entry: %s %q %v, want the stack\n%s", e.Level, e.Message, e.Data, want)
+			}
+			if tail := w.Tail(time.Time{}); !reflect.DeepEqual(tail, []string{"[WARN] before", first, "json is its own entry"}) {
+				t.Errorf("tail %q: want the trace as its first line", tail)
 			}
 		})
 	}
+	t.Run("not a trace", func(t *testing.T) {
+		w, hook := newTestLog(t)
+		lines := []string{"panicking", "goroutine 1 is fine", "goroutine x [", "SIGnal: x", "Sig: x", "/app/x.js:12 thrown", "app.js:x"}
+		if entries := logLines(t, w, hook, lines...); len(entries) != len(lines) {
+			t.Fatalf("%d entries from %d ordinary lines", len(entries), len(lines))
+		}
+	})
+	t.Run("quiet gap ends it", func(t *testing.T) {
+		w, hook := newTestLog(t)
+		s := w.sink()
+		s.Write([]byte("panic: boom\n\ngoroutine 1 [running]:\n"))
+		deadline := time.Now().Add(10 * time.Second)
+		for len(hook.AllEntries()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(traceGap / 5) // the gap timer is what is tested
+		}
+		entries := hook.AllEntries()
+		if len(entries) != 1 || entries[0].Data["stack"] != "panic: boom\n\ngoroutine 1 [running]:" {
+			t.Fatalf("entries %v", entries)
+		}
+		s.Write([]byte("after\n"))
+		if entries := hook.AllEntries(); len(entries) != 2 || entries[1].Message != "after" {
+			t.Fatalf("the line after the trace: %v", entries)
+		}
+	})
+	t.Run("capped", func(t *testing.T) {
+		w, hook := newTestLog(t)
+		lines := []string{"panic: boom"}
+		for i := range 2 * maxTrace / 40 {
+			lines = append(lines, fmt.Sprintf("main.f%d(...) %s", i, strings.Repeat("x", 20)))
+		}
+		logLines(t, w, hook, lines...)
+		w.finish()
+		entries := hook.AllEntries()
+		stack, _ := entries[0].Data["stack"].(string)
+		if len(stack) > maxTrace+len("\n[truncated]") || !strings.HasSuffix(stack, "\n[truncated]") {
+			t.Fatalf("trace of %d bytes, ending %q", len(stack), stack[max(0, len(stack)-20):])
+		}
+		if len(entries) < 2 || len(entries) > len(lines)/2 {
+			t.Fatalf("%d entries: the lines after the cap are logged as lines", len(entries))
+		}
+	})
+	t.Run("sdk stack keeps its lines", func(t *testing.T) {
+		w, hook := newTestLog(t)
+		entries := logLines(t, w, hook, `{"@level":"error","@message":"handler panic: boom","request_id":"r9","stack":"goroutine 5 [running]:\nmain.h()\n\t/x.go:3\u001b"}`)
+		if len(entries) != 1 || entries[0].Data["child.stack"] != "goroutine 5 [running]:\nmain.h()\n\t/x.go:3\\x1b" || entries[0].Data["req_id"] != "r9" {
+			t.Fatalf("entries %v", entries)
+		}
+	})
 }
 
 // TestWorkerLogNeverPanicsOrExits feeds lines that would make logrus panic
@@ -370,23 +425,23 @@ func TestWorkerLogTail(t *testing.T) {
 			lines = append(lines, fmt.Sprintf("line %d", i))
 		}
 		logLines(t, w, hook, lines[:5]...)
-		if got := w.Tail(); !reflect.DeepEqual(got, lines[:5]) {
+		if got := w.Tail(time.Time{}); !reflect.DeepEqual(got, lines[:5]) {
 			t.Fatalf("tail %q", got)
 		}
 		logLines(t, w, hook, lines[5:]...)
-		got := w.Tail()
+		got := w.Tail(time.Time{})
 		if !reflect.DeepEqual(got, lines[50-tailLines:]) {
 			t.Fatalf("tail %q, want the last %d lines", got, tailLines)
 		}
 		got[0] = "changed"
-		if w.Tail()[0] == "changed" {
+		if w.Tail(time.Time{})[0] == "changed" {
 			t.Error("Tail returned its own slice")
 		}
 	})
 	t.Run("long lines capped", func(t *testing.T) {
 		w, hook := newTestLog(t)
 		logLines(t, w, hook, strings.Repeat("x", 2*maxTailLine), "x"+strings.Repeat("é", maxTailLine), "xx"+strings.Repeat("✓", maxTailLine))
-		for i, l := range w.Tail() {
+		for i, l := range w.Tail(time.Time{}) {
 			if len(l) > maxTailLine+len("...") || !strings.HasSuffix(l, "...") {
 				t.Errorf("line %d: %d bytes, suffix %q", i, len(l), l[max(0, len(l)-3):])
 			}
@@ -398,23 +453,20 @@ func TestWorkerLogTail(t *testing.T) {
 	t.Run("sanitized", func(t *testing.T) {
 		w, hook := newTestLog(t)
 		logLines(t, w, hook, "a\x01\xff")
-		if got := w.Tail(); len(got) != 1 || got[0] != "a\\x01\uFFFD" {
+		if got := w.Tail(time.Time{}); len(got) != 1 || got[0] != "a\\x01\uFFFD" {
 			t.Errorf("tail %q", got)
 		}
 	})
-	t.Run("panic head kept", func(t *testing.T) {
+	t.Run("since", func(t *testing.T) {
 		w, hook := newTestLog(t)
-		lines := []string{"before", "panic: boom", "", "goroutine 1 [running]:"}
-		for i := range 40 {
-			lines = append(lines, fmt.Sprintf("frame %d", i))
+		logLines(t, w, hook, "earlier", "request")
+		since := time.Now()
+		for w.tail[len(w.tail)-1].at.Equal(since) {
+			since = time.Now() // a coarse clock
 		}
-		logLines(t, w, hook, lines...)
-		got := w.Tail()
-		if len(got) < 2 || got[0] != "panic: boom" {
-			t.Fatalf("tail does not lead with the panic: %q", got)
-		}
-		if !reflect.DeepEqual(got[len(got)-tailLines:], lines[len(lines)-tailLines:]) {
-			t.Errorf("tail lost its last lines: %q", got)
+		logLines(t, w, hook, "crash")
+		if got := w.Tail(since); !reflect.DeepEqual(got, []string{"crash"}) {
+			t.Errorf("tail since %q", got)
 		}
 	})
 	t.Run("concurrent", func(t *testing.T) {
@@ -427,12 +479,12 @@ func TestWorkerLogTail(t *testing.T) {
 				s := w.sink()
 				for i := range 100 {
 					fmt.Fprintf(s, "%d %d\n", g, i)
-					_ = w.Tail()
+					_ = w.Tail(time.Time{})
 				}
 			}()
 		}
 		wg.Wait()
-		if n := len(w.Tail()); n != tailLines {
+		if n := len(w.Tail(time.Time{})); n != tailLines {
 			t.Errorf("%d lines", n)
 		}
 	})

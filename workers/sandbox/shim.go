@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/childproc/dispatcher/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -279,20 +280,26 @@ func treeFDs(n int) (map[int]int, error) {
 	return trees, nil
 }
 
-// inheritedFDs lists the descriptors above stderr that the shim inherited
-// for the worker (those without close-on-exec).
+// inheritedFDs marks every descriptor above stderr close-on-exec but the
+// slot sockets the dispatcher lists in the worker's environment, and
+// returns those: nothing else the shim inherited reaches the worker.
 func inheritedFDs() []int {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return nil
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		// Before Linux 5.11.
+		entries, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range entries {
+			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+				_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+			}
+		}
 	}
 	var fds []int
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
+	for f := range strings.SplitSeq(os.Getenv(ipc.EnvFDs), ",") {
+		fd, err := strconv.Atoi(f)
+		if err != nil || fd <= 2 || slices.Contains(fds, fd) {
 			continue
 		}
-		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err == nil {
 			fds = append(fds, fd)
 		}
 	}

@@ -1,6 +1,8 @@
 // Command crash dies on request, after a line on stderr: /exit exits with
 // status 3, /kill sends itself SIGKILL, /fatal overflows its stack (a Go
-// fatal error). Any other path answers "ok". With CRASH_IDLE_AFTER=D in its
+// fatal error), /gopanic panics in a goroutine of its own (which the sdk
+// cannot recover). /say?text=T writes T on stderr and answers "ok"; so does
+// any other path, without writing. With CRASH_IDLE_AFTER=D in its
 // environment it exits with status 4 D after it started, serving or not (a
 // binary that cannot stay up).
 package main
@@ -37,6 +39,11 @@ func main() {
 		case "/fatal":
 			debug.SetMaxStack(1 << 20)
 			recurse(0)
+		case "/gopanic":
+			go func() { panic("boom in a goroutine") }()
+			select {}
+		case "/say":
+			fmt.Fprintln(os.Stderr, r.URL.Query().Get("text"))
 		}
 		fmt.Fprintln(w, "ok")
 	}))

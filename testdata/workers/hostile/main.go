@@ -17,9 +17,13 @@
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
+//	/inherited          lists its descriptors above stderr; reads and writes those that are not slots
 //	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
 //	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
+//	/flood?mb=N&line=L&stream=S&chunk=C  writes N MiB (default 5) of L-byte lines (default 2: "x\n")
+//	                    on stderr (or stdout), one write per line (or C bytes per write), and
+//	                    reports the CPU time it spent: "flood: lines=... cpu_us=..."
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
 // fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
@@ -34,6 +38,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -42,6 +47,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,6 +106,7 @@ func main() {
 	mux.HandleFunc("/forkbomb", forkbomb)
 	mux.HandleFunc("/fds", fds)
 	mux.HandleFunc("/spin", spin)
+	mux.HandleFunc("/flood", flood)
 	mux.HandleFunc("/ptrace", ptrace)
 	mux.HandleFunc("/signal", func(w http.ResponseWriter, r *http.Request) {
 		pid := targetPID(r)
@@ -107,6 +114,7 @@ func main() {
 	})
 	mux.HandleFunc("/syscalls", syscalls)
 	mux.HandleFunc("/attacks", attacks)
+	mux.HandleFunc("/inherited", inherited)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
@@ -515,4 +523,91 @@ func forgeHandshake(mode string) {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// flood writes lines as fast as it can, as a handler logging in a tight
+// loop would, and reports what it wrote and the CPU time it took.
+func flood(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	mb, err := strconv.Atoi(q.Get("mb"))
+	if err != nil {
+		mb = 5
+	}
+	lineLen, err := strconv.Atoi(q.Get("line"))
+	if err != nil || lineLen < 1 {
+		lineLen = 2
+	}
+	chunk, _ := strconv.Atoi(q.Get("chunk"))
+	out := os.Stderr
+	if q.Get("stream") == "stdout" {
+		out = os.Stdout
+	}
+	line := append(bytes.Repeat([]byte("x"), lineLen-1), '\n')
+	total := mb << 20
+	n := total / lineLen
+	per := max(1, chunk/lineLen)
+	buf := bytes.Repeat(line, per)
+	c0 := cpuTime()
+	written := 0
+	for written < n {
+		k := min(per, n-written)
+		if _, err := out.Write(buf[:k*lineLen]); err != nil {
+			fmt.Fprintf(w, "flood: error: %v\n", err)
+			return
+		}
+		written += k
+	}
+	fmt.Fprintf(w, "flood: lines=%d bytes=%d cpu_us=%d\n", written, written*lineLen, (cpuTime() - c0).Microseconds())
+}
+
+// inherited reports every descriptor the worker holds above standard
+// error: its slot sockets ("slot"), and for any other its target and what
+// reading and writing it achieved (only when poll says it would not block).
+func inherited(w http.ResponseWriter, r *http.Request) {
+	slots := rawslots.FDs()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		fmt.Fprintf(w, "inherited: error: %v\n", err)
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own descriptor, closed since
+		}
+		if slices.Contains(slots, fd) {
+			fmt.Fprintf(w, "fd %d slot\n", fd)
+			continue
+		}
+		base := filepath.Base(target)
+		if strings.HasPrefix(target, "anon_inode:") ||
+			strings.HasPrefix(target, "/sys/fs/cgroup/") && (base == "cpu.max" || base == "cpu.cfs_quota_us" || base == "cpu.cfs_period_us") {
+			// The Go runtime's own (epoll, eventfd; the CPU limit it
+			// sizes GOMAXPROCS by): made here, not inherited.
+			fmt.Fprintf(w, "fd %d target=%s runtime\n", fd, target)
+			continue
+		}
+		read, wrote := "would block", "would block"
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+		if _, err := unix.Poll(pfd, 0); err == nil {
+			if pfd[0].Revents&unix.POLLIN != 0 {
+				b := make([]byte, 64)
+				n, err := unix.Read(fd, b)
+				read = result(err)
+				if err == nil {
+					read = fmt.Sprintf("ok %q", b[:max(n, 0)])
+				}
+			}
+			if pfd[0].Revents&unix.POLLOUT != 0 {
+				_, err := unix.Write(fd, []byte("forged by a worker\n"))
+				wrote = result(err)
+			}
+		}
+		fmt.Fprintf(w, "fd %d target=%s read=%s write=%s\n", fd, target, read, wrote)
+	}
+	fmt.Fprintf(w, "inherited: %d slots\n", len(slots))
 }
