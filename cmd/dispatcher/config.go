@@ -272,7 +272,7 @@ func (cf *configFile) resolve(p string) string {
 }
 
 // repeatable are the flags that take a list.
-var repeatable = map[string]bool{"env": true, "env-file": true, "pass-env": true, "trusted-proxies": true}
+var repeatable = map[string]bool{"env": true, "env-file": true, "pass-env": true, "trusted-proxies": true, "sandbox-bind": true}
 
 // flagNames are the dispatcher's flags, by name (filled from a flag set).
 var flagNames = func() map[string]*flag.Flag {

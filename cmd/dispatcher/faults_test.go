@@ -685,7 +685,9 @@ func TestFaultSIGSTOPMidRequest(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
 	w := faultCopy(t, "hang")
-	d := startDispatcher(t, "--workers", w, "--pool-size", "1", "--timeout", timeout.String())
+	// --sandbox=off: SIGSTOP goes to the pid the dispatcher knows, which
+	// in a sandbox is its init, not the worker.
+	d := startDispatcher(t, "--workers", w, "--pool-size", "1", "--timeout", timeout.String(), "--sandbox=off")
 	worker := d.workers[0]
 
 	const id = "e2e-fault-sigstop-1"
@@ -751,7 +753,8 @@ func TestFaultSIGSTOPMidRequest(t *testing.T) {
 func TestFaultSIGSTOPIdle(t *testing.T) {
 	t.Parallel()
 	w := faultCopy(t, "hang")
-	d := startDispatcher(t, "--workers", w, "--pool-size", "1",
+	// --sandbox=off: as in TestFaultSIGSTOPMidRequest.
+	d := startDispatcher(t, "--sandbox=off", "--workers", w, "--pool-size", "1",
 		"--ping-interval", "200ms", "--ping-timeout", "300ms")
 	worker := d.workers[0]
 	p := strconv.Itoa(worker)

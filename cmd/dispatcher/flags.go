@@ -72,6 +72,8 @@ var flagGroups = []struct {
 		"cpu-limit",
 		"nofile",
 		"sandbox",
+		"sandbox-bind",
+		"tmp-size",
 		"allow-network",
 		"checksum",
 	}},

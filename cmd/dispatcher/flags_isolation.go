@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/childproc/dispatcher/workers"
 	"github.com/childproc/dispatcher/workers/sandbox"
@@ -34,11 +36,49 @@ type isolationFlags struct {
 	memoryLimit  int64
 	pidsLimit    int64
 	cpuLimit     float64
+	pidsSet      bool // --pids-limit given (else DefaultPidsLimit in the sandbox)
 	nofile       uint64
-	sandbox      bool
+	sandbox      sandboxMode
+	binds        []sandbox.Bind
+	tmpSize      int64
 	allowNetwork bool
 	checksum     string
 }
+
+// sandboxMode is --sandbox: off, on (where the machine can set it up, the
+// default) or required. A bare --sandbox is on.
+type sandboxMode string
+
+const (
+	sandboxOn       sandboxMode = "on"
+	sandboxOff      sandboxMode = "off"
+	sandboxRequired sandboxMode = "required"
+)
+
+func (m *sandboxMode) String() string {
+	if m == nil || *m == "" {
+		return string(sandboxOn)
+	}
+	return string(*m)
+}
+
+func (m *sandboxMode) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "on", "true", "yes", "1":
+		*m = sandboxOn
+	case "off", "false", "no", "0":
+		*m = sandboxOff
+	case "required":
+		*m = sandboxRequired
+	default:
+		return errors.New("want off, on or required")
+	}
+	return nil
+}
+
+func (m *sandboxMode) IsBoolFlag() bool { return true }
+
+func (m *sandboxMode) Get() any { return m.String() }
 
 func (f *isolationFlags) register(fs *flag.FlagSet) {
 	fs.Func("env", "set `KEY=VALUE` in the workers' environment (repeatable)", func(s string) error {
@@ -72,11 +112,36 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.memoryLimit = n
 		return nil
 	})
-	fs.Int64Var(&f.pidsLimit, "pids-limit", 0, "cap on the tasks (processes and threads) of each worker and its descendants (cgroup; 0: none)")
+	fs.Func("pids-limit", fmt.Sprintf("cap on the tasks (processes and threads) of each worker and its descendants (cgroup; 0: none; default %d in the sandbox, else none)", sandbox.DefaultPidsLimit), func(s string) error {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return errors.New("want a number of tasks")
+		}
+		f.pidsLimit, f.pidsSet = n, true
+		return nil
+	})
 	fs.Float64Var(&f.cpuLimit, "cpu-limit", 0, "CPU cap of each worker and its descendants, in `CPUS` (0.5: half a core; cgroup; 0: none)")
 	fs.Uint64Var(&f.nofile, "nofile", 0, "open files limit of each worker process (RLIMIT_NOFILE; 0: inherited)")
-	fs.BoolVar(&f.sandbox, "sandbox", false, "run each worker in its own PID, mount, IPC, UTS, cgroup and network namespaces with a private /tmp, a read-only file system, no capabilities and a seccomp filter (needs root)")
-	fs.BoolVar(&f.allowNetwork, "allow-network", false, "with --sandbox, keep the host's network")
+	f.sandbox = sandboxOn
+	fs.Var(&f.sandbox, "sandbox", "run each worker in a sandbox: a user namespace (root in it is an unprivileged user outside), its own PID, mount, IPC, UTS, cgroup and network namespaces, a minimal read-only root, a private /tmp, no capabilities, a seccomp filter. --sandbox=on (the default): where the machine can set it up, else the dispatcher says why and runs without it; --sandbox=required: refuse to start without it; --sandbox=off")
+	fs.Func("sandbox-bind", "bind `SRC[:DST]` read-only into the sandbox, a file or a directory (repeatable)", func(s string) error {
+		b, err := sandbox.ParseBind(s)
+		if err != nil {
+			return err
+		}
+		f.binds = append(f.binds, b)
+		return nil
+	})
+	f.tmpSize = sandbox.DefaultTmpSize
+	fs.Func("tmp-size", fmt.Sprintf("size of the sandbox's private /tmp and /dev/shm, charged to the worker's memory (`SIZE`; default %dM)", sandbox.DefaultTmpSize>>20), func(s string) error {
+		n, err := parseSize(s)
+		if err != nil {
+			return err
+		}
+		f.tmpSize = n
+		return nil
+	})
+	fs.BoolVar(&f.allowNetwork, "allow-network", false, "in the sandbox, keep the host's network")
 	fs.StringVar(&f.checksum, "checksum", "", "refuse to run a worker binary whose digest is not `sha256:HEX`")
 }
 
@@ -91,8 +156,10 @@ func (f *isolationFlags) check(concurrency int) error {
 		return usageErrorf("--cpu-limit %v: must be at least 0.01", f.cpuLimit)
 	case f.nofile > 0 && f.nofile < uint64(minNoFile+concurrency):
 		return usageErrorf("--nofile %d: must be at least %d (%d + --concurrency)", f.nofile, minNoFile+concurrency, minNoFile)
-	case f.allowNetwork && !f.sandbox:
-		return usageErrorf("--allow-network: only meaningful with --sandbox")
+	case f.allowNetwork && f.sandbox == sandboxOff:
+		return usageErrorf("--allow-network: only meaningful with the sandbox (not with --sandbox=off)")
+	case len(f.binds) > 0 && f.sandbox == sandboxOff:
+		return usageErrorf("--sandbox-bind: only meaningful with the sandbox (not with --sandbox=off)")
 	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
 		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
 	}
@@ -135,7 +202,13 @@ type isolation struct {
 // setup builds the workers' environment and sandbox. A combination the
 // machine cannot honour is a usage error naming the flag and what is
 // missing.
-func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, error) {
+func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map) (*isolation, error) {
+	// Each fallback is logged once per process, not per function or reload.
+	warnOnce := func(log *logrus.Entry, msg string) {
+		if _, dup := warned.LoadOrStore(msg, true); !dup {
+			log.Warn(msg)
+		}
+	}
 	env := workers.MinimalEnv()
 	for _, k := range f.passEnv {
 		if v, ok := os.LookupEnv(k); ok {
@@ -149,23 +222,58 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, erro
 		env = workers.SetEnv(env, k, v)
 	}
 	userSpec, defaulted := f.workerUser()
-	if userSpec != "" {
-		if err := checkUserCanExecute(path, userSpec, defaulted); err != nil {
-			return nil, err
+	// Without the sandbox the worker's user must reach the binary; in it,
+	// the dispatcher hands the binary in.
+	checkUser := func() error {
+		if userSpec == "" {
+			return nil
 		}
+		return checkUserCanExecute(path, userSpec, defaulted)
 	}
-	sb, err := sandbox.New(path, sandbox.Options{
-		User:         userSpec,
-		MemoryLimit:  f.memoryLimit,
-		PidsLimit:    f.pidsLimit,
-		CPULimit:     f.cpuLimit,
-		NoFile:       f.nofile,
-		Namespaces:   f.sandbox,
-		AllowNetwork: f.allowNetwork,
-		Checksum:     f.checksum,
-	})
+	opts := sandbox.Options{
+		User:        userSpec,
+		MemoryLimit: f.memoryLimit,
+		PidsLimit:   f.pidsLimit,
+		CPULimit:    f.cpuLimit,
+		NoFile:      f.nofile,
+		Checksum:    f.checksum,
+	}
+	if f.sandbox != sandboxOff {
+		opts.Namespaces, opts.AllowNetwork, opts.Binds, opts.TmpSize = true, f.allowNetwork, f.binds, f.tmpSize
+		if !f.pidsSet {
+			opts.PidsLimit = sandbox.DefaultPidsLimit
+		}
+	} else if err := checkUser(); err != nil {
+		return nil, err
+	}
+	sb, err := sandbox.New(path, opts)
+	// On by default: where the machine cannot set the sandbox up (or the
+	// default tasks limit), the workers run without it, and the log says
+	// why, once.
+	var ue *sandbox.UnsupportedError
+	for f.sandbox == sandboxOn && errors.As(err, &ue) {
+		switch {
+		case ue.Option == "PidsLimit" && !f.pidsSet && opts.PidsLimit > 0:
+			opts.PidsLimit = 0
+			warnOnce(log, "workers' sandbox: no default limit on tasks: "+ue.Missing)
+		case ue.Option == "Namespaces":
+			opts.Namespaces, opts.AllowNetwork, opts.Binds, opts.TmpSize = false, false, nil, 0
+			if !f.pidsSet {
+				opts.PidsLimit = 0
+			}
+			warnOnce(log, "workers' sandbox: it cannot be set up on this machine, so workers run without it (see the \"workers confined\" line; --sandbox=required refuses to start instead): "+ue.Missing)
+			if err := checkUser(); err != nil {
+				return nil, err
+			}
+		default:
+			ue = nil
+		}
+		if ue == nil {
+			break
+		}
+		sb, err = sandbox.New(path, opts)
+	}
 	if err != nil {
-		var ue *sandbox.UnsupportedError
 		var ce *sandbox.ChecksumError
 		switch {
 		case errors.As(err, &ue):
@@ -200,6 +308,8 @@ func flagOf(option string) string {
 		return "--nofile"
 	case "Namespaces":
 		return "--sandbox"
+	case "Binds":
+		return "--sandbox-bind"
 	}
 	return option
 }

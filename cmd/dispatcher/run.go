@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,6 +67,8 @@ type Main struct {
 	// through it, and what escapes them is killed when they exit. Only for
 	// the real process: it changes the whole process.
 	Reaper *workers.Reaper
+
+	warned sync.Map // warnings logged once per process
 }
 
 // NewMain returns a Main writing to the process's stderr.

@@ -190,9 +190,9 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 // nothing: the sandbox's trial process is a child it does not know.
 func (s *service) setupIsolation(fo *options, log *logrus.Entry) (iso *isolation, err error) {
 	if s.m.Reaper == nil {
-		return fo.isolation.setup(fo.workers, log)
+		return fo.isolation.setup(fo.workers, log, &s.m.warned)
 	}
-	s.m.Reaper.Hold(func() { iso, err = fo.isolation.setup(fo.workers, log) })
+	s.m.Reaper.Hold(func() { iso, err = fo.isolation.setup(fo.workers, log, &s.m.warned) })
 	return iso, err
 }
 
@@ -234,7 +234,7 @@ func checkWorkers(ctx context.Context, o *options, log *logrus.Entry) error {
 }
 
 func checkWorker(ctx context.Context, fo *options, log *logrus.Entry) error {
-	iso, err := fo.isolation.setup(fo.workers, log)
+	iso, err := fo.isolation.setup(fo.workers, log, new(sync.Map)) // one function: nothing to log twice
 	if err != nil {
 		return err
 	}

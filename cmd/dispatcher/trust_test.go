@@ -51,7 +51,10 @@ func TestRootDefaultUserContainsWorker(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the default user applies to a dispatcher running as root; this test runs as uid " + strconv.Itoa(os.Geteuid()))
 	}
-	d := startDispatcher(t, "--workers", bin(t, "hostile"), "--pool-size", "1")
+	// --sandbox=off: the subject is the user of a directly started worker
+	// (in a sandbox, it is root of its user namespace, nobody outside:
+	// workers/sandbox's TestSandboxAttacks).
+	d := startDispatcher(t, "--workers", bin(t, "hostile"), "--pool-size", "1", "--sandbox=off")
 	d.waitLog("workers run as an unprivileged user", "65534")
 	resp, body := d.get("/whoami")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "\nuid=65534\n") {
@@ -110,7 +113,9 @@ func TestDefaultUserCannotExecute(t *testing.T) {
 	if err := faultCopyFile(bin(t, "hello"), w); err != nil {
 		t.Fatal(err)
 	}
-	code, stderr, _ := run(t, "--workers", w, "--listen", "127.0.0.1:0")
+	// --sandbox=off: a sandbox gets the binary from the dispatcher, which
+	// may reach it.
+	code, stderr, _ := run(t, "--workers", w, "--listen", "127.0.0.1:0", "--sandbox=off")
 	if code != 2 {
 		t.Errorf("exit status %d, want 2; stderr:\n%s", code, stderr)
 	}

@@ -70,6 +70,11 @@ func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
 		}
 	}
 	dir, err := os.MkdirTemp("", "testbin-")
+	if err == nil {
+		// Searchable: workers may run as another user (a sandbox's root
+		// is nobody outside).
+		err = os.Chmod(dir, 0o755)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

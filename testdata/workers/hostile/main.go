@@ -123,6 +123,7 @@ func main() {
 		}
 		fmt.Fprintf(w, "dial: %s\n", result(err))
 	})
+	sandboxAttacks(mux) // sandbox.go
 	sdk.Serve(mux)
 }
 
