@@ -271,3 +271,35 @@ func TestInheritedDescriptors(t *testing.T) {
 		})
 	}
 }
+
+// A dispatcher running as nobody starts beside a root dispatcher whose
+// workers run as nobody too: it must not take the root one's cgroups for
+// those of a dead dispatcher (its pid only answers EPERM) and kill their
+// workers while sweeping stale ones at start.
+func TestAnotherUsersDispatcherSparesWorkers(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start the dispatcher as another user")
+	}
+	root := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2")
+	tmp := shortTempDir(t)
+	if err := os.Chown(tmp, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{bin(t, "dispatcher"), "--workers", bin(t, "hello"), "--pool-size", "1",
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
+	other := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	})
+	// Its sandbox is set up, stale cgroups swept (and emptied), before it
+	// listens.
+	other.awaitListening(true)
+	for _, pid := range root.workers {
+		if state, _, ok := procStat(pid); !ok || state == 'Z' || state == 'X' {
+			t.Errorf("worker %d of the root dispatcher died when another user's dispatcher started", pid)
+		}
+	}
+	if resp, body := root.get("/"); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET / of the root dispatcher: %d %s", resp.StatusCode, body)
+	}
+}

@@ -355,7 +355,10 @@ func sweep(h *hierarchy) {
 	}
 	for _, e := range entries {
 		pid, ok := stalePoolPID(e.Name())
-		if !ok || !e.IsDir() || syscall.Kill(pid, 0) == nil || pid == os.Getpid() {
+		if !ok || !e.IsDir() || pid == os.Getpid() || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			// Only a pid that names no process is dead: EPERM is a live
+			// dispatcher of another user, whose workers may share this
+			// one's user (nobody) and could otherwise be killed.
 			continue
 		}
 		pool := group{h: h, dir: filepath.Join(h.base, e.Name())}
