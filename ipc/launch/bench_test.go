@@ -38,6 +38,15 @@ func BenchmarkWorkerLogLine(b *testing.B) {
 				s.Write(p)
 			}
 		})
+		b.Run(name+"/perline-limited", func(b *testing.B) {
+			// As a worker's sink is: within a limit it never reaches.
+			s := benchLog().limitedSink(newOutputLimit(-1, 1<<62, func(int, int) {}))
+			p := []byte(line + "\n")
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Write(p)
+			}
+		})
 		b.Run(name+"/buffered", func(b *testing.B) {
 			s := benchLog().sink()
 			per := 32 << 10 / (len(line) + 1)

@@ -184,7 +184,7 @@ func shim() error {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
 	if sp.Namespaces {
-		if err := loadSeccomp(); err != nil {
+		if err := loadSeccomp(sp.Network); err != nil {
 			return fmt.Errorf("seccomp filter: %w", err)
 		}
 	}

@@ -13,7 +13,7 @@
 //	/spin?ms=N&threads=K  spins K threads for N ms and reports the CPU time it got
 //	/ptrace?pid=P       PTRACE_SEIZE on P (default: its parent)
 //	/signal?pid=P       kill(P, 0) on P (default: its parent)
-//	/syscalls           tries mount, chroot, unshare, keyctl, bpf, init_module, perf_event_open, io_uring_setup
+//	/syscalls           tries system calls a sandbox denies, one "name: result" line each (see syscalls)
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
@@ -323,7 +323,8 @@ func ptrace(w http.ResponseWriter, r *http.Request) {
 }
 
 // syscalls tries calls the sandbox denies, with arguments that do no harm
-// when they are allowed (they fail for another reason, or do nothing).
+// when they are allowed (they fail for another reason, or do nothing, or
+// are undone).
 func syscalls(w http.ResponseWriter, r *http.Request) {
 	empty, _ := unix.BytePtrFromString("")
 	try := func(name string, f func() error) {
@@ -331,13 +332,8 @@ func syscalls(w http.ResponseWriter, r *http.Request) {
 	}
 	raw := func(nr uintptr, a ...uintptr) func() error {
 		return func() error {
-			var args [6]uintptr
-			copy(args[:], a)
-			_, _, e := unix.Syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5])
-			if e != 0 {
-				return e
-			}
-			return nil
+			_, err := rawCall(nr, a...)
+			return err
 		}
 	}
 	try("mount", func() error { return unix.Mount("none", "/nonexistent-hostile", "tmpfs", 0, "") })
@@ -348,6 +344,61 @@ func syscalls(w http.ResponseWriter, r *http.Request) {
 	try("init_module", raw(unix.SYS_INIT_MODULE, 0, 0, uintptr(unsafe.Pointer(empty))))
 	try("perf_event_open", raw(unix.SYS_PERF_EVENT_OPEN, 0, 0, ^uintptr(0), ^uintptr(0), 0))
 	try("io_uring_setup", raw(unix.SYS_IO_URING_SETUP, 0, 0))
+	try("userfaultfd", raw(unix.SYS_USERFAULTFD, unix.O_CLOEXEC))
+	try("ptrace", raw(unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1<<22 /* no such process */, 0, 0))
+	try("open_tree_attr", raw(467 /* Linux 6.15, on every architecture */, uintptr(^uint32(0)) /* not a descriptor */, uintptr(unsafe.Pointer(empty)), 0, 0, 0))
+	try("unassigned", raw(4000 /* no system call, yet */))
+	if ldt, ok := modifyLDT(); ok {
+		try("modify_ldt", raw(ldt, 0 /* read */, uintptr(unsafe.Pointer(empty)), 0))
+	}
+	// Undone if it works: the persona is the whole process's.
+	try("personality", func() error {
+		old, err := rawCall(unix.SYS_PERSONALITY, 0x0008 /* PER_LINUX32 */)
+		if err == nil {
+			_, _ = rawCall(unix.SYS_PERSONALITY, old)
+		}
+		return err
+	})
+	for _, s := range []struct {
+		name                  string
+		domain, typ, protocol int
+	}{
+		{"socket AF_VSOCK", unix.AF_VSOCK, unix.SOCK_STREAM, 0},
+		{"socket AF_PACKET", unix.AF_PACKET, unix.SOCK_DGRAM, 0},
+		{"socket AF_NETLINK audit", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_AUDIT},
+		{"socket AF_NETLINK route", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE},
+		{"socket AF_INET", unix.AF_INET, unix.SOCK_STREAM, 0},
+		{"socket AF_INET6", unix.AF_INET6, unix.SOCK_STREAM, 0},
+		{"socket AF_UNIX", unix.AF_UNIX, unix.SOCK_STREAM, 0},
+		{"socketpair AF_INET", unix.AF_INET, unix.SOCK_STREAM, 0},
+	} {
+		try(s.name, func() error {
+			var err error
+			if strings.HasPrefix(s.name, "socketpair") {
+				var fds [2]int
+				if fds, err = unix.Socketpair(s.domain, s.typ|unix.SOCK_CLOEXEC, s.protocol); err == nil {
+					unix.Close(fds[0])
+					unix.Close(fds[1])
+				}
+				return err
+			}
+			fd, err := unix.Socket(s.domain, s.typ|unix.SOCK_CLOEXEC, s.protocol)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		})
+	}
+}
+
+func rawCall(nr uintptr, a ...uintptr) (uintptr, error) {
+	var args [6]uintptr
+	copy(args[:], a)
+	r, _, e := unix.Syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5])
+	if e != 0 {
+		return 0, e
+	}
+	return r, nil
 }
 
 // connect tries every unix socket it can find that is not its own.
