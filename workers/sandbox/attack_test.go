@@ -2,13 +2,14 @@ package sandbox_test
 
 // The attacks of issue 19 against the default sandbox, as root and, in
 // TestSandboxAttacksUnprivileged, as an ordinary user: device nodes, a
-// host unix socket, a vsock port, /etc/shadow, the working directory,
+// host unix socket, a vsock port (refused by the filter), /etc/shadow, the working directory,
 // filling /tmp, a fork bomb.
 
 import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"github.com/childproc/dispatcher/internal/testbin"
 	"github.com/childproc/dispatcher/workers"
 	"github.com/childproc/dispatcher/workers/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // envUnprivileged marks the run of this test binary as nobody: TestMain
@@ -91,6 +93,21 @@ func TestSandboxAttacks(t *testing.T) {
 		if body := e.must(path); !strings.Contains(body, want) {
 			t.Errorf("GET %s: want %q in\n%s", path, want, body)
 		}
+	}
+
+	// The vsock port space is the host's: a bind must be refused, or
+	// leave the port free for the host.
+	port := 20000 + rand.IntN(40000)
+	vs := e.must(fmt.Sprintf("/vsock?port=%d", port))
+	if fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(port)})
+		unix.Close(fd)
+		if err != nil {
+			t.Errorf("the host cannot bind vsock port %d after the worker's attempt (%q): %v", port, vs, err)
+		}
+	}
+	if !strings.Contains(vs, "vsock: error") {
+		t.Errorf("GET /vsock: %q, want the bind refused", vs)
 	}
 
 	// The working directory is /, and / holds only the sandbox's own.

@@ -856,15 +856,12 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(g.dir, "cgroup.procs"), os.O_WRONLY, 0)
-		if err != nil {
-			return fmt.Errorf("cgroup: %w", err)
-		}
-		files = append(files, f)
-		fds = append(fds, strconv.Itoa(3+len(cmd.ExtraFiles)))
-		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		fds = append(fds, g.dir)
 	}
-	cmd.Env = append(cmd.Env, envCellFDs+"="+strings.Join(fds, ","))
+	// The other cells (cgroup v1) the dispatcher joins the shim to once it
+	// is started, while the shim starts: the shim waits for it before it
+	// does anything else.
+	cmd.Env = append(cmd.Env, envCellWait+"="+strings.Join(fds, ","))
 	// A root dispatcher hands the shim a copy of each bind, which it
 	// attaches without having to reach the source (it need not: the
 	// worker binary may lie in a directory only root may enter).
@@ -886,10 +883,23 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	if len(trees) > 0 {
 		cmd.Env = append(cmd.Env, envTreeFDs+"="+strings.Join(trees, ","))
 	}
+	var err error
 	if c.sharedNet {
-		return emptyNet.start(cmd)
+		err = emptyNet.start(cmd)
+	} else {
+		err = cmd.Start()
 	}
-	return cmd.Start()
+	if err != nil {
+		return err
+	}
+	for _, dir := range fds {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("cgroup: join the sandbox to its cell %s: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 func (c *Cell) closeCgroupFD() {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/childproc/dispatcher/ipc"
 	"golang.org/x/sys/unix"
@@ -24,12 +25,12 @@ import (
 const ShimArg = "--internal-exec"
 
 const (
-	envSpec    = "DISPATCHER_SANDBOX_SPEC"
-	envSockDir = "PLUGIN_UNIX_SOCKET_DIR"      // set by go-plugin: the worker's own socket directory
-	envCellFDs = "DISPATCHER_SANDBOX_CELL_FDS" // the cell's cgroup.procs, opened by the dispatcher
-	envTreeFDs = "DISPATCHER_SANDBOX_TREE_FDS" // the binds, cloned by the dispatcher: "INDEX:FD,..."
-	trialOK    = "sandbox: trial ok"
-	shimFailed = 125 // exit status of a shim that could not confine or start the worker
+	envSpec     = "DISPATCHER_SANDBOX_SPEC"
+	envSockDir  = "PLUGIN_UNIX_SOCKET_DIR"       // set by go-plugin: the worker's own socket directory
+	envCellWait = "DISPATCHER_SANDBOX_CELL_WAIT" // the cells the dispatcher joins a sandbox's shim to
+	envTreeFDs  = "DISPATCHER_SANDBOX_TREE_FDS"  // the binds, cloned by the dispatcher: "INDEX:FD,..."
+	trialOK     = "sandbox: trial ok"
+	shimFailed  = 125 // exit status of a shim that could not confine or start the worker
 )
 
 // spec is what the shim is asked to do.
@@ -87,26 +88,16 @@ func shim() error {
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellFDs+"=") && !strings.HasPrefix(kv, envTreeFDs+"=") {
+		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellWait+"=") && !strings.HasPrefix(kv, envTreeFDs+"=") {
 			env = append(env, kv)
 		}
 	}
 	// The cell first: whatever happens next happens inside it. In a user
 	// namespace, through descriptors the dispatcher opened (the kernel
 	// checks the opener's rights), which are then closed.
-	if fds, ok := os.LookupEnv(envCellFDs); ok {
-		for f := range strings.SplitSeq(fds, ",") {
-			if f == "" {
-				continue // none: started in its only cell
-			}
-			fd, err := strconv.Atoi(f)
-			if err != nil || fd <= 2 {
-				return fmt.Errorf("bad %s %q", envCellFDs, fds)
-			}
-			if _, err := unix.Write(fd, []byte("0")); err != nil {
-				return fmt.Errorf("join the cell: %w", err)
-			}
-			unix.Close(fd)
+	if dirs, ok := os.LookupEnv(envCellWait); ok {
+		if err := waitCells(dirs); err != nil {
+			return err
 		}
 	} else {
 		for _, dir := range sp.Cgroups {
@@ -255,6 +246,34 @@ func (fd fdReader) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+// waitCells waits until the dispatcher has moved the shim into each cell
+// of dirs (comma-separated cgroup directories): in a user namespace the
+// shim may not move itself, and the move takes milliseconds, which it
+// spends starting. Its pid in its own namespace is what it finds there.
+func waitCells(dirs string) error {
+	self := strconv.Itoa(os.Getpid())
+	deadline := time.Now().Add(10 * time.Second)
+	for dir := range strings.SplitSeq(dirs, ",") {
+		if dir == "" {
+			continue
+		}
+		for d := 50 * time.Microsecond; ; d = min(2*d, 5*time.Millisecond) {
+			b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+			if err != nil {
+				return fmt.Errorf("join the cell: %w", err)
+			}
+			if slices.Contains(strings.Fields(string(b)), self) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("join the cell: not in %s after 10s", dir)
+			}
+			time.Sleep(d)
+		}
+	}
+	return nil
 }
 
 // treeFDs reads envTreeFDs and marks its descriptors close-on-exec: they
