@@ -127,39 +127,53 @@ func TestDefaultUserCannotExecute(t *testing.T) {
 }
 
 // A dispatcher running as an unprivileged user, its workers as the same
-// one: they cannot trace it or read its environment or memory (it is not
-// dumpable).
+// one: they cannot trace it or read its environment or memory, without
+// the sandbox because it is not dumpable, at default flags because the
+// sandbox hides it (its dumpable flag must stay set there: a process that
+// is not may not map the user namespace of the sandbox it starts).
 func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start the dispatcher as another user")
 	}
-	tmp := shortTempDir(t)
-	if err := os.Chown(tmp, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	argv := []string{bin(t, "dispatcher"), "--workers", bin(t, "hostile"), "--pool-size", "1",
-		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
-	d := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
-		cmd.Env = append(cmd.Env, "DISPATCHER_E2E_SECRET=hunter2")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
-	})
-	d.awaitListening(true)
-	resp, body := d.get("/whoami")
-	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "\nuid=65534\n") {
-		t.Fatalf("GET /whoami: %d, want uid=65534:\n%s", resp.StatusCode, body)
-	}
-	resp, body = d.get("/attacks?sig=0")
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /attacks: %d %s", resp.StatusCode, body)
-	}
-	t.Logf("the worker's report:\n%s", body)
-	requireFailed(t, body, 3, "ptrace ", "environ ", "mem ")
-	if _, body := d.get("/snoop?name=DISPATCHER_E2E_SECRET"); strings.Contains(body, "hunter2") {
-		t.Errorf("the worker read the dispatcher's environment:\n%s", body)
-	}
-	if resp, body := d.get("/whoami"); resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /whoami after the attacks: %d %s", resp.StatusCode, body)
+	for _, tc := range []struct {
+		name, confined string
+		args           []string
+	}{
+		{"sandbox off", "no_new_privs; started directly", []string{"--sandbox=off"}},
+		{"defaults", "sandbox: root in it is uid 65534 outside", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tmp := shortTempDir(t)
+			if err := os.Chown(tmp, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+			argv := append([]string{bin(t, "dispatcher"), "--workers", bin(t, "hostile"), "--pool-size", "1",
+				"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, tc.args...)
+			d := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
+				cmd.Env = append(cmd.Env, "DISPATCHER_E2E_SECRET=hunter2")
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+			})
+			d.awaitListening(true)
+			d.waitLog("workers confined", tc.confined)
+			resp, body := d.get("/whoami")
+			if resp.StatusCode != http.StatusOK || !strings.Contains(body, "\nuid=") {
+				t.Fatalf("GET /whoami: %d:\n%s", resp.StatusCode, body)
+			}
+			resp, body = d.get("/attacks?sig=0&pid=" + strconv.Itoa(d.cmd.Process.Pid))
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /attacks: %d %s", resp.StatusCode, body)
+			}
+			t.Logf("the worker's report:\n%s", body)
+			requireFailed(t, body, 3, "ptrace ", "environ ", "mem ")
+			if _, body := d.get("/snoop?name=DISPATCHER_E2E_SECRET"); strings.Contains(body, "hunter2") {
+				t.Errorf("the worker read the dispatcher's environment:\n%s", body)
+			}
+			if resp, body := d.get("/whoami"); resp.StatusCode != http.StatusOK {
+				t.Errorf("GET /whoami after the attacks: %d %s", resp.StatusCode, body)
+			}
+		})
 	}
 }
 
