@@ -43,6 +43,7 @@ type Server struct {
 	draining  atomic.Bool
 	started   time.Time
 	version   string
+	showQuery bool
 	mux       *http.ServeMux
 }
 
@@ -76,6 +77,11 @@ func (s *Server) EnableProfiling() {
 	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
+
+// ShowQueries makes /status show the query strings of the requests in
+// flight. Off unless asked for: queries often carry tokens, and /status
+// answers whatever reaches the listener.
+func (s *Server) ShowQueries() { s.showQuery = true }
 
 // SetDraining marks the dispatcher as shutting down: /readyz answers 503
 // so that load balancers stop sending it requests.
@@ -134,15 +140,16 @@ type BreakerStatus struct {
 
 // WorkerStatus is one worker process in the /status document.
 type WorkerStatus struct {
-	PID      int       `json:"pid"`
-	State    string    `json:"state"`
-	Started  time.Time `json:"started"`
-	UptimeS  float64   `json:"uptime_s"`
-	Served   int       `json:"served"`
-	Busy     int       `json:"busy"`
-	Current  string    `json:"current,omitempty"`
-	AgeMS    float64   `json:"current_age_ms,omitempty"`
-	RSSBytes int64     `json:"rss_bytes"`
+	PID     int       `json:"pid"`
+	State   string    `json:"state"`
+	Started time.Time `json:"started"`
+	UptimeS float64   `json:"uptime_s"`
+	Served  int       `json:"served"`
+	Busy    int       `json:"busy"`
+	Current string    `json:"current,omitempty"` // method and URI, the query left out unless ShowQueries
+
+	AgeMS    float64 `json:"current_age_ms,omitempty"`
+	RSSBytes int64   `json:"rss_bytes"`
 }
 
 // ExitStatus is a recent worker exit in the /status document.
@@ -178,6 +185,9 @@ func (s *Server) Snapshot() Status {
 			ws := WorkerStatus{
 				PID: w.PID, State: w.State, Started: w.Started, UptimeS: seconds(now.Sub(w.Started)),
 				Served: w.Served, Busy: w.Busy, Current: w.Current, RSSBytes: w.RSS,
+			}
+			if !s.showQuery {
+				ws.Current, _, _ = strings.Cut(ws.Current, "?")
 			}
 			if w.Current != "" {
 				ws.AgeMS = float64(now.Sub(w.Since).Microseconds()) / 1000

@@ -123,6 +123,14 @@ func (w *closingWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
+// Flush writes the head, if not yet written, as the server's Flush would.
+func (w *closingWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *closingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 

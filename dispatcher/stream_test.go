@@ -27,6 +27,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/workers"
 )
 
 var echoMiB = flag.Int64("echo-mib", 0, "MiB echoed by TestEchoMemoryBounded (default 128, 32 with -short)")
@@ -118,7 +120,9 @@ func TestEchoMemoryBounded(t *testing.T) {
 		}
 	}
 	size := mib << 20
-	f := startFrontWith(t, "echo", frontOpts{server: Config{MaxBody: -1}})
+	// The request timeout is not what is tested: on a loaded machine the
+	// race-enabled transfer can take longer than the default.
+	f := startFrontWith(t, "echo", frontOpts{server: Config{MaxBody: -1}, workers: workers.Config{Timeout: 10 * time.Minute}})
 	if r, _ := mustGet(t, f.url+"/json"); r.StatusCode != 200 { // warm up: connection, buffers
 		t.Fatalf("warm-up: %d", r.StatusCode)
 	}

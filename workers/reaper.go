@@ -1,8 +1,11 @@
 package workers
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -78,7 +81,9 @@ func (r *Reaper) Sweep() int {
 		r.kmu.Lock()
 		ours := r.known[pid] > 0
 		r.kmu.Unlock()
-		if !ours {
+		// A worker reaped and forgotten since childPIDs read it is not a
+		// stray: only a process that is still a child is.
+		if !ours && parentOf(pid) == os.Getpid() {
 			strays = append(strays, pid)
 		}
 	}
@@ -104,4 +109,23 @@ func reap(pid int) {
 		}
 		time.Sleep(d)
 	}
+}
+
+// parentOf returns pid's parent, or 0 if pid is gone.
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }

@@ -3,8 +3,9 @@
 //
 //   - ondemand cold start: the first request on an idle dispatcher (spawn,
 //     handshake and request), repeated after each idle stop; median and p90;
-//   - oneshot throughput (closed loop, -conns clients) with warm spares
-//     against the same mode without spares (a spawn on every request's path),
+//   - oneshot throughput (closed loop, -conns clients) with warm spares,
+//     in the default sandbox and with --sandbox=off, against the same mode
+//     without spares (a spawn on every request's path),
 //     and against two fork-per-request baselines in the same run: a net/http
 //     server running a small static Go program per request, stdin to stdout,
 //     as of-watchdog's serializing mode does (bench/inproc -fork,
@@ -326,10 +327,17 @@ func main() {
 	fmt.Printf("ondemand cold start (first request on an idle dispatcher, %d runs): median %s, p90 %s\n\n", len(cold), ms(pct(cold, 0.5)), ms(pct(cold, 0.9)))
 
 	// Throughput: with and without spares, interleaved, medians.
-	var rpsSparesAll, rpsNoneAll, rpsForkAll, ratioForkAll, rpsCGIAll, ratioCGIAll []float64
+	var rpsSparesAll, rpsNoneAll, rpsForkAll, ratioForkAll, rpsCGIAll, ratioCGIAll, rpsOffAll, ratioOffAll []float64
 	var spawns []time.Duration
 	for r := range *rounds {
-		for _, spares := range rotate([]string{"2", "0", "fork", "cgi"}, r) {
+		for _, spares := range rotate([]string{"2", "0", "fork", "cgi", "off"}, r) {
+			if spares == "off" { // with spares, without the sandbox
+				s := start("--mode", "oneshot", "--spares", "2", "--max-workers", "4", "--sandbox=off")
+				rps, _ := load(s.url+"/", *conns)
+				rpsOffAll = append(rpsOffAll, rps)
+				s.stop()
+				continue
+			}
 			if spares == "fork" || spares == "cgi" {
 				s := startFork(spares)
 				rps, _ := load(s.url+"/", *conns)
@@ -355,6 +363,7 @@ func main() {
 	for i := range rpsForkAll {
 		ratioForkAll = append(ratioForkAll, rpsSparesAll[i]/rpsForkAll[i])
 		ratioCGIAll = append(ratioCGIAll, rpsSparesAll[i]/rpsCGIAll[i])
+		ratioOffAll = append(ratioOffAll, rpsSparesAll[i]/rpsOffAll[i])
 	}
 	rpsSpares, rpsNone, rpsFork, rpsCGI := median(rpsSparesAll), median(rpsNoneAll), median(rpsForkAll), median(rpsCGIAll)
 
@@ -379,6 +388,9 @@ func main() {
 	fmt.Printf("| ratio oneshot with spares / fork-per-request baseline (per round: %s) | %.2f |\n", floatsPrec(ratioForkAll, 2), median(ratioForkAll))
 	fmt.Printf("| CGI baseline (inproc -cgi cgichild: net/http/cgi running a net/http handler per request, static), %d clients, req/s (median of %d: %s) | %.0f |\n", *conns, len(rpsCGIAll), floats(rpsCGIAll), rpsCGI)
 	fmt.Printf("| ratio oneshot with spares / CGI baseline (per round: %s) | %.2f |\n", floatsPrec(ratioCGIAll, 2), median(ratioCGIAll))
+	fmt.Printf("| oneshot with spares, --sandbox=off, req/s (median of %d: %s) | %.0f |\n", len(rpsOffAll), floats(rpsOffAll), median(rpsOffAll))
+	fmt.Printf("| ratio oneshot with spares, default (sandbox where it can be set up) / --sandbox=off (per round: %s) | %.2f |\n", floatsPrec(ratioOffAll, 2), median(ratioOffAll))
+	fmt.Printf("| ratio oneshot with spares, --sandbox=off / CGI baseline | %.2f |\n", median(rpsOffAll)/rpsCGI)
 	fmt.Printf("| ratio spares / node fork-per-request (22 req/s, ../shared/ANCHORS.md) | %.1f |\n", rpsSpares/22)
 	fmt.Printf("| p50 at concurrency 1, closed loop: oneshot with spares | %s |\n", ms(pct(latSpares, 0.5)))
 	fmt.Printf("| p50 at concurrency 1, closed loop: pool | %s |\n", ms(pct(latPool, 0.5)))

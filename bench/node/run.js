@@ -12,6 +12,9 @@
 //   oneshot  dispatcher --mode oneshot: a fresh Node.js worker per request
 //   fork     a fresh Node.js process per request, forked by a Node.js master
 //            (fork.js), the way to isolate requests without the dispatcher
+//   pool-alt, oneshot-alt  pool and oneshot with --alt-worker FILE instead
+//            of worker.js: another build of the sdk (a checkout of the
+//            commit before a change), for before and after in one run
 //
 // Workloads: hello (GET /, "hello world\n") and echo (POST / with 4 KiB
 // echoed), with wrk at --conns connections (--oneshot-conns for oneshot
@@ -25,6 +28,7 @@
 //   node bench/node/run.js [--rounds 3] [--duration 8] [--warmup 1] [--conns 32]
 //        [--oneshot-conns 8] [--runs pool:hello,cluster:hello,...] [--profile]
 //        [--profile-dir DIR (keeps the .cpuprofile files)] [--out FILE]
+//        [--alt-worker FILE]
 //
 // Needs Go, Node.js and wrk (installed with apt-get when missing and run as
 // root). Everything is bounded and targets 127.0.0.1 only.
@@ -47,7 +51,7 @@ const STOP_MS = 15000;
 const ALL_RUNS = ['cluster:hello', 'pool:hello', 'plain:hello', 'pool-go:hello', 'cluster:echo', 'pool:echo', 'plain:echo', 'fork:hello', 'oneshot:hello'];
 
 function parseArgs(argv) {
-  const o = { rounds: 3, duration: 8, warmup: 1, conns: 32, oneshotConns: 8, runs: ALL_RUNS, profile: false, profileDir: '', out: '' };
+  const o = { rounds: 3, duration: 8, warmup: 1, conns: 32, oneshotConns: 8, runs: ALL_RUNS, profile: false, profileDir: '', out: '', altWorker: '' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -69,6 +73,7 @@ function parseArgs(argv) {
       case '--profile': o.profile = true; break;
       case '--profile-dir': o.profile = true; o.profileDir = path.resolve(val()); break;
       case '--out': o.out = val(); break;
+      case '--alt-worker': o.altWorker = path.resolve(val()); break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${a}`);
     }
@@ -76,12 +81,13 @@ function parseArgs(argv) {
   for (const r of o.runs) {
     const [s, w] = r.split(':');
     if (!SERVERS[s] || !WORKLOADS[w]) usage(`--runs: unknown run ${r}`);
+    if (s.endsWith('-alt') && !o.altWorker) usage(`--runs: ${r} needs --alt-worker`);
   }
   return o;
 }
 
 function usage(msg) {
-  const text = fs.readFileSync(__filename, 'utf8').split('\n').slice(1, 30).filter((l) => l.startsWith('//')).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
+  const text = fs.readFileSync(__filename, 'utf8').split('\n').slice(1, 40).filter((l) => l.startsWith('//')).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
   if (msg) {
     process.stderr.write(`run.js: ${msg}\n`);
     process.exit(2);
@@ -95,6 +101,7 @@ const log = (msg) => process.stderr.write(`[bench/node ${new Date().toTimeString
 // --- servers ----------------------------------------------------------------
 
 let BIN = ''; // temp dir of the Go binaries
+let ALT = ''; // --alt-worker
 
 const dispatcher = (worker, args, port) => [path.join(BIN, 'dispatcher'), [
   '--workers', worker, '--listen', `127.0.0.1:${port}`, '--admin-listen', '', '--access-log=false', '--log-level', 'warn', ...args,
@@ -109,6 +116,8 @@ const SERVERS = {
   'pool-go': (port) => dispatcher(path.join(BIN, 'hello'), ['--pool-size', String(CPUS)], port),
   oneshot: (port) => dispatcher(path.join(HERE, 'worker.js'), ['--mode', 'oneshot'], port),
   fork: (port) => [process.execPath, [path.join(HERE, 'fork.js'), port]],
+  'pool-alt': (port) => dispatcher(ALT, ['--pool-size', String(CPUS)], port),
+  'oneshot-alt': (port) => dispatcher(ALT, ['--mode', 'oneshot'], port),
 };
 
 const WORKLOADS = {
@@ -116,7 +125,7 @@ const WORKLOADS = {
   echo: { body: 4096 },
 };
 
-const oneshotLike = (server) => server === 'oneshot' || server === 'fork';
+const oneshotLike = (server) => server === 'oneshot' || server === 'oneshot-alt' || server === 'fork';
 
 // --- /proc ------------------------------------------------------------------
 
@@ -449,6 +458,9 @@ function report(o, results, prof, env) {
     ['oneshot / fork, hello', 'oneshot:hello', 'fork:hello', 'aim ≥ 3'],
     ['pool (Node.js worker) / pool-go, hello', 'pool:hello', 'pool-go:hello', ''],
     ['pool / plain, hello', 'pool:hello', 'plain:hello', ''],
+    ['oneshot-alt / fork, hello', 'oneshot-alt:hello', 'fork:hello', 'aim ≥ 3'],
+    ['oneshot / oneshot-alt, hello', 'oneshot:hello', 'oneshot-alt:hello', ''],
+    ['pool / pool-alt, hello', 'pool:hello', 'pool-alt:hello', ''],
   ];
   p('| ratio of req/s | median of the rounds\' ratios | each round | target |');
   p('|---|--:|---|---|');
@@ -470,14 +482,23 @@ function report(o, results, prof, env) {
   p();
   p('| | µs/req |');
   p('|---|--:|');
-  p(`| a Node.js worker under the dispatcher (pool: the workers' CPU) | ${cpuOf('pool:hello', (r) => r.workers).toFixed(1)} |`);
-  p(`| a plain Node.js http server (plain) | ${cpuOf('plain:hello', (r) => r.cpu).toFixed(1)} |`);
-  p(`| a cluster worker (cluster: the workers' CPU) | ${cpuOf('cluster:hello', (r) => r.workers).toFixed(1)} |`);
-  p(`| the dispatcher, with Node.js workers (pool: the leader) | ${cpuOf('pool:hello', (r) => r.leader).toFixed(1)} |`);
-  p(`| the dispatcher, with Go workers (pool-go: the leader) | ${cpuOf('pool-go:hello', (r) => r.leader).toFixed(1)} |`);
-  p(`| a Go worker (pool-go: the workers' CPU) | ${cpuOf('pool-go:hello', (r) => r.workers).toFixed(1)} |`);
-  p(`| oneshot: everything (dispatcher and the worker started for the request) | ${cpuOf('oneshot:hello', (r) => r.cpu).toFixed(1)} |`);
-  p(`| fork: everything (master and the child forked for the request) | ${cpuOf('fork:hello', (r) => r.cpu).toFixed(1)} |`);
+  for (const [what, k, f] of [
+    ['a Node.js worker under the dispatcher (pool: the workers\' CPU)', 'pool:hello', (r) => r.workers],
+    ['the same with --alt-worker (pool-alt: the workers\' CPU)', 'pool-alt:hello', (r) => r.workers],
+    ['a plain Node.js http server (plain)', 'plain:hello', (r) => r.cpu],
+    ['a cluster worker (cluster: the workers\' CPU)', 'cluster:hello', (r) => r.workers],
+    ['the dispatcher, with Node.js workers (pool: the leader)', 'pool:hello', (r) => r.leader],
+    ['the dispatcher, with Go workers (pool-go: the leader)', 'pool-go:hello', (r) => r.leader],
+    ['a Go worker (pool-go: the workers\' CPU)', 'pool-go:hello', (r) => r.workers],
+    ['oneshot: everything (dispatcher and the worker started for the request)', 'oneshot:hello', (r) => r.cpu],
+    ['oneshot: the workers started for the requests', 'oneshot:hello', (r) => r.workers],
+    ['oneshot-alt: everything', 'oneshot-alt:hello', (r) => r.cpu],
+    ['oneshot-alt: the workers started for the requests', 'oneshot-alt:hello', (r) => r.workers],
+    ['fork: everything (master and the child forked for the request)', 'fork:hello', (r) => r.cpu],
+    ['fork: the children forked for the requests', 'fork:hello', (r) => r.workers],
+  ]) {
+    if (groups.has(k)) p(`| ${what} | ${cpuOf(k, f).toFixed(1)} |`);
+  }
   p();
   if (prof) {
     p(`CPU profiles (node --cpu-prof), hello at -c${o.conns}: busy time per request by category, µs (share of the process's busy time):`);
@@ -518,6 +539,7 @@ async function main() {
     log('installing wrk');
     execFileSync('apt-get', ['install', '-y', '-qq', 'wrk'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, timeout: 300000 });
   }
+  ALT = o.altWorker;
   BIN = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-node-'));
   const cleanup = () => fs.rmSync(BIN, { recursive: true, force: true });
   process.on('exit', cleanup);

@@ -26,6 +26,7 @@ import (
 //	    args: [--greeting, hi]
 //	    mode: ondemand         # any per-function flag, by its name
 //	    env: {GREETING: hi}    # a map or a list of KEY=VALUE
+//	    env-file: hello.env    # KEY=VALUE lines, relative to the file's directory
 //
 // Values are the flags' own: durations like 10s, sizes like 256M. The
 // command line's flags override the file's top level; a function's own
@@ -35,7 +36,7 @@ import (
 // globalFlags are the settings of the dispatcher as a whole: they may not
 // appear inside a function.
 var globalFlags = map[string]bool{
-	"listen": true, "admin-listen": true, "admin-pprof": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
+	"listen": true, "admin-listen": true, "admin-pprof": true, "admin-show-query": true, "shutdown-timeout": true, "log-format": true, "log-level": true,
 	"access-log": true, "access-log-query": true, "access-log-flush": true, "config": true, "check-config": true, "watch": true,
 	"tls-cert": true, "tls-key": true, "h2c": true, "read-header-timeout": true, "read-timeout": true,
 	"write-timeout": true, "keepalive-timeout": true, "max-header-bytes": true,
@@ -105,6 +106,11 @@ func loadConfig(path string) (*configFile, error) {
 		s, err := cf.setting(k, v, "")
 		if err != nil {
 			return nil, err
+		}
+		if s.key == "env-file" {
+			for i := range s.values {
+				s.values[i] = cf.resolve(s.values[i])
+			}
 		}
 		cf.top = append(cf.top, s)
 	}
@@ -184,8 +190,10 @@ func (cf *configFile) function(i int, n *yaml.Node) (configFunction, error) {
 			if globalFlags[s.key] {
 				return f, configError(cf.path, k.Line, "%s%s is a setting of the whole dispatcher: put it at the top level", where+".", s.key)
 			}
-			if s.key == "workers" {
-				s.values[0] = cf.resolve(s.values[0])
+			if s.key == "workers" || s.key == "env-file" {
+				for i := range s.values {
+					s.values[i] = cf.resolve(s.values[i])
+				}
 			}
 			f.settings = append(f.settings, s)
 		}
@@ -264,7 +272,7 @@ func (cf *configFile) resolve(p string) string {
 }
 
 // repeatable are the flags that take a list.
-var repeatable = map[string]bool{"env": true, "pass-env": true, "trusted-proxies": true}
+var repeatable = map[string]bool{"env": true, "env-file": true, "pass-env": true, "trusted-proxies": true, "sandbox-bind": true}
 
 // flagNames are the dispatcher's flags, by name (filled from a flag set).
 var flagNames = func() map[string]*flag.Flag {

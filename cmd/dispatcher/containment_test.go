@@ -152,7 +152,9 @@ func TestUnkillableWorker(t *testing.T) {
 // by the dispatcher (a child subreaper) and killed.
 func TestEscapedDescendantDies(t *testing.T) {
 	t.Parallel()
-	d := startDispatcher(t, "--workers", bin(t, "escape"), "--pool-size", "1", "--timeout", "1s")
+	// --sandbox=off: the test finds the descendant by the pid the worker
+	// reports, which in a sandbox is its PID namespace's.
+	d := startDispatcher(t, "--workers", bin(t, "escape"), "--pool-size", "1", "--timeout", "1s", "--sandbox=off")
 	resp, body := d.get("/?how=fork")
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("hanging request: %d %q, want 504", resp.StatusCode, body)

@@ -64,6 +64,7 @@ var flagGroups = []struct {
 	}},
 	{"Isolation: what confines each worker (see the README's security model)", []string{
 		"env",
+		"env-file",
 		"pass-env",
 		"user",
 		"memory-limit",
@@ -71,11 +72,14 @@ var flagGroups = []struct {
 		"cpu-limit",
 		"nofile",
 		"sandbox",
+		"sandbox-bind",
+		"tmp-size",
 		"allow-network",
 		"checksum",
 	}},
 	{"Operations: admin listener, logs, reloads, shutdown", []string{
 		"admin-listen",
+		"admin-show-query",
 		"admin-pprof",
 		"log-format",
 		"log-level",

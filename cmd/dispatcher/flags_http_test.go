@@ -377,3 +377,42 @@ func TestHTTPHelpShowsDefaults(t *testing.T) {
 		}
 	}
 }
+
+// A request with both Content-Length and Transfer-Encoding is answered, and
+// its connection then closed (RFC 9112 §6.1): a request pipelined after it
+// on the same connection is never served. The same pair with only
+// Transfer-Encoding keeps the connection.
+func TestAmbiguousFramingClosesConnection(t *testing.T) {
+	t.Parallel()
+	d := startDispatcher(t, "--workers", bin(t, "echo"), "--pool-size", "1")
+	const (
+		chunked = "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+		both    = "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+		next    = "GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+	)
+	for _, tc := range []struct {
+		name      string
+		first     string
+		responses int
+	}{{"chunked", chunked, 2}, {"content-length and chunked", both, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := rawRequest(t, d, tc.first+next)
+			br := bufio.NewReader(strings.NewReader(out))
+			resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+			if err != nil {
+				t.Fatalf("first response: %v; got %q", err, out)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(body) != "hello" {
+				t.Fatalf("first response: %d %q, want 200 hello", resp.StatusCode, body)
+			}
+			if want := tc.responses == 1; resp.Close != want {
+				t.Errorf("first response: Connection: close %v, want %v", resp.Close, want)
+			}
+			n := 1 + strings.Count(out[len(out)-br.Buffered():], "HTTP/1.1 ")
+			if n != tc.responses {
+				t.Errorf("%d responses on the connection, want %d:\n%s", n, tc.responses, out)
+			}
+		})
+	}
+}

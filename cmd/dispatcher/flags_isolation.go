@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/childproc/dispatcher/workers"
 	"github.com/childproc/dispatcher/workers/sandbox"
@@ -27,16 +29,56 @@ const minNoFile = 32
 
 type isolationFlags struct {
 	env          []string // KEY=VALUE, in order
+	envFiles     []string // --env-file paths, in order
+	fileEnv      []string // KEY=VALUE read from envFiles by check
 	passEnv      []string
 	user         string
 	memoryLimit  int64
 	pidsLimit    int64
 	cpuLimit     float64
+	pidsSet      bool // --pids-limit given (else DefaultPidsLimit in the sandbox)
 	nofile       uint64
-	sandbox      bool
+	sandbox      sandboxMode
+	binds        []sandbox.Bind
+	tmpSize      int64
 	allowNetwork bool
 	checksum     string
 }
+
+// sandboxMode is --sandbox: off, on (where the machine can set it up, the
+// default) or required. A bare --sandbox is on.
+type sandboxMode string
+
+const (
+	sandboxOn       sandboxMode = "on"
+	sandboxOff      sandboxMode = "off"
+	sandboxRequired sandboxMode = "required"
+)
+
+func (m *sandboxMode) String() string {
+	if m == nil || *m == "" {
+		return string(sandboxOn)
+	}
+	return string(*m)
+}
+
+func (m *sandboxMode) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "on", "true", "yes", "1":
+		*m = sandboxOn
+	case "off", "false", "no", "0":
+		*m = sandboxOff
+	case "required":
+		*m = sandboxRequired
+	default:
+		return errors.New("want off, on or required")
+	}
+	return nil
+}
+
+func (m *sandboxMode) IsBoolFlag() bool { return true }
+
+func (m *sandboxMode) Get() any { return m.String() }
 
 func (f *isolationFlags) register(fs *flag.FlagSet) {
 	fs.Func("env", "set `KEY=VALUE` in the workers' environment (repeatable)", func(s string) error {
@@ -50,6 +92,10 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.env = append(f.env, s)
 		return nil
 	})
+	fs.Func("env-file", "set the workers' variables from `FILE`: KEY=VALUE lines, # comments (repeatable; read at start and at each reload; values stay off the command line)", func(s string) error {
+		f.envFiles = append(f.envFiles, s)
+		return nil
+	})
 	fs.Func("pass-env", "pass the dispatcher's variable `KEY` to the workers (repeatable)", func(s string) error {
 		if err := workers.CheckEnvKey(s); err != nil {
 			return err
@@ -57,7 +103,7 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.passEnv = append(f.passEnv, s)
 		return nil
 	})
-	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root)")
+	fs.StringVar(&f.user, "user", "", "run workers as `USER[:GROUP]` (names or numbers; the dispatcher must run as root; default: nobody when it runs as root, else its own user; root only if named)")
 	fs.Func("memory-limit", "memory cap of each worker and its descendants, e.g. 256M or 1G (`SIZE`; cgroup; default none)", func(s string) error {
 		n, err := parseSize(s)
 		if err != nil {
@@ -66,11 +112,36 @@ func (f *isolationFlags) register(fs *flag.FlagSet) {
 		f.memoryLimit = n
 		return nil
 	})
-	fs.Int64Var(&f.pidsLimit, "pids-limit", 0, "cap on the tasks (processes and threads) of each worker and its descendants (cgroup; 0: none)")
+	fs.Func("pids-limit", fmt.Sprintf("cap on the tasks (processes and threads) of each worker and its descendants (cgroup; 0: none; default %d in the sandbox, else none)", sandbox.DefaultPidsLimit), func(s string) error {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return errors.New("want a number of tasks")
+		}
+		f.pidsLimit, f.pidsSet = n, true
+		return nil
+	})
 	fs.Float64Var(&f.cpuLimit, "cpu-limit", 0, "CPU cap of each worker and its descendants, in `CPUS` (0.5: half a core; cgroup; 0: none)")
 	fs.Uint64Var(&f.nofile, "nofile", 0, "open files limit of each worker process (RLIMIT_NOFILE; 0: inherited)")
-	fs.BoolVar(&f.sandbox, "sandbox", false, "run each worker in its own PID, mount, IPC, UTS, cgroup and network namespaces with a private /tmp, a read-only file system, no capabilities and a seccomp filter (needs root)")
-	fs.BoolVar(&f.allowNetwork, "allow-network", false, "with --sandbox, keep the host's network")
+	f.sandbox = sandboxOn
+	fs.Var(&f.sandbox, "sandbox", "run each worker in a sandbox: a user namespace (root in it is an unprivileged user outside), its own PID, mount, IPC, UTS, cgroup and network namespaces, a minimal read-only root, a private /tmp, no capabilities, a seccomp filter. --sandbox=on (the default): where the machine can set it up, else the dispatcher says why and runs without it; --sandbox=required: refuse to start without it; --sandbox=off")
+	fs.Func("sandbox-bind", "bind `SRC[:DST]` read-only into the sandbox, a file or a directory (repeatable)", func(s string) error {
+		b, err := sandbox.ParseBind(s)
+		if err != nil {
+			return err
+		}
+		f.binds = append(f.binds, b)
+		return nil
+	})
+	f.tmpSize = sandbox.DefaultTmpSize
+	fs.Func("tmp-size", fmt.Sprintf("size of the sandbox's private /tmp and /dev/shm, charged to the worker's memory (`SIZE`; default %dM)", sandbox.DefaultTmpSize>>20), func(s string) error {
+		n, err := parseSize(s)
+		if err != nil {
+			return err
+		}
+		f.tmpSize = n
+		return nil
+	})
+	fs.BoolVar(&f.allowNetwork, "allow-network", false, "in the sandbox, keep the host's network")
 	fs.StringVar(&f.checksum, "checksum", "", "refuse to run a worker binary whose digest is not `sha256:HEX`")
 }
 
@@ -85,10 +156,20 @@ func (f *isolationFlags) check(concurrency int) error {
 		return usageErrorf("--cpu-limit %v: must be at least 0.01", f.cpuLimit)
 	case f.nofile > 0 && f.nofile < uint64(minNoFile+concurrency):
 		return usageErrorf("--nofile %d: must be at least %d (%d + --concurrency)", f.nofile, minNoFile+concurrency, minNoFile)
-	case f.allowNetwork && !f.sandbox:
-		return usageErrorf("--allow-network: only meaningful with --sandbox")
+	case f.allowNetwork && f.sandbox == sandboxOff:
+		return usageErrorf("--allow-network: only meaningful with the sandbox (not with --sandbox=off)")
+	case len(f.binds) > 0 && f.sandbox == sandboxOff:
+		return usageErrorf("--sandbox-bind: only meaningful with the sandbox (not with --sandbox=off)")
 	case strings.HasPrefix(f.user, ":") || strings.HasSuffix(f.user, ":"):
 		return usageErrorf("--user %q: want USER[:GROUP]", f.user)
+	}
+	f.fileEnv = nil
+	for _, path := range f.envFiles {
+		env, err := readEnvFile(path)
+		if err != nil {
+			return err
+		}
+		f.fileEnv = append(f.fileEnv, env...)
 	}
 	if f.checksum != "" {
 		if err := sandbox.ParseChecksum(f.checksum); err != nil {
@@ -121,7 +202,13 @@ type isolation struct {
 // setup builds the workers' environment and sandbox. A combination the
 // machine cannot honour is a usage error naming the flag and what is
 // missing.
-func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, error) {
+func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map) (*isolation, error) {
+	// Each fallback is logged once per process, not per function or reload.
+	warnOnce := func(log *logrus.Entry, msg string) {
+		if _, dup := warned.LoadOrStore(msg, true); !dup {
+			log.Warn(msg)
+		}
+	}
 	env := workers.MinimalEnv()
 	for _, k := range f.passEnv {
 		if v, ok := os.LookupEnv(k); ok {
@@ -130,22 +217,63 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry) (*isolation, erro
 			log.WithField("variable", k).Warn("--pass-env: the dispatcher has no such variable")
 		}
 	}
-	for _, kv := range f.env {
+	for _, kv := range append(f.fileEnv, f.env...) { // --env overrides the files
 		k, v, _ := strings.Cut(kv, "=")
 		env = workers.SetEnv(env, k, v)
 	}
-	sb, err := sandbox.New(path, sandbox.Options{
-		User:         f.user,
-		MemoryLimit:  f.memoryLimit,
-		PidsLimit:    f.pidsLimit,
-		CPULimit:     f.cpuLimit,
-		NoFile:       f.nofile,
-		Namespaces:   f.sandbox,
-		AllowNetwork: f.allowNetwork,
-		Checksum:     f.checksum,
-	})
+	userSpec, defaulted := f.workerUser()
+	// Without the sandbox the worker's user must reach the binary; in it,
+	// the dispatcher hands the binary in.
+	checkUser := func() error {
+		if userSpec == "" {
+			return nil
+		}
+		return checkUserCanExecute(path, userSpec, defaulted)
+	}
+	opts := sandbox.Options{
+		User:        userSpec,
+		MemoryLimit: f.memoryLimit,
+		PidsLimit:   f.pidsLimit,
+		CPULimit:    f.cpuLimit,
+		NoFile:      f.nofile,
+		Checksum:    f.checksum,
+	}
+	if f.sandbox != sandboxOff {
+		opts.Namespaces, opts.AllowNetwork, opts.Binds, opts.TmpSize = true, f.allowNetwork, f.binds, f.tmpSize
+		if !f.pidsSet {
+			opts.PidsLimit = sandbox.DefaultPidsLimit
+		}
+	} else if err := checkUser(); err != nil {
+		return nil, err
+	}
+	sb, err := sandbox.New(path, opts)
+	// On by default: where the machine cannot set the sandbox up (or the
+	// default tasks limit), the workers run without it, and the log says
+	// why, once.
+	var ue *sandbox.UnsupportedError
+	for f.sandbox == sandboxOn && errors.As(err, &ue) {
+		switch {
+		case ue.Option == "PidsLimit" && !f.pidsSet && opts.PidsLimit > 0:
+			opts.PidsLimit = 0
+			warnOnce(log, "workers' sandbox: no default limit on tasks: "+ue.Missing)
+		case ue.Option == "Namespaces":
+			opts.Namespaces, opts.AllowNetwork, opts.Binds, opts.TmpSize = false, false, nil, 0
+			if !f.pidsSet {
+				opts.PidsLimit = 0
+			}
+			warnOnce(log, "workers' sandbox: it cannot be set up on this machine, so workers run without it (see the \"workers confined\" line; --sandbox=required refuses to start instead): "+ue.Missing)
+			if err := checkUser(); err != nil {
+				return nil, err
+			}
+		default:
+			ue = nil
+		}
+		if ue == nil {
+			break
+		}
+		sb, err = sandbox.New(path, opts)
+	}
 	if err != nil {
-		var ue *sandbox.UnsupportedError
 		var ce *sandbox.ChecksumError
 		switch {
 		case errors.As(err, &ue):
@@ -180,6 +308,8 @@ func flagOf(option string) string {
 		return "--nofile"
 	case "Namespaces":
 		return "--sandbox"
+	case "Binds":
+		return "--sandbox-bind"
 	}
 	return option
 }

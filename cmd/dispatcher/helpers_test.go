@@ -254,9 +254,19 @@ func startProc(t *testing.T, args ...string) *dproc {
 // with tmpDir as its TMPDIR and follows its stderr.
 func launchProc(t *testing.T, tmpDir string, argv []string) *dproc {
 	t.Helper()
+	return launchProcWith(t, tmpDir, argv, nil)
+}
+
+// launchProcWith is launchProc with prep, if not nil, adjusting the
+// command before it starts (descriptors to inherit, an identity).
+func launchProcWith(t *testing.T, tmpDir string, argv []string, prep func(*exec.Cmd)) *dproc {
+	t.Helper()
 	d := &dproc{t: t, log: newLogBuf(), done: make(chan struct{}), tmpDir: tmpDir}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Env = envWithTMPDIR(tmpDir)
+	if prep != nil {
+		prep(d.cmd)
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -549,13 +559,18 @@ func processesOf(path string) []int {
 	return pids
 }
 
-// shortTempDir returns a new empty directory, removed when the test ends,
+// shortTempDir returns a new empty directory (mode 0755), removed when the test ends,
 // with a path short enough to hold the dispatcher's unix sockets (unlike
 // t.TempDir, whose path grows with the test's name).
 func shortTempDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "de2e")
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Searchable by the workers' user (nobody, for a dispatcher running
+	// as root), whose socket directories go there.
+	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -37,7 +37,12 @@ func TestIsolationUsageErrors(t *testing.T) {
 		{"cpu NaN", []string{"--cpu-limit", "NaN"}, "--cpu-limit"},
 		{"cpu too small", []string{"--cpu-limit", "0.001"}, "--cpu-limit"},
 		{"nofile too low", []string{"--nofile", "8"}, "--nofile"},
-		{"network without sandbox", []string{"--allow-network"}, "--allow-network"},
+		{"network without sandbox", []string{"--allow-network", "--sandbox=off"}, "--allow-network"},
+		{"bind without sandbox", []string{"--sandbox-bind", "/etc", "--sandbox=off"}, "--sandbox-bind"},
+		{"bind relative", []string{"--sandbox-bind", "etc"}, "-sandbox-bind"},
+		{"bind missing", []string{"--sandbox-bind", "/no/such/path"}, "--sandbox-bind"},
+		{"sandbox mode", []string{"--sandbox=maybe"}, "-sandbox"},
+		{"tmp size", []string{"--tmp-size", "1K"}, "-tmp-size"},
 		{"checksum syntax", []string{"--checksum", "md5:abcd"}, "--checksum"},
 		{"checksum mismatch", []string{"--checksum", "sha256:" + strings.Repeat("0", 64)}, "not the expected sha256:" + strings.Repeat("0", 64)},
 		{"unknown user", []string{"--user", "no-such-user-xyz"}, "--user"},
@@ -114,7 +119,7 @@ func TestSandboxFlags(t *testing.T) {
 		t.Skipf("this machine lacks what the test needs: %v", err)
 	}
 	probe.Close()
-	args := []string{"--workers", bin(t, "hostile"), "--pool-size", "2", "--sandbox", "--memory-limit", "64M", "--pids-limit", "256", "--nofile", "128"}
+	args := []string{"--workers", bin(t, "hostile"), "--pool-size", "2", "--sandbox=required", "--memory-limit", "64M", "--pids-limit", "256", "--nofile", "128"}
 	d := startDispatcher(t, args...)
 	resp, body := d.get("/whoami")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "hostname=sandbox") || !strings.Contains(body, "seccomp=2") {

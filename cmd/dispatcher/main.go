@@ -26,9 +26,20 @@ import (
 	"syscall"
 
 	"github.com/childproc/dispatcher/workers"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
+	if err := closeOnExecInherited(); err != nil {
+		fmt.Fprintln(os.Stderr, "dispatcher: cannot mark inherited descriptors close-on-exec: "+err.Error())
+		os.Exit(1)
+	}
+	// Not dumpable: a worker of the dispatcher's own user (no --user, not
+	// root) can neither ptrace it nor read its /proc/PID/environ or mem,
+	// which now belong to root. Its children get the default back at exec.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "dispatcher: warning: PR_SET_DUMPABLE: "+err.Error())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)

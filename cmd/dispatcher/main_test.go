@@ -213,7 +213,9 @@ var pidField = regexp.MustCompile(`^[1-9][0-9]*$`)
 
 func TestHello(t *testing.T) {
 	t.Parallel()
-	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2")
+	// --sandbox=off: the test matches the pid the worker reports with the
+	// access log's, which differ in a sandbox (its own PID namespace).
+	d := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2", "--sandbox=off")
 	if len(d.workers) != 2 {
 		t.Fatalf("listening line names %d workers, want 2: %v", len(d.workers), d.workers)
 	}
@@ -459,7 +461,9 @@ func TestCrashContained(t *testing.T) {
 func TestHangTimeoutKillsGroup(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
-	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1", "--timeout", timeout.String())
+	// --sandbox=off: the worker starts sleep(1), and the test finds it by
+	// the pid the worker reports.
+	d := startDispatcher(t, "--workers", bin(t, "hang"), "--pool-size", "1", "--timeout", timeout.String(), "--sandbox=off")
 	worker := d.workers[0]
 
 	start := time.Now()

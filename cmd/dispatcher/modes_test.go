@@ -94,7 +94,9 @@ func TestOnDemandMode(t *testing.T) {
 // oneshot through the CLI: a global counter reads 1 on every request, each
 // from its own process.
 func TestOneShotMode(t *testing.T) {
-	d := startDispatcher(t, "--workers", bin(t, "counter"), "--mode", "oneshot", "--spares", "1", "--max-workers", "3")
+	// --sandbox=off: fresh processes are told apart by their pids, which
+	// in a sandbox are their PID namespaces' (all alike).
+	d := startDispatcher(t, "--workers", bin(t, "counter"), "--mode", "oneshot", "--spares", "1", "--max-workers", "3", "--sandbox=off")
 	seen := map[string]bool{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -53,7 +53,9 @@ func TestStreamedUploadRetried(t *testing.T) {
 	t.Parallel()
 	data := make([]byte, 1<<20)
 	_, _ = rand.NewChaCha8([32]byte{2}).Read(data)
-	d := startDispatcher(t, "--workers", bin(t, "chaos"), "--pool-size", "1", "--log-level", "debug")
+	// --sandbox=off: the test follows a worker by the pid it reports
+	// (X-Chaos-Pid), which in a sandbox is its PID namespace's.
+	d := startDispatcher(t, "--workers", bin(t, "chaos"), "--pool-size", "1", "--log-level", "debug", "--sandbox=off")
 	for _, tc := range []struct {
 		name            string
 		chunked, expect bool
@@ -104,7 +106,8 @@ func TestStreamedUploadRetried(t *testing.T) {
 func TestStreamedUploadRetriedOverLimit(t *testing.T) {
 	t.Parallel()
 	data := make([]byte, 1<<20)
-	d := startDispatcher(t, "--workers", bin(t, "chaos"), "--pool-size", "1", "--max-body", "512K")
+	// --sandbox=off: as in TestStreamedUploadRetried.
+	d := startDispatcher(t, "--workers", bin(t, "chaos"), "--pool-size", "1", "--max-body", "512K", "--sandbox=off")
 	dead := d.armDeath()
 	// The worker reads the whole body before it answers. The body is over
 	// the limit by less than the 256 KiB net/http reads after an early

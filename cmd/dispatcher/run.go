@@ -15,9 +15,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/childproc/dispatcher/admin"
 	"github.com/childproc/dispatcher/dispatcher"
 	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/ipc/launch"
@@ -65,6 +67,8 @@ type Main struct {
 	// through it, and what escapes them is killed when they exit. Only for
 	// the real process: it changes the whole process.
 	Reaper *workers.Reaper
+
+	warned sync.Map // warnings logged once per process
 }
 
 // NewMain returns a Main writing to the process's stderr.
@@ -76,6 +80,7 @@ type options struct {
 	listen          string
 	adminListen     string
 	adminPprof      bool
+	adminShowQuery  bool
 	config          string
 	checkConfig     string
 	watch           bool
@@ -115,9 +120,10 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.workers, "workers", "", "worker `BINARY` built with the sdk (required unless --config); arguments for it follow --")
 	fs.StringVar(&o.config, "config", "", "YAML `FILE` declaring the functions to serve, their routes and settings (see examples/dispatcher.yaml)")
 	fs.StringVar(&o.checkConfig, "check-config", "", "validate the config `FILE`, start each function's worker binary once through its handshake, and exit")
-	fs.BoolVar(&o.watch, "watch", false, "reload when the config file or a worker binary changes (as on SIGHUP)")
+	fs.BoolVar(&o.watch, "watch", false, "reload when the config file, a worker binary or an --env-file changes (as on SIGHUP)")
 	fs.StringVar(&o.listen, "listen", ":8080", "`ADDRESS` to serve HTTP on, host:port (no host: every interface)")
-	fs.StringVar(&o.adminListen, "admin-listen", defaultAdminListen, "`ADDRESS` of the admin endpoints (/metrics, /healthz, /readyz, /status); empty: none")
+	fs.StringVar(&o.adminListen, "admin-listen", defaultAdminListen, "`ADDRESS` of the admin endpoints (/metrics, /healthz, /readyz, /status): host:port, or unix:PATH for a socket of mode 0600; empty: none")
+	fs.BoolVar(&o.adminShowQuery, "admin-show-query", false, "show the query strings of requests in flight on /status (left out by default: they may hold tokens)")
 	fs.BoolVar(&o.adminPprof, "admin-pprof", false, "also serve Go's runtime profiles of the dispatcher under /debug/pprof/ on the admin listener")
 	fs.IntVar(&o.poolSize, "pool-size", runtime.NumCPU(), "worker processes kept running (--mode pool)")
 	fs.IntVar(&o.concurrency, "concurrency", 1, "requests one worker serves at once (1-1024)")
@@ -278,9 +284,13 @@ func (o *options) checkGlobal() error {
 		}
 		return usageErrorf("--listen %q: want host:port, such as :%s (every interface) or 127.0.0.1:%s", o.listen, port, port)
 	}
-	if o.adminListen != "" {
+	if path, ok := strings.CutPrefix(o.adminListen, unixPrefix); ok {
+		if path == "" || len(path) > len(unix.RawSockaddrUnix{}.Path)-1 {
+			return usageErrorf("--admin-listen %q: want unix:PATH, a path of 1-107 bytes", o.adminListen)
+		}
+	} else if o.adminListen != "" {
 		if _, _, err := net.SplitHostPort(o.adminListen); err != nil {
-			return usageErrorf("--admin-listen %q: want host:port", o.adminListen)
+			return usageErrorf("--admin-listen %q: want host:port or unix:PATH", o.adminListen)
 		}
 		if _, port, _ := net.SplitHostPort(o.adminListen); o.adminListen == o.listen && port != "0" {
 			return usageErrorf("--admin-listen %q: must not be the public --listen address", o.adminListen)
@@ -431,6 +441,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		defer restore()
 	}
 
+	logWorkerUsers(o.functions, log)
 	t0 := time.Now()
 	svc := newService(m, args, o, log)
 	if lw != nil {
@@ -461,8 +472,9 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	defer errWriter.Close()
 	errLog := stdlog.New(errWriter, "", 0)
 	hs := o.http.server(svc.router, errLog)
+	front := dispatcher.GuardFraming(hs, newShedListener(ln, "listen", log)) // RFC 9112 §6.1: close after Content-Length with Transfer-Encoding
 	served := make(chan error, 2)
-	go func() { served <- o.http.serve(hs, ln) }()
+	go func() { served <- o.http.serve(hs, front) }()
 	fields := logrus.Fields{"addr": ln.Addr().String(), "startup_ms": time.Since(t0).Milliseconds()}
 	if o.config == "" {
 		fields["workers"] = strings.Trim(fmt.Sprint(svc.functions()[0].Pool.Workers()), "[]")
@@ -471,16 +483,18 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		fields["config"] = o.config
 		fields["functions"] = len(o.functions)
 	}
-	var admin *http.Server
+	var adminSrv *http.Server
 	if o.adminListen != "" {
-		aln, err := net.Listen("tcp", o.adminListen)
+		aln, err := listenAdmin(o.adminListen)
 		if err != nil {
 			_ = hs.Close()
-			return listenError("admin-listen", o.adminListen, err)
+			return err
 		}
-		admin = &http.Server{Handler: svc.admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
+		var lim admin.Limits // the defaults: a connection cap and timeouts
+		adminSrv = svc.admin.HTTPServer(lim, errLog)
+		capped := lim.Listener(newShedListener(aln, "admin-listen", log))
 		go func() {
-			if err := admin.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(capped); !errors.Is(err, http.ErrServerClosed) {
 				served <- fmt.Errorf("admin server: %w", err)
 			}
 		}()
@@ -516,8 +530,8 @@ loop:
 		_ = hs.Close()
 	}
 	svc.close(sctx)
-	if admin != nil {
-		_ = admin.Close()
+	if adminSrv != nil {
+		_ = adminSrv.Close() // removes a unix socket
 	}
 	log.Info("stopped")
 	return serveErr

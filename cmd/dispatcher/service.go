@@ -67,6 +67,7 @@ func (fo *options) workersKey() string {
 		}
 	}
 	fmt.Fprintf(&b, "args %q\n", fo.workerArgs)
+	fmt.Fprintf(&b, "env-file contents %s\n", envDigest(fo.isolation.fileEnv))
 	for _, name := range slices.Sorted(maps.Keys(fo.values)) {
 		if !globalFlags[name] && !frontFlags[name] {
 			fmt.Fprintf(&b, "%s=%q\n", name, fo.values[name])
@@ -82,6 +83,9 @@ func newService(m *Main, args []string, o *options, log *logrus.Entry) *service 
 	s.admin = admin.New(s.functions, s.metrics, build.String())
 	if o.adminPprof {
 		s.admin.EnableProfiling()
+	}
+	if o.adminShowQuery {
+		s.admin.ShowQueries()
 	}
 	return s
 }
@@ -186,9 +190,9 @@ func (s *service) startPool(ctx context.Context, o, fo *options) (*workers.Pool,
 // nothing: the sandbox's trial process is a child it does not know.
 func (s *service) setupIsolation(fo *options, log *logrus.Entry) (iso *isolation, err error) {
 	if s.m.Reaper == nil {
-		return fo.isolation.setup(fo.workers, log)
+		return fo.isolation.setup(fo.workers, log, &s.m.warned)
 	}
-	s.m.Reaper.Hold(func() { iso, err = fo.isolation.setup(fo.workers, log) })
+	s.m.Reaper.Hold(func() { iso, err = fo.isolation.setup(fo.workers, log, &s.m.warned) })
 	return iso, err
 }
 
@@ -230,7 +234,7 @@ func checkWorkers(ctx context.Context, o *options, log *logrus.Entry) error {
 }
 
 func checkWorker(ctx context.Context, fo *options, log *logrus.Entry) error {
-	iso, err := fo.isolation.setup(fo.workers, log)
+	iso, err := fo.isolation.setup(fo.workers, log, new(sync.Map)) // one function: nothing to log twice
 	if err != nil {
 		return err
 	}
@@ -293,6 +297,7 @@ func (s *service) reload(ctx context.Context) (err error) {
 	}
 	for _, g := range []struct{ name, old, new string }{
 		{"listen", s.opts.listen, o.listen}, {"admin-listen", s.opts.adminListen, o.adminListen},
+		{"admin-show-query", strconv.FormatBool(s.opts.adminShowQuery), strconv.FormatBool(o.adminShowQuery)},
 		{"log-format", s.opts.logFormat, o.logFormat}, {"log-level", s.opts.logLevel, o.logLevel},
 		{"access-log", strconv.FormatBool(s.opts.accessLog), strconv.FormatBool(o.accessLog)},
 		{"access-log-query", strconv.FormatBool(s.opts.accessLogQuery), strconv.FormatBool(o.accessLogQuery)},
@@ -421,7 +426,7 @@ func (s *service) close(ctx context.Context) {
 	wg.Wait()
 }
 
-// watch reloads when the config file or a worker binary changes, if
+// watch reloads when the config file, a worker binary or an env file changes, if
 // --watch is on. It returns a function that stops watching.
 func (s *service) watch(o *options) func() {
 	if !o.watch {
@@ -437,6 +442,7 @@ func (s *service) watch(o *options) func() {
 		}
 		for _, fo := range o.functions {
 			files = append(files, fo.workers)
+			files = append(files, fo.isolation.envFiles...)
 		}
 		for i := range files {
 			files[i], _ = filepath.Abs(files[i])

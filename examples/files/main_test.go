@@ -35,10 +35,13 @@ func put(t *testing.T, url string, body io.Reader) (*http.Response, []byte) {
 }
 
 func TestUploadAndDownload(t *testing.T) {
-	dir := t.TempDir()
+	dir := sdktest.TempDir(t) // the workers write there
 	srv := sdktest.Start(t, sdktest.Build(t, "."), sdktest.Options{
 		Size: 2,
 		Env:  []string{"FILES_DIR=" + dir, "MAX_UPLOAD=" + "10000000"},
+		// The worker writes to FILES_DIR, which a sandbox's read-only
+		// root would not let it (see examples/dispatcher.yaml).
+		Flags: []string{"--sandbox=off"},
 	})
 
 	// 9 MB: many times the 1 MiB frame limit and the 256 KiB flow control

@@ -70,11 +70,22 @@ func Run(m *testing.M, bins *map[string]string, pkgs ...string) int {
 		}
 	}
 	dir, err := os.MkdirTemp("", "testbin-")
+	if err == nil {
+		// Searchable: workers may run as another user (a sandbox's root
+		// is nobody outside).
+		err = os.Chmod(dir, 0o755)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Executable by every user: a dispatcher running as root runs its
+	// workers as nobody.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if *bins, err = Build(dir, pkgs...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -90,6 +90,11 @@ type Config struct {
 // complete the handshake (and answer its pings) within Config.StartTimeout.
 var ErrStartTimeout = errors.New("no handshake")
 
+// ErrHandshakeAddress is the Err (wrapped) of a StartError for a worker
+// whose handshake names anything but a unix socket in the directory the
+// dispatcher made for it: that address is never removed or dialled.
+var ErrHandshakeAddress = errors.New("handshake refused: its address is not a unix socket in the worker's own socket directory")
+
 // StartError reports a worker that could not be started or did not complete
 // the handshake.
 type StartError struct {
@@ -214,7 +219,7 @@ func Start(cfg Config) (*Child, error) {
 			cfg.LogDropped(lines, bytes)
 		}
 	})
-	pr := &procRunner{cmd: cmd, name: path, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
+	pr := &procRunner{cmd: cmd, name: path, control: cfg.Control, sockFD: -1, start: cfg.StartProcess, onExit: cfg.OnExit, started: make(chan struct{}), waitDone: make(chan struct{}), onStart: func(pid int) {
 		l := log.WithField("pid", pid)
 		stderr.e, stdout.e, syncOut.e, syncErr.e = l, l, l, l
 		closeChildFiles()
@@ -230,8 +235,9 @@ func Start(cfg Config) (*Child, error) {
 		HandshakeConfig:  Handshake,
 		Plugins:          pluginSet(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolNetRPC},
-		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, _ string) (runner.Runner, error) {
+		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, sockDir string) (runner.Runner, error) {
 			cmd.Env = append(cmd.Env, spec.Env...)
+			pr.sockDir = filepath.Clean(sockDir)
 			return pr, nil
 		},
 		SkipHostEnv: true,
@@ -281,11 +287,10 @@ func Start(cfg Config) (*Child, error) {
 	}
 	// Unlink the control socket so that no other process (such as another
 	// worker) can ever connect to this worker's control server. (A worker
-	// told that no connection comes may not have made it; go-plugin
-	// removes the directory at the end.)
-	if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
-		_ = os.Remove(rc.Addr.String())
-	}
+	// told that no connection comes may not have made it.) Only the name
+	// PluginToHost checked, in the worker's own directory, whatever it is
+	// now.
+	pr.unlinkSocket()
 	for i, conn := range c.conns {
 		conn.SetDeadline(deadline)
 		if err := conn.Ping(); err != nil {
@@ -467,10 +472,14 @@ func (c *Child) cleanup() {
 		t.Stop()
 	}
 	c.run.closeOutput()
-	// go-plugin's goroutines end with the pipes; it removes the socket
-	// directory. Its attempt at a graceful quit finds no control socket
-	// (removed after the handshake) and fails at once.
+	// The worker's socket directory goes first, all of it: go-plugin's
+	// Kill dials the handshake's address for a graceful quit, which then
+	// names nothing (or, with Config.Control, the socket pinned by
+	// PluginToHost, of a worker now dead), and fails at once. go-plugin's
+	// goroutines end with the pipes.
+	c.run.removeSocketDir()
 	c.client.Kill()
+	c.run.closeSocketFD()
 }
 
 // procRunner implements go-plugin's runner.Runner: it starts the worker in
@@ -482,6 +491,14 @@ type procRunner struct {
 	start   func(*exec.Cmd) error // Config.StartProcess
 	onStart func(pid int)
 	onExit  func() // Config.OnExit
+	control bool   // Config.Control
+
+	// The worker's own socket directory, made by go-plugin, and what
+	// PluginToHost found in it.
+	sockMu   sync.Mutex
+	sockDir  string // cleaned; "" until RunnerFunc
+	sockName string // the handshake's socket name in sockDir, once checked
+	sockFD   int    // with control: an O_PATH descriptor of that socket, or -1
 
 	stdoutR    io.ReadCloser
 	stdoutSink io.Writer
@@ -623,8 +640,122 @@ func (r *procRunner) signalGroup(sig syscall.Signal) error {
 	return err
 }
 
-func (r *procRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
+// PluginToHost is go-plugin's hook between reading the worker's handshake
+// and using its address: it refuses any address but a name in the
+// worker's own socket directory (see checkAddress).
+func (r *procRunner) PluginToHost(network, addr string) (string, string, error) {
+	a, err := r.checkAddress(network, addr)
+	if err != nil {
+		return "", "", err
+	}
+	return "unix", a, nil
+}
+
 func (r *procRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
+
+// maxAddress bounds the address quoted in an error: it is the worker's.
+const maxAddress = 200
+
+// checkAddress checks the handshake's address: a unix socket path made of
+// the worker's socket directory, exactly as go-plugin made it, and one
+// plain name, which is, within that directory (looked up without following
+// symbolic links), a socket or, without Control, nothing at all (the
+// worker was told no connection comes). It returns the address to dial:
+// with Control, /proc/self/fd/N of a descriptor of the socket itself, so
+// that what was checked is what is dialled even if the worker changes the
+// name meanwhile; without, the path, which cleanup removes before go-plugin
+// would dial it.
+func (r *procRunner) checkAddress(network, addr string) (string, error) {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	refuse := func(why string) (string, error) {
+		a := truncate(addr, maxAddress)
+		return "", fmt.Errorf("%w: %q %q: %s", ErrHandshakeAddress, truncate(network, 20), a, why)
+	}
+	dir := r.sockDir
+	name := filepath.Base(addr)
+	switch {
+	case r.sockName != "" || r.sockFD >= 0:
+		return refuse("a second address")
+	case network != "unix":
+		return refuse("not a unix socket")
+	case dir == "" || dir == ".":
+		return refuse("no socket directory was made for the worker")
+	case strings.ContainsRune(addr, 0) || addr != filepath.Join(dir, name) || name == "." || name == ".." || name == "/":
+		return refuse("not a name in " + dir)
+	}
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return refuse(fmt.Sprintf("the socket directory: %v", err))
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) && !r.control {
+		r.sockName = name
+		return addr, nil
+	}
+	if err != nil {
+		return refuse(err.Error())
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(fd)
+		return refuse("not a socket")
+	}
+	r.sockName = name
+	if !r.control {
+		unix.Close(fd)
+		return addr, nil
+	}
+	r.sockFD = fd
+	return "/proc/self/fd/" + strconv.Itoa(fd), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// unlinkSocket removes the name PluginToHost checked from the worker's
+// socket directory (never following a symbolic link), if it is there.
+func (r *procRunner) unlinkSocket() {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	if r.sockName == "" {
+		return
+	}
+	dfd, err := unix.Open(r.sockDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_ = unix.Unlinkat(dfd, r.sockName, 0)
+	unix.Close(dfd)
+}
+
+// removeSocketDir removes the worker's socket directory and whatever it
+// put there (os.RemoveAll follows no symbolic link). go-plugin removes it
+// too, but only for a process that started.
+func (r *procRunner) removeSocketDir() {
+	r.sockMu.Lock()
+	dir := r.sockDir
+	r.sockMu.Unlock()
+	if dir != "" && dir != "." {
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// closeSocketFD closes the descriptor PluginToHost pinned, once go-plugin
+// is done with the address naming it.
+func (r *procRunner) closeSocketFD() {
+	r.sockMu.Lock()
+	defer r.sockMu.Unlock()
+	if r.sockFD >= 0 {
+		unix.Close(r.sockFD)
+		r.sockFD = -1
+	}
+}
 
 // RawConns returns the dispatcher's ends of the child's slot connections as
 // plain stream connections, in slot order (see ipc.Conn.NetConn). Start

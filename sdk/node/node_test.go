@@ -6,6 +6,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,9 @@ import (
 	"github.com/childproc/dispatcher/sdk/sdktest"
 	"github.com/sirupsen/logrus"
 )
+
+// headerError marks the responses the dispatcher made itself.
+const headerError = "X-Dispatcher-Error"
 
 // handlers is the worker script the tests run, with node as the binary.
 func handlers(tb testing.TB) (node, script string) {
@@ -58,6 +62,13 @@ func TestConformance(t *testing.T) {
 	out, err := exec.Command(kit, "-path", "/echo", node, "--", script).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^\d+ passed, 0 failed, 0 skipped$`).Match(out) {
 		t.Fatalf("conformance: %v\n%s", err, out)
+	}
+	// The optional features pass because the worker uses them, not because
+	// it does not list them.
+	for _, want := range []string{"PASS  withdraw", "withdrawn while the first request ran", "acknowledged a request before its body came"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("conformance: no %q in\n%s", want, out)
+		}
 	}
 }
 
@@ -119,19 +130,71 @@ func TestCrash(t *testing.T) {
 	})
 }
 
-// A handler that never answers gets its client a 504 at the timeout; the
-// worker, quarantined, says what it was doing.
+// A handler that never answers and ignores its deadline gets its client a
+// 504 from the dispatcher at the timeout; the worker, quarantined, says
+// what it was doing.
 func TestHang(t *testing.T) {
 	srv := start(t, sdktest.Options{Timeout: time.Second})
-	if resp, _ := get(t, srv.URL+"/wait"); resp.StatusCode != http.StatusGatewayTimeout {
-		t.Fatalf("/wait: %d, want 504", resp.StatusCode)
+	resp, _ := get(t, srv.URL+"/hang")
+	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get(headerError) == "" {
+		t.Fatalf("/hang: %d %v, want the dispatcher's 504", resp.StatusCode, resp.Header)
 	}
+	srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == "ignoring the deadline" })
 	srv.WaitLog(t, func(e sdktest.Entry) bool {
 		// SIGQUIT or the closed slots, whichever the worker sees first.
-		return strings.HasPrefix(e.Message, "stopping (") && strings.Contains(e.Message, ") with 1 request(s) in flight: GET /wait (request ")
+		return strings.HasPrefix(e.Message, "stopping (") && strings.Contains(e.Message, ") with 1 request(s) in flight: GET /hang (request ")
 	})
 	if resp, _ := get(t, srv.URL+"/info"); resp.StatusCode != 200 {
 		t.Fatalf("after the hang: %d", resp.StatusCode)
+	}
+}
+
+// The dispatcher's timeout reaches the handler as its deadline, a little
+// before it: a handler that has not answered by then is told ('timeout',
+// its signal) and, with no 'timeout' listener, answered 504 by the sdk, so
+// the worker is not quarantined and serves on. A response whose head went
+// out in time streams on past the deadline.
+func TestDeadline(t *testing.T) {
+	const timeout = time.Second
+	srv := start(t, sdktest.Options{Timeout: timeout})
+	pid := srv.Workers()[0]
+
+	resp, body := get(t, srv.URL+"/info")
+	var info struct{ Deadline, Now int64 }
+	if err := json.Unmarshal([]byte(body), &info); err != nil {
+		t.Fatalf("/info: %v: %s", err, body)
+	}
+	// The dispatcher keeps a tenth of the timeout for the answer to reach it.
+	if left := time.Duration(info.Deadline-info.Now) * time.Millisecond; left <= timeout/2 || left > timeout*9/10 {
+		t.Errorf("the handler's deadline is in %v, want about %v", left, timeout*9/10)
+	}
+
+	t0 := time.Now()
+	resp, body = get(t, srv.URL+"/wait")
+	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get(headerError) != "" || body != "Gateway Timeout\n" {
+		t.Fatalf("/wait: %d %v %q, want the worker's 504", resp.StatusCode, resp.Header, body)
+	}
+	if d := time.Since(t0); d < timeout*9/10-50*time.Millisecond {
+		t.Errorf("answered after %v, before the deadline", d)
+	}
+	id := resp.Header.Get("X-Request-Id")
+	for _, msg := range []string{"signal aborted: the request's deadline passed", "res close, writableEnded=false"} {
+		srv.WaitLog(t, func(e sdktest.Entry) bool { return e.Message == msg && e.Fields["req_id"] == id })
+	}
+
+	resp, body = get(t, srv.URL+"/on-timeout")
+	if resp.StatusCode != http.StatusServiceUnavailable || body != "timeout event, signal aborted: true\n" {
+		t.Errorf("/on-timeout: %d %q", resp.StatusCode, body)
+	}
+
+	// Three ticks 400 ms apart: past the deadline, each within the timeout.
+	resp, body = get(t, srv.URL+"/slow-stream?n=3&ms=400")
+	if resp.StatusCode != 200 || body != "tick 0\ntick 1\ntick 2\naborted=false\n" {
+		t.Errorf("/slow-stream: %d %q", resp.StatusCode, body)
+	}
+
+	if got := srv.Workers(); len(got) != 1 || got[0] != pid {
+		t.Errorf("workers %v, want the same worker %d, never quarantined", got, pid)
 	}
 }
 

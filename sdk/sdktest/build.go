@@ -172,6 +172,9 @@ func goBuild(wd, pkg string, env []string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("sdktest: build %q: %w", pkg, err)
 	}
+	if err := checkOwnDir(cacheDir()); err != nil {
+		return "", fmt.Errorf("sdktest: build %q: %w", pkg, err)
+	}
 	tmp, err := os.MkdirTemp(dir, "build-")
 	if err != nil {
 		return "", fmt.Errorf("sdktest: build %q: %w", pkg, err)
@@ -199,10 +202,29 @@ func goBuild(wd, pkg string, env []string) (string, error) {
 }
 
 func cacheDir() string {
+	if os.Geteuid() == 0 {
+		// A dispatcher running as root runs the workers as nobody, who
+		// cannot reach root's home.
+		return filepath.Join(os.TempDir(), "dispatcher-sdktest-0")
+	}
 	if d, err := os.UserCacheDir(); err == nil {
 		return filepath.Join(d, "dispatcher-sdktest")
 	}
 	return filepath.Join(os.TempDir(), fmt.Sprintf("dispatcher-sdktest-%d", os.Getuid()))
+}
+
+// checkOwnDir refuses a cache directory that another user made or may
+// write (in a shared temporary directory, someone may have made it first).
+func checkOwnDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is not a directory of this user's that only it may write: remove it", dir)
+	}
+	return nil
 }
 
 // goCommand finds the go tool: on PATH, else in $GOROOT/bin.
@@ -217,4 +239,21 @@ func goCommand() (string, error) {
 		}
 	}
 	return "", errors.New("the go command is neither on PATH nor in $GOROOT/bin")
+}
+
+// TempDir returns a new directory, removed when the test ends, that the
+// workers may read and write whoever they run as (a dispatcher running as
+// root runs them as nobody, and tb.TempDir is private to the test's user):
+// mode 1777, below a directory others may search.
+func TempDir(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "sdktest-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		tb.Fatal(err)
+	}
+	return dir
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/childproc/dispatcher/sdk/sdktest"
 )
 
 // repoRoot is the root of this repository.
@@ -119,7 +121,7 @@ func TestReadmeOwnHandler(t *testing.T) {
 	}
 	body := strings.Join(lines[:len(lines)-1], "\n") + "\npwd\n"
 
-	top := t.TempDir()
+	top := sdktest.TempDir(t) // the workers (nobody, for root) must reach the binary built there
 	if err := os.Symlink(root, filepath.Join(top, "dispatcher")); err != nil {
 		t.Fatal(err)
 	}

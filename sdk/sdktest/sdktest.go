@@ -97,7 +97,8 @@ type Options struct {
 	// Args are passed to the worker binary, as the arguments after "--" on
 	// the dispatcher's command line are.
 	Args []string
-	// Dir is the workers' working directory. If empty, the test's.
+	// Dir is the dispatcher's working directory, which workers inherit
+	// with --sandbox=off (in a sandbox theirs is /). If empty, the test's.
 	Dir string
 	// Flags are more of the dispatcher's flags, as on its command line:
 	// {"--max-body", "1M"}, {"--mode", "oneshot"}. They come after those

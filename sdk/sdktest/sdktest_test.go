@@ -35,7 +35,9 @@ func get(tb testing.TB, url string) (*http.Response, string) {
 }
 
 func TestStartServesThroughARealWorker(t *testing.T) {
-	srv := sdktest.Start(t, sdktest.Build(t, workers+"hello"))
+	// --sandbox=off: the worker's pid (X-Worker-Pid) is its PID
+	// namespace's in a sandbox, not the one Workers() knows.
+	srv := sdktest.Start(t, sdktest.Build(t, workers+"hello"), sdktest.Options{Flags: []string{"--sandbox=off"}})
 	if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") || strings.HasSuffix(srv.URL, "/") {
 		t.Errorf("URL %q, want http://127.0.0.1:port", srv.URL)
 	}
@@ -64,12 +66,14 @@ type probeReport struct {
 
 func TestOptionsReachTheWorkers(t *testing.T) {
 	t.Setenv("SDKTEST_OUTER", "must not leak")
-	dir := t.TempDir()
+	dir := sdktest.TempDir(t) // the workers' working directory
 	srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{
 		Size: 2,
 		Env:  []string{"PROBE_A=1", "PROBE_B=two words"},
 		Args: []string{"-flag", "value"},
 		Dir:  dir,
+		// Without the sandbox: in it, a worker's working directory is /.
+		Flags: []string{"--sandbox=off"},
 	})
 	if n := len(srv.Workers()); n != 2 {
 		t.Fatalf("%d workers, want 2", n)
@@ -362,7 +366,7 @@ func TestFlags(t *testing.T) {
 		}
 	})
 	t.Run("oneshot", func(t *testing.T) {
-		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--mode=oneshot", "--spares", "1"}})
+		srv := sdktest.Start(t, sdktest.Build(t, "./testdata/probe"), sdktest.Options{Flags: []string{"--mode=oneshot", "--spares", "1", "--sandbox=off"}}) // pids: see TestStartServesThroughARealWorker
 		var pids []int
 		for range 2 {
 			_, body := get(t, srv.URL+"/")

@@ -22,6 +22,8 @@ var layers = []struct {
 }{
 	{"none", nil},
 	{"default", &sandbox.Options{}},
+	// The dispatcher's default where the machine allows it (--sandbox=on).
+	{"sandbox", &sandbox.Options{Namespaces: true, PidsLimit: sandbox.DefaultPidsLimit}},
 	{"user", &sandbox.Options{User: "65534:65534"}},
 	{"limits", &sandbox.Options{User: "65534:65534", MemoryLimit: 256 << 20, PidsLimit: 256, CPULimit: 1, NoFile: 1024}},
 	{"namespaces", &sandbox.Options{User: "65534:65534", MemoryLimit: 256 << 20, PidsLimit: 256, CPULimit: 1, NoFile: 1024, Namespaces: true}},

@@ -13,5 +13,6 @@ var bins map[string]string
 
 func TestMain(m *testing.M) {
 	sandbox.Main() // this test binary is the shim of the sandboxes it makes
+	waitForParent()
 	os.Exit(testbin.Run(m, &bins, "testdata/workers/hostile", "testdata/workers/hello"))
 }

@@ -23,8 +23,10 @@
 //     process group.
 //
 // The Options add an identity (User), limits (memory, processes, CPU, open
-// files), namespaces with a private /tmp, a read-only file system and a
-// seccomp filter (Namespaces), and a checksum of the worker binary. New
+// files), a sandbox (Namespaces: a user namespace whose root is an
+// unprivileged user outside, the other namespaces, a minimal root file
+// system planned from the worker binary (root.go) and built by the shim
+// (shim.go), and a seccomp filter), and a checksum of the worker binary. New
 // refuses options the machine cannot honour with an *UnsupportedError
 // naming what is missing; it never runs a worker less confined than asked.
 //
@@ -82,16 +84,27 @@ type Options struct {
 	// NoFile is each worker process's limit on open files (RLIMIT_NOFILE,
 	// soft and hard). If zero, inherited.
 	NoFile uint64
-	// Namespaces runs each worker in new PID, mount, IPC, UTS, cgroup and
-	// network namespaces, with a private /tmp, the rest of the file system
-	// read-only, a fresh /proc, no capabilities, and a seccomp filter
-	// denying ptrace, mount, module, keyring, bpf and similar system calls.
-	// The worker cannot see or signal the dispatcher or other workers.
-	// Requires root.
+	// Namespaces runs each worker in a sandbox: new user, PID, mount, IPC,
+	// UTS, cgroup and network namespaces (see NetworkShared), a minimal
+	// root file system (a tmpfs holding the binary, read-only, what loading
+	// it needs, Binds, a synthetic /dev, its own /proc and a private /tmp),
+	// no capabilities, and a seccomp filter. Root in the sandbox is the
+	// User outside (when the dispatcher is root: nobody, 65534, if User is
+	// empty), else the dispatcher's own identity. Needs root, or a kernel
+	// that lets ordinary users create user namespaces.
 	Namespaces bool
 	// AllowNetwork keeps the host's network namespace when Namespaces is
-	// set. If false, a sandboxed worker has only its own loopback device.
+	// set. If false, a sandboxed worker has only a loopback device: the
+	// same empty network namespace for every worker when the dispatcher
+	// is root, one of its own otherwise.
 	AllowNetwork bool
+	// Binds are more host paths, files or directories, bound read-only
+	// into the sandbox.
+	Binds []Bind
+	// TmpSize is the size in bytes of the sandbox's /tmp and of its
+	// /dev/shm (tmpfs, charged to the cell's memory). If zero,
+	// DefaultTmpSize.
+	TmpSize int64
 	// Checksum is the expected digest of the worker binary, "sha256:HEX".
 	// New refuses a binary that differs, and each worker start hashes the
 	// very file it then executes. If empty, no check.
@@ -100,6 +113,14 @@ type Options struct {
 	// /proc/self/exe (this program, which must call Main).
 	Shim string
 }
+
+// DefaultTmpSize is the size of a sandbox's /tmp when Options.TmpSize is
+// zero.
+const DefaultTmpSize = 64 << 20
+
+// DefaultPidsLimit is the tasks limit the dispatcher gives sandboxed
+// workers unless told otherwise: a fork bomb stops there.
+const DefaultPidsLimit = 256
 
 // UnsupportedError reports an option that this machine (or the dispatcher's
 // privileges) cannot honour.
@@ -137,7 +158,15 @@ type Sandbox struct {
 	direct   bool   // workers start without the shim (see the package doc)
 	seq      atomic.Int64
 	notes    []string
-	warnings []string
+
+	// With Namespaces: who root of the sandbox is outside, whether
+	// workers start from the thread in the shared empty network
+	// namespace, and the binds of the root per worker binary.
+	outerUID, outerGID uint32
+	sharedNet          bool
+	rootMu             sync.Mutex
+	roots              map[rootKey][]mount
+	warnings           []string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -229,22 +258,9 @@ func (s *Sandbox) checkOptions() error {
 		s.notes = append(s.notes, fmt.Sprintf("nofile %d", o.NoFile))
 	}
 	if o.Namespaces {
-		if !root {
-			return &UnsupportedError{"Namespaces", "creating namespaces and mounts needs the dispatcher to run as root"}
+		if err := s.checkNamespaces(root); err != nil {
+			return err
 		}
-		for _, ns := range []string{"pid", "mnt", "ipc", "uts", "net", "cgroup"} {
-			if !fileExists("/proc/self/ns/" + ns) {
-				return &UnsupportedError{"Namespaces", "the kernel has no " + ns + " namespaces (/proc/self/ns/" + ns + ")"}
-			}
-		}
-		if auditArch == 0 {
-			return &UnsupportedError{"Namespaces", "no seccomp filter for GOARCH " + runtime.GOARCH}
-		}
-		if err := unix.MountSetattr(-1, "", 0, &unix.MountAttr{}); errors.Is(err, unix.ENOSYS) {
-			return &UnsupportedError{"Namespaces", "the kernel lacks mount_setattr (Linux 5.12) for the read-only file system"}
-		}
-		s.notes = append(s.notes, "namespaces pid,mount,ipc,uts,cgroup"+map[bool]string{false: ",net", true: " (host network)"}[o.AllowNetwork],
-			"private /tmp, read-only file system", "seccomp filter", "no capabilities")
 	}
 	if o.Checksum != "" {
 		if err := ParseChecksum(o.Checksum); err != nil {
@@ -255,6 +271,68 @@ func (s *Sandbox) checkOptions() error {
 	}
 	return nil
 }
+
+// checkNamespaces checks what Namespaces needs, and decides who root of
+// the sandbox is outside it.
+func (s *Sandbox) checkNamespaces(root bool) error {
+	o := s.opts
+	for _, ns := range []string{"user", "pid", "mnt", "ipc", "uts", "net", "cgroup"} {
+		if !fileExists("/proc/self/ns/" + ns) {
+			return &UnsupportedError{"Namespaces", "the kernel has no " + ns + " namespaces (/proc/self/ns/" + ns + ")"}
+		}
+	}
+	if auditArch == 0 {
+		return &UnsupportedError{"Namespaces", "no seccomp filter for GOARCH " + runtime.GOARCH}
+	}
+	if err := unix.MountSetattr(-1, "", 0, &unix.MountAttr{}); errors.Is(err, unix.ENOSYS) {
+		return &UnsupportedError{"Namespaces", "the kernel lacks mount_setattr (Linux 5.12)"}
+	}
+	if o.TmpSize < 0 {
+		return errors.New("sandbox: TmpSize must not be negative")
+	}
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return &UnsupportedError{"Namespaces", "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)"}
+	}
+	if !root {
+		for file, want := range map[string]string{
+			"/proc/sys/kernel/unprivileged_userns_clone":             "1", // Debian's switch
+			"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "0", // Ubuntu's
+		} {
+			if b, err := os.ReadFile(file); err == nil && strings.TrimSpace(string(b)) != want {
+				return &UnsupportedError{"Namespaces", fmt.Sprintf("the kernel does not let ordinary users create user namespaces (%s is %s): run the dispatcher as root, or set it to %s", file, strings.TrimSpace(string(b)), want)}
+			}
+		}
+	}
+	switch {
+	case s.cred != nil:
+		s.outerUID, s.outerGID = s.cred.Uid, s.cred.Gid
+	case root:
+		s.outerUID, s.outerGID = nobody, nobody
+	default:
+		s.outerUID, s.outerGID = uint32(os.Geteuid()), uint32(os.Getegid())
+	}
+	// Root can make one empty network namespace for all workers; an
+	// ordinary user's workers each get theirs with their user namespace.
+	s.sharedNet = root && !o.AllowNetwork
+	netNote := map[bool]string{true: "a network namespace shared by the workers", false: "a network namespace each"}[s.sharedNet]
+	if o.AllowNetwork {
+		netNote = "the host's network"
+	}
+	size := o.TmpSize
+	if size == 0 {
+		size = DefaultTmpSize
+	}
+	s.notes = append(s.notes,
+		fmt.Sprintf("sandbox: root in it is uid %d outside, with no capabilities", s.outerUID),
+		"namespaces user,pid,mount,ipc,uts,cgroup; "+netNote,
+		fmt.Sprintf("a minimal read-only root, /tmp and /dev/shm of %d MiB", size>>20),
+		"seccomp filter")
+	return nil
+}
+
+// nobody is the uid and gid root of the sandbox is, outside it, when the
+// dispatcher runs as root and no User is set.
+const nobody = 65534
 
 // ParseChecksum checks the syntax of a "sha256:HEX" checksum.
 func ParseChecksum(s string) error {
@@ -526,6 +604,11 @@ type Cell struct {
 	cred     *syscall.Credential // the sandbox's User, or nil
 	poolDir  string
 
+	owner     *syscall.Credential // who gets the socket directory, or nil
+	ns        bool                // a sandbox: joins its cell through descriptors
+	sharedNet bool                // started in the shared empty network namespace
+	root      []mount             // binds the dispatcher clones for the shim
+
 	once    sync.Once
 	err     error
 	oom     atomic.Bool
@@ -552,20 +635,49 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		Namespaces: s.opts.Namespaces, Network: s.opts.AllowNetwork || !s.opts.Namespaces,
 		Checksum: s.checksum, PoolDir: socketDir, Trial: trial,
 	}
-	if s.cred != nil {
+	// Who the worker is outside: it must reach its own socket directory
+	// (go-plugin makes it 0700 and it is given to the worker); it still
+	// cannot list the others.
+	var owner *syscall.Credential
+	if s.opts.Namespaces {
+		path, err := filepath.Abs(cmd.Path)
+		if err != nil {
+			return nil, err
+		}
+		if sp.Root, err = s.root(path, cmd.Args[1:], envValue(cmd.Env, "PATH")); err != nil {
+			var ue *UnsupportedError
+			if errors.As(err, &ue) {
+				return nil, err
+			}
+			return nil, &UnsupportedError{"Namespaces", "the worker's root file system: " + err.Error()}
+		}
+		sp.Path, sp.OuterUID, sp.TmpSize = path, s.outerUID, s.opts.TmpSize
+		if sp.TmpSize == 0 {
+			sp.TmpSize = DefaultTmpSize
+		}
+		sp.OwnNet = !s.sharedNet && !s.opts.AllowNetwork
+		c.ns, c.sharedNet = true, s.sharedNet
+		if os.Geteuid() == 0 {
+			c.root = sp.Root // cloned at each start (startSandboxed)
+		}
+		if int(s.outerUID) != os.Geteuid() || int(s.outerGID) != os.Getegid() {
+			owner = &syscall.Credential{Uid: s.outerUID, Gid: s.outerGID}
+		}
+	} else if s.cred != nil {
 		sp.User, sp.UID, sp.GID = true, s.cred.Uid, s.cred.Gid
-		if socketDir != "" {
-			// The worker must reach its own socket directory (go-plugin
-			// makes it 0700 and the shim gives it to the worker); it still
-			// cannot list the others.
+		owner = s.cred
+	}
+	if owner != nil && socketDir != "" {
+		if fi, err := os.Stat(socketDir); err != nil || fi.Mode().Perm() != 0o711 {
 			if err := os.Chmod(socketDir, 0o711); err != nil {
 				return nil, err
 			}
-			if err := searchable(filepath.Dir(socketDir), s.cred.Uid, s.cred.Gid); err != nil {
-				return nil, err
-			}
+		}
+		if err := searchable(filepath.Dir(socketDir), owner.Uid, owner.Gid); err != nil {
+			return nil, err
 		}
 	}
+	c.owner, c.poolDir = owner, socketDir
 	for _, pg := range s.groups {
 		g := group{h: pg.h, dir: filepath.Join(pg.dir, name)}
 		if err := os.Mkdir(g.dir, 0o755); err != nil {
@@ -587,7 +699,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if s.direct {
-		c.spawn, c.cred, c.poolDir = true, s.cred, socketDir
+		c.spawn, c.cred = true, s.cred
 		if len(c.groups) == 1 {
 			fd, err := unix.Open(c.groups[0].dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 			if err != nil {
@@ -617,10 +729,17 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	cmd.Args = []string{s.shim, ShimArg, sp.Path}
 	cmd.Env = append(cmd.Env, envSpec+"="+string(b))
 	if s.opts.Namespaces {
-		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
-		if !s.opts.AllowNetwork {
-			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+		a := cmd.SysProcAttr
+		a.Cloneflags |= syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+		if sp.OwnNet {
+			a.Cloneflags |= syscall.CLONE_NEWNET
 		}
+		a.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.outerUID), Size: 1}}
+		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.outerGID), Size: 1}}
+		a.GidMappingsEnableSetgroups = false
+		// Become root of the namespace: a root dispatcher's child keeps
+		// its own uid, which the namespace does not map.
+		a.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 	}
 	return c, nil
 }
@@ -693,20 +812,84 @@ func (s *Sandbox) setLimits(g group) error {
 
 // Start implements workers.Cell: it starts the command Prepare made.
 func (c *Cell) Start(cmd *exec.Cmd) error {
-	if !c.spawn {
-		return cmd.Start()
-	}
-	defer c.closeCgroupFD()
-	if c.cred != nil {
+	if c.owner != nil && (c.spawn || c.ns) {
 		// go-plugin made the worker's control socket directory (0700) in
-		// the pool's: give it to the worker.
+		// the pool's: give it to the worker. (The shim does it for --user.)
 		if dir := envValue(cmd.Env, envSockDir); dir != "" && c.poolDir != "" && filepath.Dir(filepath.Clean(dir)) == filepath.Clean(c.poolDir) {
-			if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			if err := os.Chown(dir, int(c.owner.Uid), int(c.owner.Gid)); err != nil {
 				return fmt.Errorf("give the socket directory to the worker: %w", err)
 			}
 		}
 	}
-	return spawn(cmd)
+	switch {
+	case c.spawn:
+		defer c.closeCgroupFD()
+		return spawn(cmd)
+	case c.ns:
+		return c.startSandboxed(cmd)
+	}
+	return cmd.Start()
+}
+
+// startSandboxed starts the shim in its user namespace. Its rights outside
+// are those of an unprivileged user, which may not move a process into the
+// cell: the dispatcher opens each cgroup.procs for it to write to.
+func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	// The kernel creates the shim in its cgroup v2 cell (clone3 with
+	// CLONE_INTO_CGROUP): moving a process between cgroups costs an RCU
+	// grace period, milliseconds. The shim joins the others itself.
+	defer c.closeCgroupFD()
+	var fds []string
+	for _, g := range c.groups {
+		if g.h.v2 && c.cgroupFD < 0 {
+			fd, err := unix.Open(g.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("cgroup: %w", err)
+			}
+			c.cgroupFD = fd
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(g.dir, "cgroup.procs"), os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("cgroup: %w", err)
+		}
+		files = append(files, f)
+		fds = append(fds, strconv.Itoa(3+len(cmd.ExtraFiles)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	cmd.Env = append(cmd.Env, envCellFDs+"="+strings.Join(fds, ","))
+	// A root dispatcher hands the shim a copy of each bind, which it
+	// attaches without having to reach the source (it need not: the
+	// worker binary may lie in a directory only root may enter).
+	var trees []string
+	for i, m := range c.root {
+		flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
+		if m.Dir {
+			flags |= unix.AT_RECURSIVE
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, m.Src, uint(flags))
+		if err != nil {
+			return fmt.Errorf("sandbox: clone the bind of %s: %w", m.Src, err)
+		}
+		f := os.NewFile(uintptr(fd), m.Src)
+		files = append(files, f)
+		trees = append(trees, fmt.Sprintf("%d:%d", i, 3+len(cmd.ExtraFiles)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	if len(trees) > 0 {
+		cmd.Env = append(cmd.Env, envTreeFDs+"="+strings.Join(trees, ","))
+	}
+	if c.sharedNet {
+		return emptyNet.start(cmd)
+	}
+	return cmd.Start()
 }
 
 func (c *Cell) closeCgroupFD() {

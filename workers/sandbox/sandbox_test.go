@@ -1,14 +1,9 @@
 package sandbox
 
 import (
-	"encoding/binary"
 	"errors"
 	"strings"
-	"syscall"
 	"testing"
-
-	"golang.org/x/net/bpf"
-	"golang.org/x/sys/unix"
 )
 
 func TestParseCgroups(t *testing.T) {
@@ -142,70 +137,6 @@ func TestOptionsRefused(t *testing.T) {
 				t.Errorf("New: %v; want it to mention %q", err, tc.want)
 			}
 		})
-	}
-}
-
-// seccompData lays out struct seccomp_data as the filter sees it on a
-// little-endian machine. The kernel loads words in native order, x/net/bpf's
-// interpreter in network order: each 32-bit word is stored big-endian, with
-// the low half of an argument first, where a little-endian load finds it.
-func seccompData(arch uint32, nr int32, arg0 uint64) []byte {
-	b := make([]byte, 64)
-	binary.BigEndian.PutUint32(b[0:], uint32(nr))
-	binary.BigEndian.PutUint32(b[4:], arch)
-	binary.BigEndian.PutUint32(b[16:], uint32(arg0))
-	binary.BigEndian.PutUint32(b[20:], uint32(arg0>>32))
-	return b
-}
-
-// TestSeccompFilter runs the assembled filter in x/net/bpf's interpreter.
-func TestSeccompFilter(t *testing.T) {
-	if auditArch == 0 {
-		t.Skip("no seccomp filter for this architecture")
-	}
-	vm, err := bpf.NewVM(filter())
-	if err != nil {
-		t.Fatal(err)
-	}
-	errno := func(e syscall.Errno) uint32 { return seccompRetErrno | uint32(e) }
-	for _, tc := range []struct {
-		name string
-		arch uint32
-		nr   int32
-		arg0 uint64
-		want uint32
-	}{
-		{"read", auditArch, unix.SYS_READ, 0, seccompRetAllow},
-		{"execve", auditArch, unix.SYS_EXECVE, 0, seccompRetAllow},
-		{"setuid", auditArch, unix.SYS_SETUID, 0, seccompRetAllow},
-		{"ptrace", auditArch, unix.SYS_PTRACE, 0, errno(unix.EPERM)},
-		{"mount", auditArch, unix.SYS_MOUNT, 0, errno(unix.EPERM)},
-		{"init_module", auditArch, unix.SYS_INIT_MODULE, 0, errno(unix.EPERM)},
-		{"keyctl", auditArch, unix.SYS_KEYCTL, 0, errno(unix.EPERM)},
-		{"bpf", auditArch, unix.SYS_BPF, 0, errno(unix.EPERM)},
-		{"unshare", auditArch, unix.SYS_UNSHARE, 0, errno(unix.EPERM)},
-		{"clone thread", auditArch, unix.SYS_CLONE, unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD, seccompRetAllow},
-		{"clone fork", auditArch, unix.SYS_CLONE, uint64(unix.SIGCHLD) | unix.CLONE_VFORK | unix.CLONE_VM, seccompRetAllow},
-		{"clone new user ns", auditArch, unix.SYS_CLONE, unix.CLONE_NEWUSER | uint64(unix.SIGCHLD), errno(unix.EPERM)},
-		{"clone new net ns", auditArch, unix.SYS_CLONE, unix.CLONE_NEWNET, errno(unix.EPERM)},
-		{"clone3", auditArch, unix.SYS_CLONE3, 0, errno(unix.ENOSYS)},
-		{"foreign architecture", auditArch ^ 1, unix.SYS_READ, 0, errno(unix.ENOSYS)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := vm.Run(seccompData(tc.arch, tc.nr, tc.arg0))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if uint32(got) != tc.want {
-				t.Errorf("filter returned %#x, want %#x", uint32(got), tc.want)
-			}
-		})
-	}
-	if foreignNrBit != 0 {
-		got, _ := vm.Run(seccompData(auditArch, int32(foreignNrBit|unix.SYS_PTRACE), 0))
-		if uint32(got) != errno(unix.ENOSYS) {
-			t.Errorf("x32 ptrace: filter returned %#x, want ENOSYS", uint32(got))
-		}
 	}
 }
 

@@ -1,8 +1,10 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"syscall"
 	"unsafe"
 
@@ -10,82 +12,198 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The seccomp filter of a sandboxed worker: a deny list (everything else is
-// allowed) of the system calls that reach outside the sandbox or into the
-// kernel's riskiest corners. Denied calls fail with EPERM, so that a worker
-// can tell; calls through another architecture's ABI (i386's int 0x80 or
-// x32 on amd64, which a deny list by number would miss) fail with ENOSYS.
+// The seccomp filter of a sandboxed worker: an allow list (seccomp_table.go).
+// A system call not listed fails with ENOSYS; one whose arguments its check
+// refuses fails with EPERM, or with EAFNOSUPPORT for a socket family.
+// Calls through another architecture's ABI (i386's int 0x80 or x32 on
+// amd64) fail with ENOSYS. The filter never kills: a call a worker needs
+// and the list lacks shows up as an error the worker reports.
 //
 // Hand-assembled with golang.org/x/net/bpf rather than a seccomp library:
 // github.com/elastic/go-seccomp-bpf (the pure-Go candidate) builds a filter
-// for one architecture whose mismatch branch takes the default action,
-// which for a deny list is "allow", so i386 system calls would pass.
+// for one architecture whose mismatch branch takes the default action, and
+// the program here is small: the architecture check, a binary search over
+// the ranges of system call numbers that share an action, and the argument
+// checks. Calls allowed whatever their arguments take only paths the
+// kernel can evaluate once for all (its seccomp action cache, Linux 5.11),
+// so they cost nothing per call.
 
 const (
 	seccompRetErrno = 0x00050000
 	seccompRetAllow = 0x7fff0000
 )
 
-// deniedCommon are denied on every supported architecture.
-var deniedCommon = []uint32{
-	// Inspecting or controlling other processes.
-	unix.SYS_PTRACE, unix.SYS_PROCESS_VM_READV, unix.SYS_PROCESS_VM_WRITEV, unix.SYS_KCMP, unix.SYS_PIDFD_GETFD,
-	// Mounts, namespaces, the root directory.
-	unix.SYS_MOUNT, unix.SYS_UMOUNT2, unix.SYS_PIVOT_ROOT, unix.SYS_CHROOT, unix.SYS_MOVE_MOUNT, unix.SYS_OPEN_TREE,
-	unix.SYS_FSOPEN, unix.SYS_FSCONFIG, unix.SYS_FSMOUNT, unix.SYS_FSPICK, unix.SYS_MOUNT_SETATTR,
-	unix.SYS_UNSHARE, unix.SYS_SETNS,
-	// Kernel modules, kexec, reboot, swap, accounting, quotas.
-	unix.SYS_INIT_MODULE, unix.SYS_FINIT_MODULE, unix.SYS_DELETE_MODULE, unix.SYS_KEXEC_LOAD, unix.SYS_KEXEC_FILE_LOAD,
-	unix.SYS_REBOOT, unix.SYS_SWAPON, unix.SYS_SWAPOFF, unix.SYS_ACCT, unix.SYS_QUOTACTL, unix.SYS_QUOTACTL_FD,
-	// Keyrings.
-	unix.SYS_ADD_KEY, unix.SYS_REQUEST_KEY, unix.SYS_KEYCTL,
-	// Large kernel attack surface a handler does not need.
-	unix.SYS_BPF, unix.SYS_PERF_EVENT_OPEN, unix.SYS_USERFAULTFD,
-	unix.SYS_IO_URING_SETUP, unix.SYS_IO_URING_ENTER, unix.SYS_IO_URING_REGISTER,
-	unix.SYS_OPEN_BY_HANDLE_AT, unix.SYS_NAME_TO_HANDLE_AT, unix.SYS_LOOKUP_DCOOKIE, unix.SYS_NFSSERVCTL,
-	// Clocks, host names, the kernel log, terminals.
-	unix.SYS_SETTIMEOFDAY, unix.SYS_CLOCK_SETTIME, unix.SYS_CLOCK_ADJTIME, unix.SYS_ADJTIMEX,
-	unix.SYS_SETHOSTNAME, unix.SYS_SETDOMAINNAME, unix.SYS_SYSLOG, unix.SYS_VHANGUP,
+// seccompArch is one architecture's system call ABI as the filter sees it.
+type seccompArch struct {
+	name       string
+	audit      uint32            // seccomp_data.arch of native calls (AUDIT_ARCH_*)
+	foreignBit uint32            // a number bit marking another ABI under the same audit arch, or 0
+	nr         map[string]uint32 // system call numbers by name
+	allowed    []string          // allowed on this architecture besides seccompAllowed
 }
 
-// nsCloneFlags are the clone flags that create namespaces: denied on clone
-// (clone3, whose flags a filter cannot read, fails with ENOSYS, and Go and
-// glibc fall back to clone).
-const nsCloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWUSER |
-	unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWCGROUP
+// loadArg loads the low half of argument i (seccomp_data: nr at 0, arch at
+// 4, args at 16, 8 bytes each, little-endian on both architectures). The
+// checked calls take int or unsigned int arguments, of which the kernel
+// reads only the low half too.
+func loadArg(i uint32) bpf.Instruction { return bpf.LoadAbsolute{Off: 16 + 8*i, Size: 4} }
 
-// filter assembles the program. seccomp_data: nr at 0, arch at 4, args at
-// 16 (8 bytes each; the low half of args[0] is at 16 on little-endian).
-func filter() []bpf.Instruction {
-	errno := func(e syscall.Errno) bpf.Instruction { return bpf.RetConstant{Val: seccompRetErrno | uint32(e)} }
+var retAllow = bpf.RetConstant{Val: seccompRetAllow}
+
+func retErrno(e syscall.Errno) bpf.Instruction {
+	return bpf.RetConstant{Val: seccompRetErrno | uint32(e)}
+}
+
+// allowIf returns at once allowing the call if the loaded value is v.
+func allowIf(v uint32) []bpf.Instruction {
+	return []bpf.Instruction{bpf.JumpIf{Cond: bpf.JumpEqual, Val: v, SkipFalse: 1}, retAllow}
+}
+
+// toCheck stands for a jump to a checked call's check until the checks are
+// placed.
+type toCheck int
+
+func (toCheck) Assemble() (bpf.RawInstruction, error) {
+	return bpf.RawInstruction{}, errors.New("unresolved jump to an argument check")
+}
+
+// Actions of a range of system call numbers: not listed, allowed, or
+// checked by seccompChecked[checked[i-ruleCheck]].
+const (
+	ruleDeny = iota
+	ruleAllow
+	ruleCheck
+)
+
+// filter assembles the program for arch; network is the sandbox's
+// AllowNetwork.
+func filter(arch *seccompArch, network bool) ([]bpf.Instruction, error) {
+	rules := map[uint32]int{}
+	set := func(name string, rule int) error {
+		nr, ok := arch.nr[name]
+		if !ok {
+			return fmt.Errorf("seccomp: no system call %q on %s", name, arch.name)
+		}
+		if _, dup := rules[nr]; dup {
+			return fmt.Errorf("seccomp: %q listed twice", name)
+		}
+		rules[nr] = rule
+		return nil
+	}
+	for _, name := range append(slices.Clone(seccompAllowed), arch.allowed...) {
+		if err := set(name, ruleAllow); err != nil {
+			return nil, err
+		}
+	}
+	checked := slices.Sorted(func(yield func(string) bool) {
+		for name := range seccompChecked {
+			if !yield(name) {
+				return
+			}
+		}
+	})
+	for i, name := range checked {
+		if err := set(name, ruleCheck+i); err != nil {
+			return nil, err
+		}
+	}
+
+	// The numbers as ranges, from 0 up: segs[i] covers [start, the next
+	// one's start).
+	type seg struct {
+		start uint32
+		rule  int
+	}
+	var segs []seg
+	add := func(start uint32, rule int) {
+		if n := len(segs); n > 0 && segs[n-1].start == start {
+			segs = segs[:n-1]
+		}
+		if n := len(segs); n > 0 && segs[n-1].rule == rule {
+			return
+		}
+		segs = append(segs, seg{start, rule})
+	}
+	add(0, ruleDeny)
+	next := uint32(0)
+	for _, nr := range slices.Sorted(func(yield func(uint32) bool) {
+		for nr := range rules {
+			if !yield(nr) {
+				return
+			}
+		}
+	}) {
+		if nr != next {
+			add(next, ruleDeny)
+		}
+		add(nr, rules[nr])
+		next = nr + 1
+	}
+	add(next, ruleDeny)
+
+	// A binary search over the ranges, the number loaded. A conditional
+	// jump skips at most 255 instructions: past that, through a Jump.
+	var search func(lo, hi int) []bpf.Instruction
+	search = func(lo, hi int) []bpf.Instruction {
+		if lo == hi {
+			switch r := segs[lo].rule; r {
+			case ruleDeny:
+				return []bpf.Instruction{retErrno(unix.ENOSYS)}
+			case ruleAllow:
+				return []bpf.Instruction{retAllow}
+			default:
+				return []bpf.Instruction{toCheck(r - ruleCheck)}
+			}
+		}
+		mid := (lo + hi + 1) / 2
+		left, right := search(lo, mid-1), search(mid, hi)
+		var p []bpf.Instruction
+		if len(left) <= 255 {
+			p = append(p, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: segs[mid].start, SkipTrue: uint8(len(left))})
+		} else {
+			p = append(p, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: segs[mid].start, SkipFalse: 1},
+				bpf.Jump{Skip: uint32(len(left))})
+		}
+		return append(append(p, left...), right...)
+	}
+
 	p := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: 4, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: auditArch, SkipTrue: 1},
-		errno(unix.ENOSYS),
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: arch.audit, SkipTrue: 1},
+		retErrno(unix.ENOSYS),
 		bpf.LoadAbsolute{Off: 0, Size: 4},
 	}
-	if foreignNrBit != 0 {
-		p = append(p, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: foreignNrBit, SkipFalse: 1}, errno(unix.ENOSYS))
+	if arch.foreignBit != 0 {
+		p = append(p, bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: arch.foreignBit, SkipFalse: 1}, retErrno(unix.ENOSYS))
 	}
-	for _, nr := range append(append([]uint32(nil), deniedCommon...), deniedArch...) {
-		p = append(p, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipFalse: 1}, errno(unix.EPERM))
+	p = append(p, search(0, len(segs)-1)...)
+	start := make([]int, len(checked))
+	for i, name := range checked {
+		start[i] = len(p)
+		p = append(p, seccompChecked[name](network)...)
 	}
-	p = append(p,
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE3, SkipFalse: 1},
-		errno(unix.ENOSYS),
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE, SkipFalse: 3},
-		bpf.LoadAbsolute{Off: 16, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: nsCloneFlags, SkipFalse: 1},
-		errno(unix.EPERM),
-		bpf.RetConstant{Val: seccompRetAllow},
-	)
-	return p
+	for i, in := range p {
+		if c, ok := in.(toCheck); ok {
+			p[i] = bpf.Jump{Skip: uint32(start[c] - i - 1)}
+		}
+	}
+	if len(p) > 4096 { // BPF_MAXINSNS
+		return nil, fmt.Errorf("seccomp: the program has %d instructions, too many", len(p))
+	}
+	return p, nil
 }
 
 // loadSeccomp installs the filter on every thread of the process
-// (no_new_privs must be set first).
-func loadSeccomp() error {
-	raw, err := bpf.Assemble(filter())
+// (no_new_privs must be set first); network is the sandbox's AllowNetwork.
+func loadSeccomp(network bool) error {
+	if nativeSeccomp == nil {
+		return errors.New("no filter for GOARCH " + runtime.GOARCH)
+	}
+	insns, err := filter(nativeSeccomp, network)
+	if err != nil {
+		return err
+	}
+	raw, err := bpf.Assemble(insns)
 	if err != nil {
 		return err
 	}

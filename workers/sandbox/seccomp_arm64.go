@@ -3,8 +3,7 @@ package sandbox
 import "golang.org/x/sys/unix"
 
 const (
-	auditArch    = unix.AUDIT_ARCH_AARCH64
-	foreignNrBit = 0
+	auditArch = unix.AUDIT_ARCH_AARCH64
 )
 
-var deniedArch []uint32
+var nativeSeccomp = seccompARM64

@@ -4,8 +4,7 @@ package sandbox
 
 // No seccomp filter for this architecture: New refuses Namespaces.
 const (
-	auditArch    = 0
-	foreignNrBit = 0
+	auditArch = 0
 )
 
-var deniedArch []uint32
+var nativeSeccomp *seccompArch

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/childproc/dispatcher/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +25,9 @@ const ShimArg = "--internal-exec"
 
 const (
 	envSpec    = "DISPATCHER_SANDBOX_SPEC"
-	envSockDir = "PLUGIN_UNIX_SOCKET_DIR" // set by go-plugin: the worker's own socket directory
+	envSockDir = "PLUGIN_UNIX_SOCKET_DIR"      // set by go-plugin: the worker's own socket directory
+	envCellFDs = "DISPATCHER_SANDBOX_CELL_FDS" // the cell's cgroup.procs, opened by the dispatcher
+	envTreeFDs = "DISPATCHER_SANDBOX_TREE_FDS" // the binds, cloned by the dispatcher: "INDEX:FD,..."
 	trialOK    = "sandbox: trial ok"
 	shimFailed = 125 // exit status of a shim that could not confine or start the worker
 )
@@ -39,6 +42,10 @@ type spec struct {
 	UID, GID   uint32   `json:",omitempty"`
 	Namespaces bool     `json:",omitempty"`
 	Network    bool     `json:",omitempty"` // keep the host network (without Namespaces, always)
+	OwnNet     bool     `json:",omitempty"` // a network namespace of its own: bring up its loopback
+	Root       []mount  `json:",omitempty"` // with Namespaces: the binds of the new root
+	TmpSize    int64    `json:",omitempty"` // with Namespaces: the size of /tmp and /dev/shm
+	OuterUID   uint32   `json:",omitempty"` // with Namespaces: who root of the sandbox is outside
 	Checksum   string   `json:",omitempty"` // sha256 hex
 	PoolDir    string   `json:",omitempty"` // the pool's socket directory
 	Trial      bool     `json:",omitempty"` // stop before executing the worker
@@ -80,19 +87,40 @@ func shim() error {
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSpec+"=") {
+		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellFDs+"=") && !strings.HasPrefix(kv, envTreeFDs+"=") {
 			env = append(env, kv)
 		}
 	}
-	inherited := inheritedFDs()
-	ppid := os.Getppid()
-
-	// The cell first: whatever happens next happens inside it.
-	for _, dir := range sp.Cgroups {
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
-			return fmt.Errorf("join cgroup %s: %w", dir, err)
+	// The cell first: whatever happens next happens inside it. In a user
+	// namespace, through descriptors the dispatcher opened (the kernel
+	// checks the opener's rights), which are then closed.
+	if fds, ok := os.LookupEnv(envCellFDs); ok {
+		for f := range strings.SplitSeq(fds, ",") {
+			if f == "" {
+				continue // none: started in its only cell
+			}
+			fd, err := strconv.Atoi(f)
+			if err != nil || fd <= 2 {
+				return fmt.Errorf("bad %s %q", envCellFDs, fds)
+			}
+			if _, err := unix.Write(fd, []byte("0")); err != nil {
+				return fmt.Errorf("join the cell: %w", err)
+			}
+			unix.Close(fd)
+		}
+	} else {
+		for _, dir := range sp.Cgroups {
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
+				return fmt.Errorf("join cgroup %s: %w", dir, err)
+			}
 		}
 	}
+	trees, err := treeFDs(len(sp.Root))
+	if err != nil {
+		return err
+	}
+	inherited := inheritedFDs()
+	ppid := os.Getppid()
 	sockDir := os.Getenv(envSockDir)
 	if sockDir != "" && (sp.PoolDir == "" || filepath.Dir(filepath.Clean(sockDir)) != filepath.Clean(sp.PoolDir)) {
 		sockDir = "" // not one the pool made: leave it alone
@@ -108,10 +136,13 @@ func shim() error {
 	// executed through this very descriptor: what was hashed is what runs,
 	// whatever happens to the path meanwhile.
 	exe := sp.Path
-	if sp.Checksum != "" || sp.Namespaces || sp.User {
+	if sp.Checksum != "" || sp.User {
 		// A raw descriptor (an *os.File could be closed by its finalizer).
 		fd, err := unix.Open(sp.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			if sp.Namespaces {
+				return fmt.Errorf("open worker binary %s: %w (the worker's user, uid %d outside, must be able to reach it)", sp.Path, err, sp.OuterUID)
+			}
 			return fmt.Errorf("open worker binary %s: %w", sp.Path, err)
 		}
 		if sp.Checksum != "" {
@@ -127,7 +158,14 @@ func shim() error {
 	}
 
 	if sp.Namespaces {
-		if err := enterSandbox(&sp, sockDir); err != nil {
+		lastCap, err := readLastCap() // before /proc/sys goes
+		if err != nil {
+			return err
+		}
+		if err := buildRoot(&sp, sockDir, trees); err != nil {
+			return err
+		}
+		if err := dropCapabilities(lastCap); err != nil {
 			return err
 		}
 	}
@@ -155,7 +193,7 @@ func shim() error {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
 	if sp.Namespaces {
-		if err := loadSeccomp(); err != nil {
+		if err := loadSeccomp(sp.Network); err != nil {
 			return fmt.Errorf("seccomp filter: %w", err)
 		}
 	}
@@ -219,20 +257,49 @@ func (fd fdReader) Read(p []byte) (int, error) {
 	}
 }
 
-// inheritedFDs lists the descriptors above stderr that the shim inherited
-// for the worker (those without close-on-exec).
+// treeFDs reads envTreeFDs and marks its descriptors close-on-exec: they
+// are the shim's, not the worker's.
+func treeFDs(n int) (map[int]int, error) {
+	v, ok := os.LookupEnv(envTreeFDs)
+	if !ok {
+		return nil, nil
+	}
+	trees := map[int]int{}
+	for f := range strings.SplitSeq(v, ",") {
+		i, fd, _ := strings.Cut(f, ":")
+		idx, err1 := strconv.Atoi(i)
+		n2, err2 := strconv.Atoi(fd)
+		if err1 != nil || err2 != nil || idx < 0 || idx >= n || n2 <= 2 {
+			return nil, fmt.Errorf("bad %s %q", envTreeFDs, v)
+		}
+		if _, err := unix.FcntlInt(uintptr(n2), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("%s: %w", envTreeFDs, err)
+		}
+		trees[idx] = n2
+	}
+	return trees, nil
+}
+
+// inheritedFDs marks every descriptor above stderr close-on-exec but the
+// slot sockets the dispatcher lists in the worker's environment, and
+// returns those: nothing else the shim inherited reaches the worker.
 func inheritedFDs() []int {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return nil
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		// Before Linux 5.11.
+		entries, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range entries {
+			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+				_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+			}
+		}
 	}
 	var fds []int
-	for _, e := range entries {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
+	for f := range strings.SplitSeq(os.Getenv(ipc.EnvFDs), ",") {
+		fd, err := strconv.Atoi(f)
+		if err != nil || fd <= 2 || slices.Contains(fds, fd) {
 			continue
 		}
-		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err == nil {
 			fds = append(fds, fd)
 		}
 	}
@@ -252,77 +319,194 @@ func becomeUser(uid, gid uint32) error {
 	return nil
 }
 
-// enterSandbox sets up the new mount, UTS and network namespaces the shim
-// was started in, and drops the capabilities its children would get.
-func enterSandbox(sp *spec, sockDir string) error {
+// buildRoot makes the sandbox's file system in the new mount namespace
+// the shim was started in (as root of its user namespace), in the order
+// bubblewrap uses: a tmpfs as the root, the old root kept at /oldroot while
+// the new one is assembled at /newroot from binds of it, then the old root
+// detached and the new one pivoted to. Every mount is nosuid, and nodev
+// but for the device nodes' own; everything but /tmp, /dev/shm and the
+// socket directory is read-only.
+//
+// trees holds, by index in sp.Root, detached copies of the binds that a
+// root dispatcher made (open_tree): they are attached as they are, for the
+// shim, an unprivileged user outside, may not reach their source.
+func buildRoot(sp *spec, sockDir string, trees map[int]int) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
 	// A cgroup namespace rooted at the cell (joined already): the worker
-	// sees its cgroup as "/", not where the dispatcher put it. This thread
-	// only, the one that starts the worker.
+	// sees its cgroup as "/", not where the dispatcher put it.
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
 		return fmt.Errorf("cgroup namespace: %w", err)
 	}
-	sockFD := -1
-	if sockDir != "" {
-		fd, err := unix.Open(sockDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open socket directory: %w", err)
-		}
-		sockFD = fd
-		defer unix.Close(fd)
+	const base = "/tmp" // any directory: covered by the tmpfs, then by nothing
+	if err := unix.Mount("tmpfs", base, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("mount the root tmpfs: %w", err)
 	}
-	if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+	if err := unix.Chdir(base); err != nil {
+		return err
+	}
+	for _, d := range []string{"newroot", "oldroot"} {
+		if err := unix.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("newroot", "newroot", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind the new root: %w", err)
+	}
+	if err := unix.PivotRoot(base, "oldroot"); err != nil {
+		return fmt.Errorf("pivot_root to the root tmpfs: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+
+	tmpOpts := fmt.Sprintf("mode=1777,size=%d", sp.TmpSize)
+	if err := mountAt("tmpfs", "/newroot/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpOpts); err != nil {
 		return fmt.Errorf("mount a private /tmp: %w", err)
 	}
-	// The pool's socket directory holds every worker's: hide it, and bring
-	// back this worker's own.
-	if pool := filepath.Clean(sp.PoolDir); sp.PoolDir != "" && pool != "/tmp" && !strings.HasPrefix(pool, "/tmp/") {
-		if err := unix.Mount("tmpfs", pool, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711"); err != nil {
-			return fmt.Errorf("hide the other workers' sockets: %w", err)
+	if err := buildDev(tmpOpts); err != nil {
+		return err
+	}
+	if err := mountAt("proc", "/newroot/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	for i, m := range sp.Root {
+		const attr = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+		var err error
+		if fd, ok := trees[i]; ok {
+			err = attachAt(fd, "/newroot"+m.Dst, m.Dir, attr)
+			unix.Close(fd)
+		} else {
+			err = bindAt("/oldroot"+m.Src, "/newroot"+m.Dst, m.Dir, attr)
+		}
+		switch {
+		case err != nil && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOENT)):
+			return fmt.Errorf("bind %s in the new root: %w (the worker's user, uid %d outside, must be able to reach it)", m.Src, err, sp.OuterUID)
+		case err != nil:
+			return fmt.Errorf("bind %s in the new root: %w", m.Src, err)
 		}
 	}
-	if sockFD >= 0 {
-		// On the private tmpfs; the last one is covered by the bind mount.
-		if err := os.MkdirAll(sockDir, 0o711); err != nil {
-			return fmt.Errorf("socket directory: %w", err)
-		}
-		if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(sockFD), sockDir, "", unix.MS_BIND, ""); err != nil {
+	if sockDir != "" {
+		if err := bindAt("/oldroot"+sockDir, "/newroot"+sockDir, true, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC); err != nil {
 			return fmt.Errorf("bind the socket directory: %w", err)
 		}
 	}
-	lastCap, err := readLastCap()
-	if err != nil {
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/newroot", 0, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}); err != nil {
+		return fmt.Errorf("make the root read-only: %w", err)
+	}
+
+	if err := unix.Mount("", "/oldroot", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make the old root private: %w", err)
+	}
+	if err := unix.Unmount("/oldroot", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the old root: %w", err)
+	}
+	if err := unix.Chdir("/newroot"); err != nil {
 		return err
 	}
-	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return fmt.Errorf("mount /proc: %w", err)
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root to the new root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the root tmpfs: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
 	}
 	if err := unix.Sethostname([]byte("sandbox")); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
-	if !sp.Network {
+	if sp.OwnNet {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("bring up the loopback device: %w", err)
 		}
 	}
-	// Everything read-only, down to /proc/sys and the cgroup file systems,
-	// but the private /tmp and the socket directory.
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-		return fmt.Errorf("make the file system read-only: %w", err)
+	return nil
+}
+
+// buildDev makes a synthetic /dev: a read-only tmpfs with binds of the
+// harmless device nodes, a private devpts and a private /dev/shm.
+func buildDev(shmOpts string) error {
+	const dev = "/newroot/dev"
+	if err := mountAt("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=64k"); err != nil {
+		return fmt.Errorf("mount /dev: %w", err)
 	}
-	writable := []string{"/tmp"}
-	if sockFD >= 0 {
-		writable = append(writable, sockDir)
-	}
-	for _, p := range writable {
-		if err := unix.MountSetattr(unix.AT_FDCWD, p, 0, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return fmt.Errorf("make %s writable: %w", p, err)
+	for _, n := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		if err := bindAt("/oldroot/dev/"+n, dev+"/"+n, false, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NOEXEC); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", n, err)
 		}
 	}
-	// No capabilities for the worker, even as root: empty its bounding
-	// and ambient sets (the init keeps its own to start it).
+	if err := mountAt("devpts", dev+"/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"); err != nil {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	if err := mountAt("tmpfs", dev+"/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, shmOpts); err != nil {
+		return fmt.Errorf("mount /dev/shm: %w", err)
+	}
+	for link, target := range map[string]string{"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := unix.Symlink(target, dev+"/"+link); err != nil {
+			return fmt.Errorf("/dev/%s: %w", link, err)
+		}
+	}
+	if err := unix.MountSetattr(unix.AT_FDCWD, dev, 0, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		return fmt.Errorf("make /dev read-only: %w", err)
+	}
+	return nil
+}
+
+// mountAt makes the directory dst (and its parents) and mounts on it.
+func mountAt(src, dst, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	return unix.Mount(src, dst, fstype, flags, data)
+}
+
+// bindAt binds src on dst, making dst (a directory, or an empty file) and
+// its parents, and sets attr on the bind and everything below it.
+func bindAt(src, dst string, dir bool, attr uint64) error {
+	if err := mountpoint(dst, dir); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+}
+
+// attachAt attaches the detached mount tree fd on dst, as bindAt does.
+func attachAt(fd int, dst string, dir bool, attr uint64) error {
+	if err := mountpoint(dst, dir); err != nil {
+		return err
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+}
+
+// mountpoint makes dst, a directory or an empty file, and its parents.
+func mountpoint(dst string, dir bool) error {
+	if dir {
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		fd, err := unix.Open(dst, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o444)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// dropCapabilities empties the bounding and ambient sets, so that the
+// worker, root of the user namespace, executes with no capability.
+func dropCapabilities(lastCap int) error {
 	for c := 0; c <= lastCap; c++ {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
 			return fmt.Errorf("drop capability %d: %w", c, err)

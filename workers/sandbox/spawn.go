@@ -9,17 +9,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The spawning thread starts the workers that start without the shim. A
-// new process inherits no_new_privs from the thread that creates it, and
-// the attribute cannot be set on every thread of a program that links cgo
-// (AllThreadsSyscall refuses): one OS thread, locked for the life of the
-// program, sets it and makes every such start. It never exits, which also
-// keeps the parent-death signal (sent when the creating thread ends) for
-// the dispatcher's own death.
-var spawner struct {
-	once sync.Once
-	err  error
-	reqs chan spawnRequest
+// A spawning thread starts workers from one OS thread whose attributes
+// they inherit, locked for the life of the program: it never exits, which
+// also keeps the parent-death signal (sent when the creating thread ends)
+// for the dispatcher's own death. The Go runtime never hands a locked
+// thread to other goroutines, and starts new threads from a clean template
+// rather than from it, so its attributes stay its own.
+type spawnThread struct {
+	setup func() error // run once on the thread
+	once  sync.Once
+	err   error
+	reqs  chan spawnRequest
 }
 
 type spawnRequest struct {
@@ -27,30 +27,59 @@ type spawnRequest struct {
 	done chan error
 }
 
-// spawn starts cmd from the spawning thread.
-func spawn(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
+var (
+	// direct starts the workers that start without the shim. A new process
+	// inherits no_new_privs from the thread that creates it, and the
+	// attribute cannot be set on every thread of a program that links cgo
+	// (AllThreadsSyscall refuses).
+	direct = &spawnThread{setup: func() error {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("no_new_privs: %w", err)
+		}
+		return nil
+	}}
+	// emptyNet starts the sandboxes of a root dispatcher without network:
+	// its thread is in a network namespace of its own with only a
+	// loopback device, which every such worker shares (creating and
+	// destroying one per worker is slow in the kernel).
+	emptyNet = &spawnThread{setup: func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("an empty network namespace: %w", err)
+		}
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("bring up the loopback device of the empty network namespace: %w", err)
+		}
+		return nil
+	}}
+)
+
+// spawn starts cmd from the no_new_privs thread.
+func spawn(cmd *exec.Cmd) error { return direct.start(cmd) }
+
+// start starts cmd from the thread.
+func (t *spawnThread) start(cmd *exec.Cmd) error {
+	t.once.Do(func() {
 		ready := make(chan error)
-		spawner.reqs = make(chan spawnRequest)
+		t.reqs = make(chan spawnRequest)
 		go func() {
-			// Never unlocked: the thread carries no_new_privs, which no
-			// other goroutine may get.
+			// Never unlocked: no other goroutine may run with the
+			// thread's attributes.
 			runtime.LockOSThread()
-			if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-				ready <- fmt.Errorf("no_new_privs: %w", err)
+			if err := t.setup(); err != nil {
+				ready <- err
 				return // the locked thread ends with its goroutine
 			}
 			close(ready)
-			for r := range spawner.reqs {
+			for r := range t.reqs {
 				r.done <- r.cmd.Start()
 			}
 		}()
-		spawner.err = <-ready
+		t.err = <-ready
 	})
-	if spawner.err != nil {
-		return spawner.err
+	if t.err != nil {
+		return t.err
 	}
 	done := make(chan error, 1)
-	spawner.reqs <- spawnRequest{cmd, done}
+	t.reqs <- spawnRequest{cmd, done}
 	return <-done
 }

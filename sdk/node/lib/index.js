@@ -21,8 +21,6 @@ const { start, currentExchange } = require('./worker');
 const { kExchange } = require('./http');
 const { root } = require('./log');
 
-// VERSION names this sdk and its version.
-const VERSION = 'node-sdk/' + require('../package.json').version;
 
 let started = false;
 
@@ -89,4 +87,15 @@ function logger(req) {
   return id ? root.with({ request_id: id }) : root;
 }
 
-module.exports = { serve, requestId, deadline, signal, logger, VERSION };
+module.exports = {
+  serve,
+  requestId,
+  deadline,
+  signal,
+  logger,
+  // VERSION names this sdk and its version; read when asked for, as a
+  // oneshot worker never does.
+  get VERSION() {
+    return 'node-sdk/' + require('../package.json').version;
+  },
+};

@@ -13,6 +13,9 @@ const { kExchange, kNeedDrain, ExchangeSocket, newRequest, newResponse, headerMa
 // 'drain', as http.ServerResponse's highWaterMark.
 const HIGH_WATER_MARK = 16 << 10;
 
+// The longest delay setTimeout takes; a deadline further away never comes.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 // Exchange states.
 const QUEUED = 0; // waiting for its turn
 const RUNNING = 1; // its handler has it
@@ -56,6 +59,9 @@ class Slot {
       case Kind.REQUEST:
         this.start(f);
         return;
+      case Kind.WITHDRAW:
+        this.withdraw(f.id);
+        return;
     }
     // Frames of an exchange that is over are late: harmless. The others
     // reach the handler's code (its listeners on req and res), in the
@@ -87,6 +93,19 @@ class Slot {
       throw new ProtocolError(`request ${f.id} arrived with ${this.queue.length + 1} exchanges unanswered (depth ${this.worker.depth})`);
     }
     this.queue.push(ex);
+  }
+
+  // withdraw gives back a queued request that has not started, as the
+  // dispatcher asked (PROTOCOL.md 4.5): out of the line, and a withdrawn
+  // frame at once. It is written now, while the frame is read, so it goes
+  // out before anything of a request after it in line, which can only
+  // start later. A request that started, or is unknown, stays as it is.
+  withdraw(id) {
+    const i = this.queue.findIndex((ex) => ex.id === id);
+    if (i < 0) return;
+    const [ex] = this.queue.splice(i, 1);
+    ex.state = DONE;
+    this.send(this.worker.writer.withdrawn(id));
   }
 
   // advance runs the next queued exchange once ex's last frame is out.
@@ -169,7 +188,13 @@ class Exchange {
     this.state = RUNNING;
     const w = this.worker;
     w.inflight++;
-    if (this.frame.timeoutMs > 0) this.deadlineAt = Date.now() + this.frame.timeoutMs;
+    if (this.frame.timeoutMs > 0) {
+      this.deadlineAt = Date.now() + this.frame.timeoutMs;
+      if (this.frame.timeoutMs <= MAX_TIMER_MS) {
+        this.timer = setTimeout(expire, this.frame.timeoutMs, this);
+        this.timer.unref();
+      }
+    }
     if (this.streamed && w.headAck) {
       // Before the handler can act: until this acknowledgement, the
       // dispatcher may send the request to another worker if this one
@@ -525,18 +550,35 @@ class Exchange {
   signal() {
     if (this.controller) return this.controller.signal;
     this.controller = new AbortController();
-    if (this.state >= ENDING && this.cancelledReason) {
-      this.controller.abort(this.cancelledReason);
-    } else if (this.deadlineAt > 0 && this.state <= RUNNING) {
-      const left = this.deadlineAt - Date.now();
-      const timeout = () => this.abortSignal(new DOMException('the request\'s deadline passed', 'TimeoutError'));
-      if (left <= 0) timeout();
-      else {
-        this.timer = setTimeout(timeout, left);
-        this.timer.unref();
-      }
-    }
+    if (this.cancelledReason) this.controller.abort(this.cancelledReason);
     return this.controller.signal;
+  }
+
+  // expired: the deadline passed (timeout_ms, PROTOCOL.md 3.4) before the
+  // response's head was sent. As the Go sdk cancels the handler's context,
+  // the signal aborts; as Node's server does on a socket timeout, 'timeout'
+  // is emitted on req, res and the socket. A handler listening for it (or
+  // that answers from the abort in this turn) is in charge of the answer;
+  // otherwise the sdk answers 504 and tears the exchange down, as Node's
+  // server does at its requestTimeout: the worker serves on, instead of
+  // being quarantined at the dispatcher's --timeout, a little later.
+  expired() {
+    this.timer = null;
+    if (this.state !== RUNNING || this.headSent) return;
+    this.abortSignal(new DOMException('the request\'s deadline passed', 'TimeoutError'));
+    if (this.state !== RUNNING || this.headSent) return;
+    const sock = this.socket;
+    const handled = [this.req, this.res, sock].map((o) => o && !o.destroyed && o.emit('timeout', sock)).some(Boolean);
+    if (handled) return;
+    // Promise chains reacting to the abort run first.
+    setImmediate(() => {
+      if (this.state !== RUNNING || this.headSent) return;
+      this.worker.log.with({ request_id: this.requestId || undefined }).warn('the request\'s deadline passed before its response started: answered 504', { timeout_ms: this.frame.timeoutMs });
+      this.finishing();
+      const header = { 'Content-Type': ['text/plain; charset=utf-8'], 'X-Content-Type-Options': ['nosniff'] };
+      this.slot.send(this.worker.writer.response(this.id, 504, header, Buffer.from('Gateway Timeout\n'), true, null), () => this.done());
+      this.teardown(this.cancelledReason);
+    });
   }
 
   abortSignal(reason) {
@@ -557,6 +599,14 @@ function exchangeFrame(ex, f) {
     default:
       return ex.bodyAborted(f.reason);
   }
+}
+
+function expire(ex) {
+  ex.worker.within(ex, expired);
+}
+
+function expired(ex) {
+  ex.expired();
 }
 
 function abandon(ex, err) {

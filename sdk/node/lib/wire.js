@@ -5,13 +5,13 @@
 // kind's layout: anything else is a protocol violation, after which the
 // slot cannot be trusted.
 
-// Encoder and Decoder alone: the package's index loads the rest of it too,
-// which would double its share of a worker's start.
+// The package's own single-file build, the same sources minified: its
+// CommonJS build is eleven modules, and finding and loading each one is a
+// large part of a oneshot worker's start.
 let Encoder;
 let Decoder;
 try {
-  ({ Encoder } = require('@msgpack/msgpack/dist.cjs/Encoder.cjs'));
-  ({ Decoder } = require('@msgpack/msgpack/dist.cjs/Decoder.cjs'));
+  ({ Encoder, Decoder } = require('@msgpack/msgpack/dist.umd/msgpack.min.js'));
 } catch {
   ({ Encoder, Decoder } = require('@msgpack/msgpack'));
 }
@@ -27,6 +27,8 @@ const Kind = Object.freeze({
   WINDOW: 8,
   ABORT: 9,
   INFORMATIONAL: 10,
+  WITHDRAW: 11,
+  WITHDRAWN: 12,
 });
 
 const DEFAULT_MAX_FRAME = 1 << 20;
@@ -145,11 +147,13 @@ class FrameReader {
       case Kind.CANCEL:
       case Kind.PING:
       case Kind.ABORT:
+      case Kind.WITHDRAW:
         break;
       case Kind.RESPONSE:
       case Kind.PONG:
       case Kind.WINDOW:
       case Kind.INFORMATIONAL:
+      case Kind.WITHDRAWN:
         throw new ProtocolError(`frame kind ${kind} is only sent by a worker`);
       default:
         throw new ProtocolError(`unknown frame kind ${kind}`);
@@ -160,7 +164,7 @@ class FrameReader {
       throw new ProtocolError(`kind ${kind}: malformed msgpack: ${err.message}`);
     }
     if (!Array.isArray(a)) throw new ProtocolError(`kind ${kind}: payload is not an array`);
-    const need = kind === Kind.REQUEST ? 11 : kind === Kind.CANCEL || kind === Kind.PING ? 1 : 2;
+    const need = kind === Kind.REQUEST ? 11 : kind === Kind.CANCEL || kind === Kind.PING || kind === Kind.WITHDRAW ? 1 : 2;
     if (a.length < need) throw new ProtocolError(`kind ${kind}: ${a.length} elements, want at least ${need}`);
     const id = uint(a[0], 'id');
     switch (kind) {
@@ -179,9 +183,7 @@ class FrameReader {
           body: bin(a[9], 'body'),
           eof: bool(a[10], 'eof'),
           cont: a.length > 11 ? bool(a[11], 'continue') : false,
-          // A later element may be of a type this version does not know
-          // (PROTOCOL.md 10): only an unsigned integer is a deadline.
-          timeoutMs: a.length > 12 && Number.isSafeInteger(a[12]) && a[12] > 0 ? a[12] : 0,
+          timeoutMs: a.length > 12 ? timeoutMs(a[12]) : 0,
         };
       case Kind.BODY:
         return { kind, id, data: bin(a[1], 'data') };
@@ -198,6 +200,16 @@ class FrameReader {
 function uint(v, what) {
   if (Number.isSafeInteger(v) && v >= 0) return v;
   throw new ProtocolError(`${what}: want an unsigned integer, got ${typeName(v)}`);
+}
+
+// MAX_TIMEOUT_MS is the largest timeout_ms a 64-bit count of nanoseconds
+// holds: a larger one is a violation (PROTOCOL.md 3.4).
+const MAX_TIMEOUT_MS = 9223372036854;
+
+function timeoutMs(v) {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_TIMEOUT_MS) return v;
+  if (typeof v === 'number' && Number.isInteger(v) && v > MAX_TIMEOUT_MS) throw new ProtocolError(`timeout_ms: ${v} is over ${MAX_TIMEOUT_MS}`);
+  throw new ProtocolError(`timeout_ms: want an unsigned integer, got ${typeName(v)}`);
 }
 
 function int(v, what) {
@@ -294,6 +306,10 @@ class FrameWriter {
 
   window(id, n) {
     return this.frame(Kind.WINDOW, [id, n]);
+  }
+
+  withdrawn(id) {
+    return this.frame(Kind.WITHDRAWN, [id]);
   }
 }
 

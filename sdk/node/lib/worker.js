@@ -30,13 +30,15 @@ class Worker {
     this.chunk = wideChunk ? WIDE_CHUNK_SIZE : CHUNK_SIZE;
     // The pongs list the announced features this worker uses. Wide chunks
     // are accepted from the dispatcher too, and a request marked continue
-    // gets its window at the handler's first read.
+    // gets its window at the handler's first read. A queued request is
+    // given back when the dispatcher withdraws it.
     this.features = [];
     if (this.informational) this.features.push('informational');
     if (this.headAck) this.features.push('head-ack');
     if (wideWindow) this.features.push('wide-window');
     if (wideChunk) this.features.push('wide-chunk');
     if (has('continue')) this.features.push('continue');
+    if (has('withdraw')) this.features.push('withdraw');
     this.writer = new FrameWriter();
     this.log = root;
     this.inflight = 0;
@@ -150,7 +152,7 @@ function start(cfg, listener) {
   if (!cfg.control) {
     // No connection will come: the line names a socket the worker does
     // not make (PROTOCOL.md 2.2).
-    process.stdout.write(handshakeLine(path.join(dir, 'plugin')));
+    writeHandshake(path.join(dir, 'plugin'));
     return w;
   }
   const control = require('./control');
@@ -161,15 +163,16 @@ function start(cfg, listener) {
     }
     srv.unref();
     control.removeSocketAtExit(p);
-    process.stdout.write(handshakeLine(p));
+    writeHandshake(p);
   });
   return w;
 }
 
-// handshakeLine is go-plugin's line naming the control socket: core
-// protocol 1, this protocol's version 1, netrpc.
-function handshakeLine(socketPath) {
-  return `1|1|unix|${socketPath}|netrpc|\n`;
+// writeHandshake prints go-plugin's line naming the control socket: core
+// protocol 1, this protocol's version 1, netrpc. Straight to descriptor 1:
+// process.stdout, a stream over it, is made only if the handler prints.
+function writeHandshake(socketPath) {
+  require('fs').writeSync(1, `1|1|unix|${socketPath}|netrpc|\n`);
 }
 
 // currentExchange returns the exchange whose code is running, if any.

@@ -10,7 +10,7 @@ const { Encoder, Decoder } = require('@msgpack/msgpack');
 const { Kind } = require('../lib/wire');
 
 const COOKIE = 'b6f3f1c4e0a94f3c9d3c2a7e5b1d8f60';
-const ALL_FEATURES = 'informational,head-ack,wide-window,continue,wide-chunk';
+const ALL_FEATURES = 'informational,head-ack,wide-window,continue,wide-chunk,withdraw';
 const WAIT_MS = 10000;
 
 const encoder = new Encoder();
@@ -109,6 +109,10 @@ class Peer {
 
   cancel(id) {
     this.send(Kind.CANCEL, [id]);
+  }
+
+  withdraw(id) {
+    this.send(Kind.WITHDRAW, [id]);
   }
 
   // response collects the answer to request id: status, header, body,

@@ -251,6 +251,46 @@ test('the signal aborts at the deadline', () => withWorker({}, async (w) => {
   assert.ok(Date.now() - t0 >= 100);
 }));
 
+test('at the deadline, a handler without an answer gets 504 and is torn down; the worker serves on', () => withWorker({}, async (w) => {
+  const s = w.slots[0];
+  const t0 = Date.now();
+  const r = await s.exchange({ uri: '/wait', requestId: 'late', timeoutMs: 100 });
+  assert.ok(Date.now() - t0 >= 100);
+  assert.equal(r.status, 504);
+  assert.equal(r.body.toString(), 'Gateway Timeout\n');
+  await waitFor(() => w.logs().filter((l) => l.request_id === 'late').length >= 6);
+  const said = w.logs().filter((l) => l.request_id === 'late').map((l) => l['@message']);
+  assert.deepEqual(said, ['waiting', 'signal aborted: the request\'s deadline passed',
+    'the request\'s deadline passed before its response started: answered 504', 'req aborted', 'res close, writableEnded=false', 'req close']);
+  assert.equal((await s.exchange({ uri: '/info' })).status, 200);
+}));
+
+test('at the deadline, \'timeout\' is emitted and its listener answers', () => withWorker({}, async (w) => {
+  const r = await w.slots[0].exchange({ uri: '/on-timeout', timeoutMs: 50 });
+  assert.equal(r.status, 503);
+  assert.equal(r.body.toString(), 'timeout event, signal aborted: true\n');
+  // Without a timeout, no 'timeout': the handler answers later.
+  const id = w.slots[0].request({ uri: '/on-timeout', timeoutMs: 0 });
+  await new Promise((res) => setTimeout(res, 100));
+  w.slots[0].cancel(id);
+  assert.equal((await w.slots[0].response(id)).aborted, true);
+}));
+
+test('a response whose head was sent streams past the deadline', () => withWorker({}, async (w) => {
+  const r = await w.slots[0].exchange({ uri: '/slow-stream?n=3&ms=40', timeoutMs: 50 });
+  assert.equal(r.status, 200);
+  assert.equal(r.body.toString(), 'tick 0\ntick 1\ntick 2\naborted=false\n');
+}));
+
+test('a timeout_ms of the wrong type, or too large, is a protocol violation', () => withWorker({ slots: 2 }, async (w) => {
+  w.slots[0].request({ uri: '/info', timeoutMs: 'soon' });
+  assert.equal(await w.slots[0].next(), null);
+  w.slots[1].request({ uri: '/info', timeoutMs: 9223372036855 });
+  assert.equal(await w.slots[1].next(), null);
+  assert.ok(w.logs().some((l) => /timeout_ms: want an unsigned integer/.test(l['@message'])));
+  assert.ok(w.logs().some((l) => /timeout_ms: 9223372036855 is over 9223372036854/.test(l['@message'])));
+}));
+
 test('pipelined requests run in order; a cancelled queued one is answered in its turn', () => withWorker({ depth: 4 }, async (w) => {
   const s = w.slots[0];
   const a = s.request({ uri: '/stream?n=2' });
@@ -261,6 +301,32 @@ test('pipelined requests run in order; a cancelled queued one is answered in its
   assert.equal((await s.response(b)).status, 200);
   const rc = await s.response(c);
   assert.deepEqual([rc.aborted, rc.reason], [true, 'cancelled before it started']);
+}));
+
+test('a withdrawn queued request is given back at once, never run; the next runs in its turn', () => withWorker({ depth: 4 }, async (w) => {
+  assert.ok(w.features.includes('withdraw'), `features ${w.features}`);
+  const s = w.slots[0];
+  const a = s.request({ uri: '/wait', requestId: 'running' });
+  const b = s.request({ uri: '/info', requestId: 'withdrawn' });
+  const c = s.request({ uri: '/info' });
+  // The running request, and an unknown one, are not withdrawn.
+  s.withdraw(a);
+  s.withdraw(99);
+  s.withdraw(b);
+  const f = await s.next();
+  assert.deepEqual([f.kind, f.id], [Kind.WITHDRAWN, b]);
+  s.withdraw(b); // a second time: already gone
+  s.cancel(a);
+  assert.equal((await s.response(a)).aborted, true);
+  const rc = await s.response(c);
+  assert.equal(rc.status, 200);
+  assert.equal(JSON.parse(rc.body).requestId, `req-${c}`);
+  assert.equal((await s.ping()).kind, Kind.PONG);
+  assert.ok(!w.logs().some((l) => l.request_id === 'withdrawn'));
+}));
+
+test('without the feature, no withdraw is offered', () => withWorker({ features: 'head-ack' }, async (w) => {
+  assert.deepEqual(w.features, ['head-ack']);
 }));
 
 test('a protocol violation closes the slot, and the worker exits with its last slot', () => withWorker({ slots: 2 }, async (w) => {
@@ -277,6 +343,10 @@ test('process.exit in a handler ends the worker', () => withWorker({}, async (w)
   assert.equal(await w.slots[0].next(), null);
   assert.deepEqual(await w.exited, { code: 3, signal: null });
 }));
+
+test('VERSION names the sdk and its version', () => {
+  assert.equal(require('..').VERSION, `node-sdk/${require('../package.json').version}`);
+});
 
 test('started by hand, a worker explains itself and exits 1', async () => {
   const { spawnSync } = require('child_process');

@@ -13,10 +13,13 @@
 //	/spin?ms=N&threads=K  spins K threads for N ms and reports the CPU time it got
 //	/ptrace?pid=P       PTRACE_SEIZE on P (default: its parent)
 //	/signal?pid=P       kill(P, 0) on P (default: its parent)
-//	/syscalls           tries mount, chroot, unshare, keyctl, bpf, init_module, perf_event_open, io_uring_setup
+//	/syscalls           tries system calls a sandbox denies, one "name: result" line each (see syscalls)
 //	/connect?dir=D      connects to every unix socket under D and every go-plugin socket in /proc/net/unix
 //	/dial?addr=A        opens a TCP connection to A
 //	/exit               exits with status 3
+//	/inherited          lists its descriptors above stderr; reads and writes those that are not slots
+//	/attacks?pid=P&sig=0  against P (default: its parent): joins every ancestor of its cgroups
+//	                    (cgroup.procs), kill(P, SIGTERM, or 0), PTRACE_SEIZE, reads /proc/P/environ, opens /proc/P/mem
 //	/junk?giant=1       writes junk (or the header of a 2 GiB frame) on its slot connection
 //	/flood?mb=N&line=L&stream=S&chunk=C  writes N MiB (default 5) of L-byte lines (default 2: "x\n")
 //	                    on stderr (or stdout), one write per line (or C bytes per write), and
@@ -24,6 +27,13 @@
 //
 // Started as "hostile escapee T" it sleeps forever (reporting its pid on
 // fd 3 if open); as "hostile fork1 T" it starts a setsid escapee and exits.
+//
+// With HOSTILE_HANDSHAKE=KIND:TARGET it prints its own go-plugin handshake
+// instead of serving, naming: the path TARGET (path); TARGET reached from
+// its socket directory through ".." (dotdot); a symbolic link to TARGET
+// (symlink) or to TARGET's directory (dirlink) made in its socket
+// directory; a TCP address (tcp); junk (junk); a regular file it makes in
+// its socket directory (file). Then it waits to be killed.
 package main
 
 import (
@@ -37,6 +47,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +56,7 @@ import (
 	"unsafe"
 
 	"github.com/childproc/dispatcher/internal/rawslots"
+	"github.com/childproc/dispatcher/ipc"
 	"github.com/childproc/dispatcher/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -68,6 +80,9 @@ func main() {
 			}
 			os.Exit(0)
 		}
+	}
+	if mode, ok := os.LookupEnv("HOSTILE_HANDSHAKE"); ok {
+		forgeHandshake(mode)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/whoami", whoami)
@@ -98,6 +113,8 @@ func main() {
 		fmt.Fprintf(w, "signal %d: %s\n", pid, result(syscall.Kill(pid, 0)))
 	})
 	mux.HandleFunc("/syscalls", syscalls)
+	mux.HandleFunc("/attacks", attacks)
+	mux.HandleFunc("/inherited", inherited)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
@@ -106,6 +123,7 @@ func main() {
 		}
 		fmt.Fprintf(w, "dial: %s\n", result(err))
 	})
+	sandboxAttacks(mux) // sandbox.go
 	sdk.Serve(mux)
 }
 
@@ -305,7 +323,8 @@ func ptrace(w http.ResponseWriter, r *http.Request) {
 }
 
 // syscalls tries calls the sandbox denies, with arguments that do no harm
-// when they are allowed (they fail for another reason, or do nothing).
+// when they are allowed (they fail for another reason, or do nothing, or
+// are undone).
 func syscalls(w http.ResponseWriter, r *http.Request) {
 	empty, _ := unix.BytePtrFromString("")
 	try := func(name string, f func() error) {
@@ -313,13 +332,8 @@ func syscalls(w http.ResponseWriter, r *http.Request) {
 	}
 	raw := func(nr uintptr, a ...uintptr) func() error {
 		return func() error {
-			var args [6]uintptr
-			copy(args[:], a)
-			_, _, e := unix.Syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5])
-			if e != 0 {
-				return e
-			}
-			return nil
+			_, err := rawCall(nr, a...)
+			return err
 		}
 	}
 	try("mount", func() error { return unix.Mount("none", "/nonexistent-hostile", "tmpfs", 0, "") })
@@ -330,6 +344,61 @@ func syscalls(w http.ResponseWriter, r *http.Request) {
 	try("init_module", raw(unix.SYS_INIT_MODULE, 0, 0, uintptr(unsafe.Pointer(empty))))
 	try("perf_event_open", raw(unix.SYS_PERF_EVENT_OPEN, 0, 0, ^uintptr(0), ^uintptr(0), 0))
 	try("io_uring_setup", raw(unix.SYS_IO_URING_SETUP, 0, 0))
+	try("userfaultfd", raw(unix.SYS_USERFAULTFD, unix.O_CLOEXEC))
+	try("ptrace", raw(unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1<<22 /* no such process */, 0, 0))
+	try("open_tree_attr", raw(467 /* Linux 6.15, on every architecture */, uintptr(^uint32(0)) /* not a descriptor */, uintptr(unsafe.Pointer(empty)), 0, 0, 0))
+	try("unassigned", raw(4000 /* no system call, yet */))
+	if ldt, ok := modifyLDT(); ok {
+		try("modify_ldt", raw(ldt, 0 /* read */, uintptr(unsafe.Pointer(empty)), 0))
+	}
+	// Undone if it works: the persona is the whole process's.
+	try("personality", func() error {
+		old, err := rawCall(unix.SYS_PERSONALITY, 0x0008 /* PER_LINUX32 */)
+		if err == nil {
+			_, _ = rawCall(unix.SYS_PERSONALITY, old)
+		}
+		return err
+	})
+	for _, s := range []struct {
+		name                  string
+		domain, typ, protocol int
+	}{
+		{"socket AF_VSOCK", unix.AF_VSOCK, unix.SOCK_STREAM, 0},
+		{"socket AF_PACKET", unix.AF_PACKET, unix.SOCK_DGRAM, 0},
+		{"socket AF_NETLINK audit", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_AUDIT},
+		{"socket AF_NETLINK route", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE},
+		{"socket AF_INET", unix.AF_INET, unix.SOCK_STREAM, 0},
+		{"socket AF_INET6", unix.AF_INET6, unix.SOCK_STREAM, 0},
+		{"socket AF_UNIX", unix.AF_UNIX, unix.SOCK_STREAM, 0},
+		{"socketpair AF_INET", unix.AF_INET, unix.SOCK_STREAM, 0},
+	} {
+		try(s.name, func() error {
+			var err error
+			if strings.HasPrefix(s.name, "socketpair") {
+				var fds [2]int
+				if fds, err = unix.Socketpair(s.domain, s.typ|unix.SOCK_CLOEXEC, s.protocol); err == nil {
+					unix.Close(fds[0])
+					unix.Close(fds[1])
+				}
+				return err
+			}
+			fd, err := unix.Socket(s.domain, s.typ|unix.SOCK_CLOEXEC, s.protocol)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		})
+	}
+}
+
+func rawCall(nr uintptr, a ...uintptr) (uintptr, error) {
+	var args [6]uintptr
+	copy(args[:], a)
+	r, _, e := unix.Syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5])
+	if e != 0 {
+		return 0, e
+	}
+	return r, nil
 }
 
 // connect tries every unix socket it can find that is not its own.
@@ -390,6 +459,123 @@ func junk(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "junk: wrote on %d connections\n", wrote)
 }
 
+// attacks tries what a worker must not do to the dispatcher (or ?pid=P)
+// and to its own cell, and reports one line each: "<what>: ok" or
+// "<what>: error: ...".
+func attacks(w http.ResponseWriter, r *http.Request) {
+	pid := targetPID(r)
+	for _, dir := range cgroupAncestors() {
+		f, err := os.OpenFile(filepath.Join(dir, "cgroup.procs"), os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+			f.Close()
+		}
+		fmt.Fprintf(w, "join %s: %s\n", dir, result(err))
+	}
+	if cg, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		fmt.Fprintf(w, "cgroup now=%s\n", strings.Join(strings.Fields(string(cg)), " "))
+	}
+	sig := syscall.SIGTERM
+	if r.URL.Query().Get("sig") == "0" {
+		sig = 0 // only whether it could
+	}
+	fmt.Fprintf(w, "kill %d %d: %s\n", pid, sig, result(syscall.Kill(pid, sig)))
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits, detaching a seized target
+		_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(pid), 0, 0, 0, 0)
+		if e != 0 {
+			done <- e
+			return
+		}
+		done <- nil
+	}()
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err == nil && len(b) == 0 {
+		err = errors.New("empty")
+	}
+	fmt.Fprintf(w, "environ %d: %s\n", pid, result(err))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err == nil {
+		f.Close()
+	}
+	fmt.Fprintf(w, "mem %d: %s\n", pid, result(err))
+}
+
+// cgroupAncestors lists the directories above the worker's own cgroup in
+// every hierarchy mounted here, up to each one's root.
+func cgroupAncestors() []string {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for line := range strings.SplitSeq(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") {
+			continue
+		}
+		mount, opts := f[4], ","+g[2]+","
+		for l := range strings.SplitSeq(strings.TrimSpace(string(cg)), "\n") {
+			parts := strings.SplitN(l, ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			match := g[0] == "cgroup2" && parts[1] == ""
+			for _, c := range strings.Split(parts[1], ",") {
+				match = match || g[0] == "cgroup" && c != "" && strings.Contains(opts, ","+c+",")
+			}
+			if !match {
+				continue
+			}
+			for d := filepath.Join(mount, parts[2]); d != mount && strings.HasPrefix(d, mount+"/"); {
+				d = filepath.Dir(d)
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	return dirs
+}
+
+// forgeHandshake prints a handshake naming what mode says (see the package
+// documentation), and waits to be killed.
+func forgeHandshake(mode string) {
+	kind, target, _ := strings.Cut(mode, ":")
+	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	network, addr := "unix", target
+	var err error
+	switch kind {
+	case "dotdot":
+		addr = dir + strings.Repeat("/..", strings.Count(dir, "/")) + target
+	case "symlink":
+		addr = filepath.Join(dir, "plugin")
+		err = os.Symlink(target, addr)
+	case "dirlink":
+		err = os.Symlink(filepath.Dir(target), filepath.Join(dir, "sub"))
+		addr = filepath.Join(dir, "sub", filepath.Base(target))
+	case "tcp":
+		network, addr = "tcp", "127.0.0.1:1"
+	case "junk":
+		addr = "\x00\x1b[31mjunk" + strings.Repeat("A", 300)
+	case "file":
+		addr = filepath.Join(dir, "plugin")
+		err = os.WriteFile(addr, nil, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile:", err)
+	}
+	fmt.Printf("1|%d|%s|%s|netrpc|\n", ipc.ProtocolVersion, network, addr)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 // flood writes lines as fast as it can, as a handler logging in a tight
 // loop would, and reports what it wrote and the CPU time it took.
 func flood(w http.ResponseWriter, r *http.Request) {
@@ -423,4 +609,56 @@ func flood(w http.ResponseWriter, r *http.Request) {
 		written += k
 	}
 	fmt.Fprintf(w, "flood: lines=%d bytes=%d cpu_us=%d\n", written, written*lineLen, (cpuTime() - c0).Microseconds())
+}
+
+// inherited reports every descriptor the worker holds above standard
+// error: its slot sockets ("slot"), and for any other its target and what
+// reading and writing it achieved (only when poll says it would not block).
+func inherited(w http.ResponseWriter, r *http.Request) {
+	slots := rawslots.FDs()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		fmt.Fprintf(w, "inherited: error: %v\n", err)
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own descriptor, closed since
+		}
+		if slices.Contains(slots, fd) {
+			fmt.Fprintf(w, "fd %d slot\n", fd)
+			continue
+		}
+		base := filepath.Base(target)
+		if strings.HasPrefix(target, "anon_inode:") ||
+			strings.HasPrefix(target, "/sys/fs/cgroup/") && (base == "cpu.max" || base == "cpu.cfs_quota_us" || base == "cpu.cfs_period_us") {
+			// The Go runtime's own (epoll, eventfd; the CPU limit it
+			// sizes GOMAXPROCS by): made here, not inherited.
+			fmt.Fprintf(w, "fd %d target=%s runtime\n", fd, target)
+			continue
+		}
+		read, wrote := "would block", "would block"
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+		if _, err := unix.Poll(pfd, 0); err == nil {
+			if pfd[0].Revents&unix.POLLIN != 0 {
+				b := make([]byte, 64)
+				n, err := unix.Read(fd, b)
+				read = result(err)
+				if err == nil {
+					read = fmt.Sprintf("ok %q", b[:max(n, 0)])
+				}
+			}
+			if pfd[0].Revents&unix.POLLOUT != 0 {
+				_, err := unix.Write(fd, []byte("forged by a worker\n"))
+				wrote = result(err)
+			}
+		}
+		fmt.Fprintf(w, "fd %d target=%s read=%s write=%s\n", fd, target, read, wrote)
+	}
+	fmt.Fprintf(w, "inherited: %d slots\n", len(slots))
 }
