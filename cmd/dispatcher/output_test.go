@@ -48,11 +48,17 @@ const floodAllowance = 150 * time.Millisecond
 // log stays small; the dropped lines are counted, in the warnings and in
 // the metric, and add up with those logged to what the worker wrote.
 func TestWorkerLogFlood(t *testing.T) {
-	logBin := os.Getenv("DISPATCHER_FLOOD_BIN") // to measure another build (bench/results)
+	// DISPATCHER_FLOOD_BIN measures another build (bench/results): one
+	// that logs every line may take minutes.
+	logBin := os.Getenv("DISPATCHER_FLOOD_BIN")
+	wait := 60 * time.Second
 	var d *dproc
 	if logBin != "" {
-		d = launchProc(t, shortTempDir(t), []string{logBin, "--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--workers", bin(t, "hostile"), "--pool-size", "1"})
+		wait = 10 * time.Minute
+		d = launchProc(t, shortTempDir(t), []string{logBin, "--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+			"--workers", bin(t, "hostile"), "--pool-size", "1", "--timeout", wait.String()})
 		d.awaitListening(true)
+		d.client.Timeout = wait
 	} else {
 		d = startDispatcher(t, "--workers", bin(t, "hostile"), "--pool-size", "1")
 	}
@@ -94,8 +100,8 @@ func TestWorkerLogFlood(t *testing.T) {
 		}
 		return logged+dropped >= lines
 	}
-	if !poll(60*time.Second, counted) {
-		t.Fatalf("%d lines written; %d logged and %d dropped after 60s", lines, logged, dropped)
+	if !poll(wait, counted) {
+		t.Fatalf("%d lines written; %d logged and %d dropped after %s", lines, logged, dropped, wait)
 	}
 	took := time.Since(t0)
 	dispatcherCPU := cpuTime(t, pid) - cpu0
@@ -304,5 +310,61 @@ func TestCrashLogs(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestWorkerLogLimitFromConfig: the limits are a function's settings in
+// the config file, and the warnings and the metric name the function. As
+// root, the worker runs as nobody (as the confinement line says): the
+// limit applies to an unprivileged worker as to any.
+func TestWorkerLogLimitFromConfig(t *testing.T) {
+	t.Parallel()
+	dir := shortTempDir(t)
+	worker, user := bin(t, "hostile"), ""
+	if os.Geteuid() == 0 {
+		// nobody must reach the sockets' directory and the binary.
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(worker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		worker = filepath.Join(dir, "hostile")
+		if err := os.WriteFile(worker, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		user = "    user: nobody\n"
+	} else {
+		t.Log("not root: the worker runs as the test's user")
+	}
+	path := filepath.Join(dir, "dispatcher.yaml")
+	text := "worker-log-bytes: 1M\nfunctions:\n  - name: noisy\n    workers: " + worker + "\n    pool-size: 1\n    worker-log-lines: 5\n" + user
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := launchProc(t, dir, []string{bin(t, "dispatcher"), "--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--config", path})
+	d.awaitListening(false) // with --config, the line names functions
+	if user != "" {
+		d.waitLog("workers confined", "user 65534:65534")
+	}
+	t0 := time.Now()
+	if resp, body := d.get("/flood?mb=1&line=10"); resp.StatusCode != 200 || !strings.HasPrefix(body, "flood: lines=104857 ") {
+		t.Fatalf("/flood: %d %q", resp.StatusCode, body)
+	}
+	d.waitLog("worker output over its limit: lines dropped", "function=noisy", "worker=hostile")
+	if !poll(logWait, func() bool {
+		return metric(t, d, `dispatcher_worker_log_dropped_lines_total{function="noisy"}`) > 0
+	}) {
+		t.Errorf("no dropped lines counted for the function")
+	}
+	logged := 0
+	for _, l := range d.log.Lines() {
+		if msg, _ := field(l, "msg"); msg == "xxxxxxxxx" {
+			logged++
+		}
+	}
+	if most := 5 * (time.Since(t0).Seconds() + 1); float64(logged) > most {
+		t.Errorf("%d lines logged in %s at 5 a second", logged, time.Since(t0))
 	}
 }
