@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"syscall"
@@ -14,7 +15,8 @@ import (
 
 // The seccomp filter of a sandboxed worker: an allow list (seccomp_table.go).
 // A system call not listed fails with ENOSYS; one whose arguments its check
-// refuses fails with EPERM, or with EAFNOSUPPORT for a socket family.
+// refuses fails with EPERM, or for a socket with EAFNOSUPPORT (the family)
+// or EPROTONOSUPPORT (a netlink protocol).
 // Calls through another architecture's ABI (i386's int 0x80 or x32 on
 // amd64) fail with ENOSYS. The filter never kills: a call a worker needs
 // and the list lacks shows up as an error the worker reports.
@@ -68,7 +70,8 @@ func (toCheck) Assemble() (bpf.RawInstruction, error) {
 }
 
 // Actions of a range of system call numbers: not listed, allowed, or
-// checked by seccompChecked[checked[i-ruleCheck]].
+// checked (ruleCheck+i: by the check of the i-th name of seccompChecked in
+// sorted order).
 const (
 	ruleDeny = iota
 	ruleAllow
@@ -95,13 +98,7 @@ func filter(arch *seccompArch, network bool) ([]bpf.Instruction, error) {
 			return nil, err
 		}
 	}
-	checked := slices.Sorted(func(yield func(string) bool) {
-		for name := range seccompChecked {
-			if !yield(name) {
-				return
-			}
-		}
-	})
+	checked := slices.Sorted(maps.Keys(seccompChecked))
 	for i, name := range checked {
 		if err := set(name, ruleCheck+i); err != nil {
 			return nil, err
@@ -126,13 +123,7 @@ func filter(arch *seccompArch, network bool) ([]bpf.Instruction, error) {
 	}
 	add(0, ruleDeny)
 	next := uint32(0)
-	for _, nr := range slices.Sorted(func(yield func(uint32) bool) {
-		for nr := range rules {
-			if !yield(nr) {
-				return
-			}
-		}
-	}) {
+	for _, nr := range slices.Sorted(maps.Keys(rules)) {
 		if nr != next {
 			add(next, ruleDeny)
 		}
