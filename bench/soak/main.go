@@ -261,6 +261,12 @@ func (s *soak) main(ctx context.Context) int {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 1
 	}
+	// Searchable by others: a root dispatcher's workers run as nobody and
+	// must reach their socket directories in the TMPDIRs made here.
+	if err := os.Chmod(s.work, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 1
+	}
 	keep := false
 	defer func() {
 		if keep {
@@ -461,12 +467,13 @@ type session struct {
 func (s *soak) start(ctx context.Context, r *result, name string, args []string, memLimit bool) (*session, error) {
 	for attempt := 0; ; attempt++ {
 		tmp := filepath.Join(s.work, fmt.Sprintf("%s-tmp%d", name, attempt))
-		if err := os.Mkdir(tmp, 0o700); err != nil {
+		if err := os.Mkdir(tmp, 0o755); err != nil {
 			return nil, err
 		}
 		a := append(slices.Clone(args), s.cfg.extra...)
 		if memLimit && s.memLimit != "" {
-			a = append(a, "--memory-limit", s.memLimit)
+			// The worker cannot read its cgroup in the sandbox: tell it.
+			a = append(a, "--memory-limit", s.memLimit, "--env", "CHAOS_MEMORY_LIMIT="+s.memLimit)
 		}
 		admin := ""
 		if s.hasAdmin {

@@ -34,7 +34,9 @@
 // its kind, request ID and the time (Unix nanoseconds) the worker took it.
 //
 // oom: the worker looks for its memory cgroup's limit (v2 memory.max, v1
-// memory.limit_in_bytes). With one (the dispatcher's --memory-limit), it
+// memory.limit_in_bytes), or, where the sandbox hides it, for
+// CHAOS_MEMORY_LIMIT (a size such as 64M). With one (the dispatcher's
+// --memory-limit), it
 // locks its memory if allowed (mlockall) and allocates up to twice the
 // limit, which the kernel never lets it reach; without one it allocates CHAOS_OOM_FALLBACK_MB (default 128) MiB, so that
 // an unprivileged run does not eat the machine. Either way, if it is still
@@ -299,6 +301,22 @@ func memoryLimit() (int64, string) {
 		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 		if err == nil && n > 0 && n < 1<<40 {
 			return n, file
+		}
+	}
+	// In the sandbox no cgroup file is visible: whoever set the limit may
+	// say it here (a size such as 64M).
+	if v := os.Getenv("CHAOS_MEMORY_LIMIT"); v != "" {
+		mult := int64(1)
+		switch v[len(v)-1] {
+		case 'K', 'k':
+			mult, v = 1<<10, v[:len(v)-1]
+		case 'M', 'm':
+			mult, v = 1<<20, v[:len(v)-1]
+		case 'G', 'g':
+			mult, v = 1<<30, v[:len(v)-1]
+		}
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			return n * mult, "CHAOS_MEMORY_LIMIT"
 		}
 	}
 	return 0, ""
