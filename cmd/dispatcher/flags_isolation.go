@@ -251,12 +251,14 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map)
 	// default tasks limit), the workers run without it, and the log says
 	// why, once.
 	var ue *sandbox.UnsupportedError
-	for f.sandbox == sandboxOn && errors.As(err, &ue) {
+	// The default tasks limit is dropped the same way under
+	// --sandbox=required, which asks for the sandbox, not for the limit.
+	for f.sandbox != sandboxOff && errors.As(err, &ue) {
 		switch {
 		case ue.Option == "PidsLimit" && !f.pidsSet && opts.PidsLimit > 0:
 			opts.PidsLimit = 0
 			warnOnce(log, "workers' sandbox: no default limit on tasks: "+ue.Missing)
-		case ue.Option == "Namespaces":
+		case ue.Option == "Namespaces" && f.sandbox == sandboxOn:
 			opts.Namespaces, opts.AllowNetwork, opts.Binds, opts.TmpSize = false, false, nil, 0
 			if !f.pidsSet {
 				opts.PidsLimit = 0

@@ -142,6 +142,9 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 	}{
 		{"sandbox off", "no_new_privs; started directly", []string{"--sandbox=off"}},
 		{"defaults", "sandbox: root in it is uid 65534 outside", nil},
+		// Required: the sandbox, not the default tasks limit, which an
+		// unprivileged user may have no cgroup for.
+		{"sandbox required", "sandbox: root in it is uid 65534 outside", []string{"--sandbox=required"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -151,8 +154,12 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 			}
 			argv := append([]string{bin(t, "dispatcher"), "--workers", bin(t, "hostile"), "--pool-size", "1",
 				"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, tc.args...)
+			// Each case's own: the cases' dispatchers run side by side as
+			// the same user, and any process of that user may read a
+			// dumpable one's environment (the sandboxed cases' are).
+			secret := "hunter2-" + strings.ReplaceAll(tc.name, " ", "-")
 			d := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
-				cmd.Env = append(cmd.Env, "DISPATCHER_E2E_SECRET=hunter2")
+				cmd.Env = append(cmd.Env, "DISPATCHER_E2E_SECRET="+secret)
 				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
 			})
 			d.awaitListening(true)
@@ -167,7 +174,7 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 			}
 			t.Logf("the worker's report:\n%s", body)
 			requireFailed(t, body, 3, "ptrace ", "environ ", "mem ")
-			if _, body := d.get("/snoop?name=DISPATCHER_E2E_SECRET"); strings.Contains(body, "hunter2") {
+			if _, body := d.get("/snoop?name=DISPATCHER_E2E_SECRET"); strings.Contains(body, secret) {
 				t.Errorf("the worker read the dispatcher's environment:\n%s", body)
 			}
 			if resp, body := d.get("/whoami"); resp.StatusCode != http.StatusOK {
