@@ -148,20 +148,11 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tmp := shortTempDir(t)
-			if err := os.Chown(tmp, 65534, 65534); err != nil {
-				t.Fatal(err)
-			}
-			argv := append([]string{bin(t, "dispatcher"), "--workers", bin(t, "hostile"), "--pool-size", "1",
-				"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, tc.args...)
 			// Each case's own: the cases' dispatchers run side by side as
 			// the same user, and any process of that user may read a
 			// dumpable one's environment (the sandboxed cases' are).
 			secret := "hunter2-" + strings.ReplaceAll(tc.name, " ", "-")
-			d := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
-				cmd.Env = append(cmd.Env, "DISPATCHER_E2E_SECRET="+secret)
-				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
-			})
+			d := launchAsNobody(t, "hostile", []string{"DISPATCHER_E2E_SECRET=" + secret}, tc.args...)
 			d.awaitListening(true)
 			d.waitLog("workers confined", tc.confined)
 			resp, body := d.get("/whoami")
@@ -303,15 +294,7 @@ func TestAnotherUsersDispatcherSparesWorkers(t *testing.T) {
 		t.Skip("needs root to start the dispatcher as another user")
 	}
 	root := startDispatcher(t, "--workers", bin(t, "hello"), "--pool-size", "2")
-	tmp := shortTempDir(t)
-	if err := os.Chown(tmp, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	argv := []string{bin(t, "dispatcher"), "--workers", bin(t, "hello"), "--pool-size", "1",
-		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
-	other := launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
-	})
+	other := launchAsNobody(t, "hello", nil)
 	// Its sandbox is set up, stale cgroups swept (and emptied), before it
 	// listens.
 	other.awaitListening(true)
@@ -323,4 +306,21 @@ func TestAnotherUsersDispatcherSparesWorkers(t *testing.T) {
 	if resp, body := root.get("/"); resp.StatusCode != http.StatusOK {
 		t.Errorf("GET / of the root dispatcher: %d %s", resp.StatusCode, body)
 	}
+}
+
+// launchAsNobody starts a dispatcher as uid 65534, serving the test worker
+// named worker in a pool of one, with env added to its environment and
+// args to its flags. The caller awaits its listening line.
+func launchAsNobody(t *testing.T, worker string, env []string, args ...string) *dproc {
+	t.Helper()
+	tmp := shortTempDir(t)
+	if err := os.Chown(tmp, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{bin(t, "dispatcher"), "--workers", bin(t, worker), "--pool-size", "1",
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, args...)
+	return launchProcWith(t, tmp, argv, func(cmd *exec.Cmd) {
+		cmd.Env = append(cmd.Env, env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	})
 }
