@@ -39,7 +39,8 @@ type fakeBinary struct {
 	failStarts int // the next starts that fail
 	starts     []time.Time
 	procs      []*fakeProc
-	unkillable bool // Kill does not end the workers started from now on
+	unkillable bool          // Kill does not end the workers started from now on
+	startDelay time.Duration // how long a start takes
 	handled    []string
 }
 
@@ -62,6 +63,11 @@ var errFakeStart = errors.New("fake: the binary does not start")
 func (b *fakeBinary) start(spec StartSpec) (Process, error) {
 	b.mu.Lock()
 	b.starts = append(b.starts, time.Now())
+	if d := b.startDelay; d > 0 {
+		b.mu.Unlock()
+		time.Sleep(d)
+		b.mu.Lock()
+	}
 	if b.failStarts > 0 {
 		b.failStarts--
 		b.mu.Unlock()

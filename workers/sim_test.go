@@ -183,6 +183,47 @@ func TestSimStartFailuresBackOffAndOpenTheBreaker(t *testing.T) {
 	})
 }
 
+// A start already under way when the breaker opens does not end the
+// quarantine early: its worker is discarded, and requests that find no
+// worker are refused until the probe, Backoff later. Three workers crash
+// at once: the replacements of the first two are starting when the third
+// crash opens the breaker.
+func TestSimStartInFlightWhenTheBreakerOpens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBinary(t)
+		b.startDelay = 50 * time.Millisecond
+		p, hook := fakePool(t, b, Config{Size: 3,
+			Breaker: BreakerConfig{MinRequests: 4, Window: time.Minute, Backoff: 5 * time.Second}})
+		if _, err := fakeGet(context.Background(), p, "/ok"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for i := range 3 {
+			if _, err := fakeGet(context.Background(), p, "/crash"); err == nil {
+				t.Fatalf("crash %d answered", i)
+			}
+		}
+		synctest.Wait()
+		if time.Since(start) != 0 {
+			t.Fatalf("the crashes took %s of virtual time, want none (the starts must still be under way)", time.Since(start))
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		var oe *OverloadError
+		if _, err := fakeGet(context.Background(), p, "/ok"); !errors.As(err, &oe) {
+			t.Fatalf("1s into the quarantine: %v, want it refused", err)
+		}
+		time.Sleep(5*time.Second - time.Since(start) + 100*time.Millisecond)
+		synctest.Wait()
+		if body, err := fakeGet(context.Background(), p, "/ok"); err != nil || body != "ok" {
+			t.Fatalf("after the probe: %q %v", body, err)
+		}
+		if logLine(hook, "breaker closed") == nil {
+			t.Error("no log line about the breaker closing")
+		}
+	})
+}
+
 // A binary whose every request kills its worker is quarantined after
 // MinRequests; one whose requests do so one time in five never is.
 func TestSimCrashRatio(t *testing.T) {

@@ -383,6 +383,14 @@ func (s *supervisor) startOne() {
 	}
 	w := newWorker(proc, jittered(s.cfg.MaxRequests), now)
 	bound.Store(w)
+	if st := s.breaker.State(); st.Open && !st.Probing {
+		// It began starting before the breaker opened: no worker joins
+		// until the probe does.
+		s.mu.Unlock()
+		proc.Kill()
+		s.log.WithField("pid", proc.PID()).Debug("worker started as the breaker opened: discarded")
+		return
+	}
 	if s.pool.isClosed() || !s.pool.track() {
 		s.mu.Unlock()
 		proc.Kill()
