@@ -473,6 +473,10 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	errLog := stdlog.New(errWriter, "", 0)
 	hs := o.http.server(svc.router, errLog)
 	front := dispatcher.GuardFraming(hs, newShedListener(ln, "listen", log)) // RFC 9112 §6.1: close after Content-Length with Transfer-Encoding
+	// Watching starts before serving: a change made once the dispatcher
+	// answers is never missed.
+	stopWatch := svc.watch(o)
+	defer stopWatch()
 	served := make(chan error, 2)
 	go func() { served <- o.http.serve(hs, front) }()
 	fields := logrus.Fields{"addr": ln.Addr().String(), "startup_ms": time.Since(t0).Milliseconds()}
@@ -504,8 +508,6 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	if m.Ready != nil {
 		m.Ready(ln.Addr())
 	}
-	stopWatch := svc.watch(o)
-	defer stopWatch()
 
 	var serveErr error
 loop:
