@@ -651,7 +651,11 @@ func TestFaultFDExhaustion(t *testing.T) {
 
 	closeAll()
 	// Still under the low limit: the descriptors of the closed connections
-	// come back and the next accept works.
+	// come back and the next accept works. (Until they are back, a new
+	// connection may be shed.)
+	if !poll(logWait, func() bool { return fdCount(pid) < int(low.Cur)-1 }) {
+		t.Fatalf("dispatcher holds %d open files after its clients closed, limit %d", fdCount(pid), low.Cur)
+	}
 	resp, body, err := faultTry(d, "/", 10*time.Second)
 	if err != nil || resp.StatusCode != http.StatusOK || body != "hello world\n" {
 		t.Fatalf("GET / after the connections closed: %v %v %q", err, resp, body)

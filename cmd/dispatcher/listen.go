@@ -96,7 +96,9 @@ func socketAnswers(path string) bool {
 // a descriptor coming free; and connections still pending after shedGrace
 // are closed, each accepted with a descriptor held in reserve for that and
 // closed at once, so that their clients learn at once rather than hang in
-// the backlog. Each episode is logged when it starts and when it ends.
+// the backlog. Each episode is logged when it starts and when it ends; one
+// that starts again within shedRelog of the last one's end (a descriptor
+// came free for a moment) is logged at debug level only.
 type shedListener struct {
 	net.Listener
 	name string // the flag, for the log
@@ -104,8 +106,9 @@ type shedListener struct {
 
 	mu      sync.Mutex
 	reserve *os.File
-	episode atomic.Bool  // descriptors ran out, and have not been available since
-	shed    atomic.Int64 // connections closed in the current episode
+	episode atomic.Bool               // descriptors ran out, and have not been available since
+	shed    atomic.Int64              // connections closed in the current episode
+	ended   atomic.Pointer[time.Time] // when the last episode ended
 }
 
 // shedPause is the wait between accepts while descriptors are exhausted;
@@ -113,6 +116,7 @@ type shedListener struct {
 const (
 	shedPause = 5 * time.Millisecond
 	shedGrace = 100 * time.Millisecond
+	shedRelog = time.Second
 )
 
 func newShedListener(ln net.Listener, name string, log *logrus.Entry) *shedListener {
@@ -126,22 +130,33 @@ func (l *shedListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err == nil {
-			if l.episode.Swap(false) {
-				l.log.WithFields(logrus.Fields{"listener": l.name, "shed": l.shed.Swap(0)}).Warn("file descriptors available again")
-			}
+			l.endEpisode()
 			return c, nil
 		}
 		if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
 			return nil, err
 		}
 		if !l.episode.Swap(true) {
-			l.log.WithError(err).WithField("listener", l.name).Error("out of file descriptors: closing new connections at accept until some are free")
+			e := l.log.WithError(err).WithField("listener", l.name)
+			if end := l.ended.Load(); end != nil && time.Since(*end) < shedRelog {
+				e.Debug("out of file descriptors again")
+			} else {
+				e.Error("out of file descriptors: closing new connections at accept until some are free")
+			}
 		}
 		switch {
 		case graceEnd.IsZero():
 			graceEnd = time.Now().Add(shedGrace)
 		case time.Now().After(graceEnd):
-			for l.shedOne() {
+			for {
+				c, ok := l.shedOne()
+				if c != nil {
+					l.endEpisode()
+					return c, nil
+				}
+				if !ok {
+					break
+				}
 			}
 			graceEnd = time.Time{} // a fresh grace for new arrivals
 			continue
@@ -150,15 +165,26 @@ func (l *shedListener) Accept() (net.Conn, error) {
 	}
 }
 
+// endEpisode logs the end of an episode of exhaustion, if one was on.
+func (l *shedListener) endEpisode() {
+	if l.episode.Swap(false) {
+		now := time.Now()
+		l.ended.Store(&now)
+		l.log.WithFields(logrus.Fields{"listener": l.name, "shed": l.shed.Swap(0)}).Warn("file descriptors available again")
+	}
+}
+
 // shedOne accepts one pending connection with the reserve descriptor and
-// closes it; it reports whether it did (false when none is pending, or the
+// closes it, unless descriptors came free meanwhile (the reserve opens
+// again): then it returns the connection, to be served. ok reports
+// whether a connection was accepted (false when none is pending, or the
 // reserve could not be had).
-func (l *shedListener) shedOne() bool {
+func (l *shedListener) shedOne() (keep net.Conn, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.reserve == nil {
 		l.reserve, _ = os.Open(os.DevNull)
-		return false
+		return nil, false
 	}
 	l.reserve.Close()
 	l.reserve = nil
@@ -172,12 +198,16 @@ func (l *shedListener) shedOne() bool {
 	if dl != nil {
 		_ = dl.SetDeadline(time.Time{})
 	}
-	if err == nil {
-		c.Close()
-		l.shed.Add(1)
-	}
 	l.reserve, _ = os.Open(os.DevNull)
-	return err == nil
+	switch {
+	case err != nil:
+		return nil, false
+	case l.reserve != nil:
+		return c, true
+	}
+	c.Close()
+	l.shed.Add(1)
+	return nil, true
 }
 
 func (l *shedListener) Close() error {
