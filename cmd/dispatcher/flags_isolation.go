@@ -18,10 +18,8 @@ import (
 )
 
 // Workers that need more than the default confinement start through this
-// binary in shim mode (sandbox.Main), which confines itself and then
-// executes the worker. It runs here, before main,
-// so that the shim does nothing else first; in shim mode it never returns.
-func init() { sandbox.Main() }
+// binary in shim mode: package workers/sandbox/shim, linked through
+// sandbox, confines the process from its init and starts the worker.
 
 // minNoFile is the fewest open files a worker gets on top of its slots:
 // stdio, the Go runtime's poller, go-plugin's socket and pipes.

@@ -6,9 +6,11 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/childproc/dispatcher/workers/sandbox"
+	"github.com/childproc/dispatcher/workers/sandbox/shim"
 )
 
 func TestIsolationUsageErrors(t *testing.T) {
@@ -175,4 +178,36 @@ func cgroupsNamed(prefix string) []string {
 		return nil
 	})
 	return found
+}
+
+// The dispatcher in shim mode runs the shim from package shim's init, before
+// the heavy packages initialise: each sandboxed start pays for the runtime
+// and little else. GODEBUG=inittrace=1 lists each package initialised.
+func TestShimRunsBeforeHeavyInits(t *testing.T) {
+	cmd := exec.Command(bin(t, "dispatcher"), shim.Arg)
+	cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != shim.Failed || !strings.Contains(string(out), "no instructions") {
+		t.Fatalf("dispatcher %s without instructions: %v, want exit status %d saying so:\n%s", shim.Arg, err, shim.Failed, out)
+	}
+	inits := 0
+	for line := range strings.SplitSeq(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "init" {
+			continue
+		}
+		inits++
+		// The costly initialisers (leaves of the same modules with
+		// standard library imports only may run first: microseconds).
+		switch f[1] {
+		case "google.golang.org/protobuf/reflect/protodesc", "google.golang.org/protobuf/types/descriptorpb",
+			"google.golang.org/grpc", "github.com/prometheus/client_golang/prometheus", "github.com/prometheus/procfs",
+			"github.com/hashicorp/go-plugin", "github.com/childproc/dispatcher/ipc":
+			t.Errorf("%s initialised before the shim ran", f[1])
+		}
+	}
+	if inits == 0 {
+		t.Fatalf("no init trace in the output:\n%s", out)
+	}
 }

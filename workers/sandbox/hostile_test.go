@@ -548,7 +548,8 @@ func TestNamespaces(t *testing.T) {
 	e := start(t, sandbox.Options{Namespaces: true, User: "65534:65534", MemoryLimit: 256 << 20}, workers.Config{Size: 2})
 	w := e.whoami()
 	self, _ := os.Readlink("/proc/self/ns/pid")
-	for k, want := range map[string]string{"hostname": "sandbox", "seccomp": "2", "nonewprivs": "1", "capeff": "0000000000000000", "capbnd": "0000000000000000", "uid": "0"} {
+	for k, want := range map[string]string{"hostname": "sandbox", "seccomp": "2", "nonewprivs": "1", "capeff": "0000000000000000", "capbnd": "0000000000000000",
+		"capinh": "0000000000000000", "capprm": "0000000000000000", "capamb": "0000000000000000", "uid": "0"} {
 		if w[k] != want {
 			t.Errorf("%s = %q, want %q", k, w[k], want)
 		}

@@ -2,7 +2,7 @@ package sandbox
 
 // The sandbox's root file system: what a worker binary needs, found on the
 // host before it starts (planRoot), and mounted by the shim on a fresh
-// tmpfs (buildRoot, shim.go).
+// tmpfs (buildRoot, package shim).
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/childproc/dispatcher/workers/sandbox/shim"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,13 +36,6 @@ func ParseBind(s string) (Bind, error) {
 		return Bind{}, fmt.Errorf("bind %q: want SRC[:DST], absolute paths", s)
 	}
 	return b, nil
-}
-
-// mount is one bind in the shim's instructions: Src resolved on the host
-// (no symbolic link left in it), Dst where it appears.
-type mount struct {
-	Src, Dst string
-	Dir      bool `json:",omitempty"`
 }
 
 // Files a Go binary reads when they exist: CA certificates (crypto/x509's
@@ -68,7 +62,7 @@ var scriptExts = []string{".js", ".mjs", ".cjs"}
 // libraries it loads, the package of a script, the default files, and the
 // operator's binds. path is the binary, args its arguments, pathEnv the
 // worker's PATH (for "#!/usr/bin/env node").
-func planRoot(path string, args []string, pathEnv string, network bool, extra []Bind) ([]mount, error) {
+func planRoot(path string, args []string, pathEnv string, network bool, extra []Bind) ([]shim.Mount, error) {
 	p := &planner{seen: map[string]bool{}, pathEnv: pathEnv}
 	if err := p.program(path, 0); err != nil {
 		return nil, err
@@ -94,7 +88,7 @@ func planRoot(path string, args []string, pathEnv string, network bool, extra []
 }
 
 type planner struct {
-	mounts  []mount
+	mounts  []shim.Mount
 	seen    map[string]bool // by Dst
 	pathEnv string
 }
@@ -116,7 +110,7 @@ func (p *planner) add(src, dst string) error {
 		return fmt.Errorf("%s is neither a file nor a directory", src)
 	}
 	p.seen[dst] = true
-	p.mounts = append(p.mounts, mount{Src: real, Dst: dst, Dir: fi.IsDir()})
+	p.mounts = append(p.mounts, shim.Mount{Src: real, Dst: dst, Dir: fi.IsDir()})
 	return nil
 }
 
@@ -358,7 +352,7 @@ type rootKey struct {
 }
 
 // root returns the binds for a worker, planned once per binary version.
-func (s *Sandbox) root(path string, args []string, pathEnv string) ([]mount, error) {
+func (s *Sandbox) root(path string, args []string, pathEnv string) ([]shim.Mount, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return nil, err
@@ -374,7 +368,7 @@ func (s *Sandbox) root(path string, args []string, pathEnv string) ([]mount, err
 		return nil, err
 	}
 	if s.roots == nil || len(s.roots) > 16 {
-		s.roots = map[rootKey][]mount{}
+		s.roots = map[rootKey][]shim.Mount{}
 	}
 	s.roots[k] = m
 	return m, nil

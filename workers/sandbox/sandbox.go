@@ -9,8 +9,8 @@
 // confinement (namespaces, an open files limit, a checksum, cgroup v1
 // cells) starts the worker through a shim: the executable that started the
 // dispatcher (/proc/self/exe), run again in a mode that confines itself and
-// then executes the worker. Both ways are tried once by New. Programs that
-// use a Sandbox must call Main first thing in main (and in TestMain).
+// then executes the worker (package shim, which this one links: it runs
+// from that package's init). Both ways are tried once by New.
 //
 // What every worker gets, whatever the Options:
 //   - no_new_privs: neither it nor its descendants gain privileges through
@@ -26,7 +26,7 @@
 // files), a sandbox (Namespaces: a user namespace whose root is an
 // unprivileged user outside, the other namespaces, a minimal root file
 // system planned from the worker binary (root.go) and built by the shim
-// (shim.go), and a seccomp filter), and a checksum of the worker binary. New
+// (package shim), and a seccomp filter), and a checksum of the worker binary. New
 // refuses options the machine cannot honour with an *UnsupportedError
 // naming what is missing; it never runs a worker less confined than asked.
 //
@@ -43,7 +43,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -59,6 +58,7 @@ import (
 	"time"
 
 	"github.com/childproc/dispatcher/workers"
+	"github.com/childproc/dispatcher/workers/sandbox/shim"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,8 +109,8 @@ type Options struct {
 	// New refuses a binary that differs, and each worker start hashes the
 	// very file it then executes. If empty, no check.
 	Checksum string
-	// Shim is the executable that runs Main in shim mode. If empty,
-	// /proc/self/exe (this program, which must call Main).
+	// Shim is the executable that runs in shim mode: a program that links
+	// package shim. If empty, /proc/self/exe (this program, which does).
 	Shim string
 }
 
@@ -163,9 +163,10 @@ type Sandbox struct {
 	// workers start from the thread in the shared empty network
 	// namespace, and the binds of the root per worker binary.
 	outerUID, outerGID uint32
+	ambient            []uintptr // every capability: the shim keeps them across its execve
 	sharedNet          bool
 	rootMu             sync.Mutex
-	roots              map[rootKey][]mount
+	roots              map[rootKey][]shim.Mount
 	warnings           []string
 
 	closeOnce sync.Once
@@ -281,7 +282,7 @@ func (s *Sandbox) checkNamespaces(root bool) error {
 			return &UnsupportedError{"Namespaces", "the kernel has no " + ns + " namespaces (/proc/self/ns/" + ns + ")"}
 		}
 	}
-	if auditArch == 0 {
+	if !shim.FilterSupported() {
 		return &UnsupportedError{"Namespaces", "no seccomp filter for GOARCH " + runtime.GOARCH}
 	}
 	if err := unix.MountSetattr(-1, "", 0, &unix.MountAttr{}); errors.Is(err, unix.ENOSYS) {
@@ -310,6 +311,18 @@ func (s *Sandbox) checkNamespaces(root bool) error {
 		s.outerUID, s.outerGID = nobody, nobody
 	default:
 		s.outerUID, s.outerGID = uint32(os.Geteuid()), uint32(os.Getegid())
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return &UnsupportedError{"Namespaces", "the last capability's number (/proc/sys/kernel/cap_last_cap): " + err.Error()}
+	}
+	last, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || last < 0 || last > 63 {
+		return &UnsupportedError{"Namespaces", fmt.Sprintf("/proc/sys/kernel/cap_last_cap reads %q", b)}
+	}
+	s.ambient = make([]uintptr, last+1)
+	for i := range s.ambient {
+		s.ambient[i] = uintptr(i)
 	}
 	// Root can make one empty network namespace for all workers; an
 	// ordinary user's workers each get theirs with their user namespace.
@@ -352,7 +365,7 @@ func (s *Sandbox) verifyChecksum() error {
 		return fmt.Errorf("sandbox: checksum: %w", err)
 	}
 	defer f.Close()
-	got, err := fileSHA256(f)
+	got, err := shim.SHA256(f)
 	if err != nil {
 		return fmt.Errorf("sandbox: checksum of %s: %w", s.path, err)
 	}
@@ -360,14 +373,6 @@ func (s *Sandbox) verifyChecksum() error {
 		return &ChecksumError{Path: s.path, Want: "sha256:" + s.checksum, Got: "sha256:" + got}
 	}
 	return nil
-}
-
-func fileSHA256(r io.Reader) (string, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, r); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // lookupUser resolves "USER[:GROUP]".
@@ -606,8 +611,10 @@ type Cell struct {
 
 	owner     *syscall.Credential // who gets the socket directory, or nil
 	ns        bool                // a sandbox: joins its cell through descriptors
-	sharedNet bool                // started in the shared empty network namespace
-	root      []mount             // binds the dispatcher clones for the shim
+	uidMap    string              // with ns: the user namespace's maps, written after the shim's execve
+	gidMap    string
+	sharedNet bool         // started in the shared empty network namespace
+	root      []shim.Mount // binds the dispatcher clones for the shim
 
 	once    sync.Once
 	err     error
@@ -630,7 +637,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		name = "trial"
 	}
 	c := &Cell{cgroupFD: -1}
-	sp := &spec{
+	sp := &shim.Spec{
 		Path: cmd.Path, Args: cmd.Args, NoFile: s.opts.NoFile,
 		Namespaces: s.opts.Namespaces, Network: s.opts.AllowNetwork || !s.opts.Namespaces,
 		Checksum: s.checksum, PoolDir: socketDir, Trial: trial,
@@ -657,6 +664,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		}
 		sp.OwnNet = !s.sharedNet && !s.opts.AllowNetwork
 		c.ns, c.sharedNet = true, s.sharedNet
+		c.uidMap, c.gidMap = fmt.Sprintf("0 %d 1\n", s.outerUID), fmt.Sprintf("0 %d 1\n", s.outerGID)
 		if os.Geteuid() == 0 {
 			c.root = sp.Root // cloned at each start (startSandboxed)
 		}
@@ -726,20 +734,23 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		return nil, err
 	}
 	cmd.Path = s.shim
-	cmd.Args = []string{s.shim, ShimArg, sp.Path}
-	cmd.Env = append(cmd.Env, envSpec+"="+string(b))
+	cmd.Args = []string{s.shim, shim.Arg, sp.Path}
+	cmd.Env = append(cmd.Env, shim.EnvSpec+"="+string(b))
 	if s.opts.Namespaces {
 		a := cmd.SysProcAttr
 		a.Cloneflags |= syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 		if sp.OwnNet {
 			a.Cloneflags |= syscall.CLONE_NEWNET
 		}
-		a.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.outerUID), Size: 1}}
-		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.outerGID), Size: 1}}
-		a.GidMappingsEnableSetgroups = false
-		// Become root of the namespace: a root dispatcher's child keeps
-		// its own uid, which the namespace does not map.
-		a.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+		// A vfork: the child borrows the dispatcher's memory until its
+		// execve instead of copying its page tables (and making every page
+		// of the dispatcher copy-on-write), which cost more than the rest
+		// of a start. Nothing may then wait in the child: the user
+		// namespace's maps are written once the shim runs (startSandboxed),
+		// and its capabilities in the namespace, which an unmapped user
+		// would lose at execve, are kept as ambient ones.
+		a.Cloneflags |= syscall.CLONE_VM | syscall.CLONE_VFORK
+		a.AmbientCaps = s.ambient
 	}
 	return c, nil
 }
@@ -815,7 +826,7 @@ func (c *Cell) Start(cmd *exec.Cmd) error {
 	if c.owner != nil && (c.spawn || c.ns) {
 		// go-plugin made the worker's control socket directory (0700) in
 		// the pool's: give it to the worker. (The shim does it for --user.)
-		if dir := envValue(cmd.Env, envSockDir); dir != "" && c.poolDir != "" && filepath.Dir(filepath.Clean(dir)) == filepath.Clean(c.poolDir) {
+		if dir := envValue(cmd.Env, shim.EnvSockDir); dir != "" && c.poolDir != "" && filepath.Dir(filepath.Clean(dir)) == filepath.Clean(c.poolDir) {
 			if err := os.Chown(dir, int(c.owner.Uid), int(c.owner.Gid)); err != nil {
 				return fmt.Errorf("give the socket directory to the worker: %w", err)
 			}
@@ -858,10 +869,16 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 		}
 		fds = append(fds, g.dir)
 	}
-	// The other cells (cgroup v1) the dispatcher joins the shim to once it
-	// is started, while the shim starts: the shim waits for it before it
-	// does anything else.
-	cmd.Env = append(cmd.Env, envCellWait+"="+strings.Join(fds, ","))
+	// The shim waits, before anything else, until this end closes: once
+	// its user namespace has maps and it is in its other cells (cgroup v1),
+	// both done while it starts.
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	files = append(files, syncR, syncW)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", shim.EnvSync, 3+len(cmd.ExtraFiles)))
+	cmd.ExtraFiles = append(cmd.ExtraFiles, syncR)
 	// A root dispatcher hands the shim a copy of each bind, which it
 	// attaches without having to reach the source (it need not: the
 	// worker binary may lie in a directory only root may enter).
@@ -881,9 +898,8 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
 	}
 	if len(trees) > 0 {
-		cmd.Env = append(cmd.Env, envTreeFDs+"="+strings.Join(trees, ","))
+		cmd.Env = append(cmd.Env, shim.EnvTreeFDs+"="+strings.Join(trees, ","))
 	}
-	var err error
 	if c.sharedNet {
 		err = emptyNet.start(cmd)
 	} else {
@@ -892,14 +908,23 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	if err != nil {
 		return err
 	}
-	for _, dir := range fds {
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			return fmt.Errorf("cgroup: join the sandbox to its cell %s: %w", dir, err)
+	fail := func(err error) error {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return err
+	}
+	proc := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/"
+	for _, m := range []struct{ file, data string }{{"uid_map", c.uidMap}, {"setgroups", "deny"}, {"gid_map", c.gidMap}} {
+		if err := os.WriteFile(proc+m.file, []byte(m.data), 0); err != nil {
+			return fail(fmt.Errorf("sandbox: the user namespace's %s: %w", m.file, err))
 		}
 	}
-	return nil
+	for _, dir := range fds {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
+			return fail(fmt.Errorf("cgroup: join the sandbox to its cell %s: %w", dir, err))
+		}
+	}
+	return syncW.Close()
 }
 
 func (c *Cell) closeCgroupFD() {
@@ -993,14 +1018,14 @@ func (s *Sandbox) trial() error {
 	if runErr == nil {
 		runErr = cmd.Wait()
 	}
-	if runErr == nil && strings.TrimSpace(stdout.String()) == trialOK {
+	if runErr == nil && strings.TrimSpace(stdout.String()) == shim.TrialOK {
 		return c.Release()
 	}
 	msg := strings.TrimSpace(stderr.String())
 	if i := strings.LastIndex(msg, "sandbox: "); i >= 0 {
 		msg = msg[i+len("sandbox: "):]
 	} else {
-		msg = fmt.Sprintf("%v (is Main called first thing in %s's main?)", runErr, s.shim)
+		msg = fmt.Sprintf("%v (does %s link package workers/sandbox/shim?)", runErr, s.shim)
 	}
 	var ce *ChecksumError
 	if strings.Contains(msg, "checksum") && errors.As(s.verifyChecksum(), &ce) {

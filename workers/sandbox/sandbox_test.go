@@ -140,14 +140,14 @@ func TestOptionsRefused(t *testing.T) {
 	}
 }
 
-func TestTrialNeedsMain(t *testing.T) {
+func TestTrialNeedsTheShim(t *testing.T) {
 	s, err := New("/bin/true", Options{Shim: "/bin/true"})
 	if err == nil {
 		s.Close()
-		t.Fatal("New accepted a shim that does not run Main")
+		t.Fatal("New accepted a shim that does not link package shim")
 	}
 	var ue *UnsupportedError
-	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "Main") {
-		t.Errorf("New: %v; want an *UnsupportedError asking whether main calls Main", err)
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "workers/sandbox/shim") {
+		t.Errorf("New: %v; want an *UnsupportedError asking whether the binary links package shim", err)
 	}
 }

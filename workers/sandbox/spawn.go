@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/childproc/dispatcher/workers/sandbox/shim"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,7 +47,7 @@ var (
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("an empty network namespace: %w", err)
 		}
-		if err := loopbackUp(); err != nil {
+		if err := shim.LoopbackUp(); err != nil {
 			return fmt.Errorf("bring up the loopback device of the empty network namespace: %w", err)
 		}
 		return nil

@@ -149,7 +149,7 @@ func whoami(w http.ResponseWriter, r *http.Request) {
 		for line := range strings.SplitSeq(string(st), "\n") {
 			k, v, _ := strings.Cut(line, ":")
 			switch k {
-			case "NoNewPrivs", "Seccomp", "CapEff", "CapBnd", "Groups":
+			case "NoNewPrivs", "Seccomp", "CapEff", "CapBnd", "CapInh", "CapPrm", "CapAmb", "Groups":
 				fmt.Fprintf(w, "%s=%s\n", strings.ToLower(k), strings.TrimSpace(v))
 			}
 		}

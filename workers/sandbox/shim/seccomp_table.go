@@ -1,4 +1,4 @@
-package sandbox
+package shim
 
 import (
 	"golang.org/x/net/bpf"

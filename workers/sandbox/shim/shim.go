@@ -1,40 +1,55 @@
-package sandbox
+// Package shim is the program a sandboxed worker starts as: the
+// dispatcher's own binary, run again with Arg, which confines itself as
+// its instructions say (cell, namespaces, minimal root, user, seccomp) and
+// then starts the worker.
+//
+// It runs from this package's init, before most of the binary's packages
+// initialise: Go initialises ready packages in import path order, and this
+// one imports only the standard library and golang.org/x, so the heavy
+// initialisers (protobuf, gRPC, Prometheus) never run in a shim. Keep it
+// that way: no import of this module's other packages or of go-plugin.
+package shim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/childproc/dispatcher/ipc"
 	"golang.org/x/sys/unix"
 )
 
-// ShimArg, as the first argument, starts a program that calls Main in shim
-// mode. The shim's instructions come in an environment variable, never on
-// the command line (which any local user can read).
-const ShimArg = "--internal-exec"
+// Arg, as the first argument, makes a program that links this package a
+// shim. Its instructions come in an environment variable (EnvSpec), never
+// on the command line, which any local user can read.
+const Arg = "--internal-exec"
 
 const (
-	envSpec     = "DISPATCHER_SANDBOX_SPEC"
-	envSockDir  = "PLUGIN_UNIX_SOCKET_DIR"       // set by go-plugin: the worker's own socket directory
-	envCellWait = "DISPATCHER_SANDBOX_CELL_WAIT" // the cells the dispatcher joins a sandbox's shim to
-	envTreeFDs  = "DISPATCHER_SANDBOX_TREE_FDS"  // the binds, cloned by the dispatcher: "INDEX:FD,..."
-	trialOK     = "sandbox: trial ok"
-	shimFailed  = 125 // exit status of a shim that could not confine or start the worker
+	EnvSpec    = "DISPATCHER_SANDBOX_SPEC"
+	EnvSockDir = "PLUGIN_UNIX_SOCKET_DIR"      // set by go-plugin: the worker's own socket directory
+	EnvSync    = "DISPATCHER_SANDBOX_SYNC_FD"  // closed by the dispatcher once the namespace has maps and the shim its cells
+	EnvTreeFDs = "DISPATCHER_SANDBOX_TREE_FDS" // the binds, cloned by the dispatcher: "INDEX:FD,..."
+	// EnvFDs lists the worker's slot sockets (ipc.EnvFDs, which this
+	// package may not import).
+	EnvFDs = "DISPATCHER_IPC_FDS"
+	// TrialOK is what a trial prints when it succeeded.
+	TrialOK = "sandbox: trial ok"
+	// Failed is the exit status of a shim that could not confine or start
+	// the worker.
+	Failed = 125
 )
 
-// spec is what the shim is asked to do.
-type spec struct {
+// Spec is what the shim is asked to do.
+type Spec struct {
 	Path       string   // the worker binary
 	Args       []string // its argv, argv[0] included
 	Cgroups    []string // cgroup directories to join
@@ -44,7 +59,7 @@ type spec struct {
 	Namespaces bool     `json:",omitempty"`
 	Network    bool     `json:",omitempty"` // keep the host network (without Namespaces, always)
 	OwnNet     bool     `json:",omitempty"` // a network namespace of its own: bring up its loopback
-	Root       []mount  `json:",omitempty"` // with Namespaces: the binds of the new root
+	Root       []Mount  `json:",omitempty"` // with Namespaces: the binds of the new root
 	TmpSize    int64    `json:",omitempty"` // with Namespaces: the size of /tmp and /dev/shm
 	OuterUID   uint32   `json:",omitempty"` // with Namespaces: who root of the sandbox is outside
 	Checksum   string   `json:",omitempty"` // sha256 hex
@@ -53,13 +68,15 @@ type spec struct {
 	Direct     bool     `json:",omitempty"` // a trial of the direct start: check what it gave, and stop
 }
 
-// Main runs the shim if the program was started as one (by a Sandbox), and
-// then never returns: it confines the process and executes the worker, or
-// reports why it could not on stderr and exits with status 125. Otherwise
-// it returns at once. Call it first thing in main, and in TestMain of tests
-// that start sandboxed workers.
-func Main() {
-	if len(os.Args) < 2 || os.Args[1] != ShimArg {
+// Mount is one bind of the new root: Src resolved on the host (no
+// symbolic link left in it), Dst where it appears.
+type Mount struct {
+	Src, Dst string
+	Dir      bool `json:",omitempty"`
+}
+
+func init() {
+	if len(os.Args) < 2 || os.Args[1] != Arg {
 		return
 	}
 	// Thread attributes (no_new_privs, the parent-death signal) are set on
@@ -67,15 +84,15 @@ func Main() {
 	runtime.LockOSThread()
 	err := shim()
 	fmt.Fprintf(os.Stderr, "sandbox: %v\n", err)
-	os.Exit(shimFailed)
+	os.Exit(Failed)
 }
 
 func shim() error {
-	raw, ok := os.LookupEnv(envSpec)
+	raw, ok := os.LookupEnv(EnvSpec)
 	if !ok {
-		return errors.New(ShimArg + " is for the dispatcher's own use: no instructions")
+		return errors.New(Arg + " is for the dispatcher's own use: no instructions")
 	}
-	var sp spec
+	var sp Spec
 	if err := json.Unmarshal([]byte(raw), &sp); err != nil {
 		return fmt.Errorf("bad instructions: %w", err)
 	}
@@ -83,25 +100,28 @@ func shim() error {
 		if err := checkDirect(&sp); err != nil {
 			return err
 		}
-		fmt.Println(trialOK)
+		fmt.Println(TrialOK)
 		os.Exit(0)
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSpec+"=") && !strings.HasPrefix(kv, envCellWait+"=") && !strings.HasPrefix(kv, envTreeFDs+"=") {
+		if !strings.HasPrefix(kv, EnvSpec+"=") && !strings.HasPrefix(kv, EnvSync+"=") && !strings.HasPrefix(kv, EnvTreeFDs+"=") {
 			env = append(env, kv)
 		}
 	}
-	// The cell first: whatever happens next happens inside it. In a user
-	// namespace, through descriptors the dispatcher opened (the kernel
-	// checks the opener's rights), which are then closed.
-	if dirs, ok := os.LookupEnv(envCellWait); ok {
-		if err := waitCells(dirs); err != nil {
+	// The cell first: whatever happens next happens inside it. A sandbox's
+	// shim may not move itself: the dispatcher does, and writes the maps
+	// of its user namespace, while it starts.
+	if fd, ok := os.LookupEnv(EnvSync); ok {
+		if err := waitDispatcher(fd); err != nil {
+			return err
+		}
+		if err := becomeNamespaceRoot(); err != nil {
 			return err
 		}
 	} else {
 		for _, dir := range sp.Cgroups {
-			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
+			if err := os.WriteFile(dir+"/cgroup.procs", []byte("0"), 0); err != nil {
 				return fmt.Errorf("join cgroup %s: %w", dir, err)
 			}
 		}
@@ -112,8 +132,8 @@ func shim() error {
 	}
 	inherited := inheritedFDs()
 	ppid := os.Getppid()
-	sockDir := os.Getenv(envSockDir)
-	if sockDir != "" && (sp.PoolDir == "" || filepath.Dir(filepath.Clean(sockDir)) != filepath.Clean(sp.PoolDir)) {
+	sockDir := os.Getenv(EnvSockDir)
+	if sockDir != "" && !inDir(sockDir, sp.PoolDir) {
 		sockDir = "" // not one the pool made: leave it alone
 	}
 	if sp.User && sockDir != "" {
@@ -137,7 +157,7 @@ func shim() error {
 			return fmt.Errorf("open worker binary %s: %w", sp.Path, err)
 		}
 		if sp.Checksum != "" {
-			got, err := fileSHA256(fdReader(fd))
+			got, err := SHA256(fdReader(fd))
 			if err != nil {
 				return fmt.Errorf("checksum of %s: %w", sp.Path, err)
 			}
@@ -194,7 +214,7 @@ func shim() error {
 				return fmt.Errorf("user %d cannot execute %s: %w", sp.UID, sp.Path, err)
 			}
 		}
-		fmt.Println(trialOK)
+		fmt.Println(TrialOK)
 		os.Exit(0)
 	}
 	if !sp.Namespaces {
@@ -206,12 +226,12 @@ func shim() error {
 
 // checkDirect checks, in a process started the way workers start without
 // the shim, that it has everything the shim would have given it.
-func checkDirect(sp *spec) error {
+func checkDirect(sp *Spec) error {
 	if v, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil || v != 1 {
 		return fmt.Errorf("a directly started worker would not have no_new_privs (%d, %v)", v, err)
 	}
 	for _, dir := range sp.Cgroups {
-		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		b, err := os.ReadFile(dir + "/cgroup.procs")
 		if err != nil {
 			return fmt.Errorf("a directly started worker's cell: %w", err)
 		}
@@ -231,6 +251,27 @@ func checkDirect(sp *spec) error {
 	return nil
 }
 
+// inDir reports whether dir is a directory right inside parent, both clean
+// absolute paths. (Package path/filepath would initialise after the heavy
+// packages: see the package comment.)
+func inDir(dir, parent string) bool {
+	clean := func(p string) bool {
+		return strings.HasPrefix(p, "/") && !strings.HasSuffix(p, "/") && !strings.Contains(p, "//") &&
+			!strings.Contains(p+"/", "/./") && !strings.Contains(p+"/", "/../")
+	}
+	i := strings.LastIndexByte(dir, '/')
+	return clean(dir) && clean(parent) && i > 0 && dir[:i] == parent
+}
+
+// SHA256 returns the hex SHA-256 of what r reads.
+func SHA256(r io.Reader) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
 type fdReader int
 
 func (fd fdReader) Read(p []byte) (int, error) {
@@ -248,38 +289,52 @@ func (fd fdReader) Read(p []byte) (int, error) {
 	}
 }
 
-// waitCells waits until the dispatcher has moved the shim into each cell
-// of dirs (comma-separated cgroup directories): in a user namespace the
-// shim may not move itself, and the move takes milliseconds, which it
-// spends starting. Its pid in its own namespace is what it finds there.
-func waitCells(dirs string) error {
-	self := strconv.Itoa(os.Getpid())
-	deadline := time.Now().Add(10 * time.Second)
-	for dir := range strings.SplitSeq(dirs, ",") {
-		if dir == "" {
-			continue
+// waitDispatcher waits until the dispatcher closes the pipe whose read end
+// is fd.
+func waitDispatcher(fd string) error {
+	n, err := strconv.Atoi(fd)
+	if err != nil || n <= 2 {
+		return fmt.Errorf("bad %s %q", EnvSync, fd)
+	}
+	defer unix.Close(n)
+	var b [1]byte
+	for {
+		got, err := unix.Read(n, b[:])
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case err != nil:
+			return fmt.Errorf("wait for the dispatcher: %w", err)
+		case got == 0:
+			return nil
 		}
-		for d := 50 * time.Microsecond; ; d = min(2*d, 5*time.Millisecond) {
-			b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-			if err != nil {
-				return fmt.Errorf("join the cell: %w", err)
-			}
-			if slices.Contains(strings.Fields(string(b)), self) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("join the cell: not in %s after 10s", dir)
-			}
-			time.Sleep(d)
-		}
+	}
+}
+
+// becomeNamespaceRoot makes the shim root of its user namespace. A root
+// dispatcher's child kept the dispatcher's uid, which the namespace does
+// not map; the capabilities it needs for that, and for building the root,
+// it kept across its execve as ambient ones. The change of identity clears
+// the parent-death signal, set again here.
+func becomeNamespaceRoot() error {
+	if os.Getuid() == 0 && os.Getgid() == 0 {
+		return nil
+	}
+	if err := syscall.Setresgid(0, 0, 0); err != nil {
+		return fmt.Errorf("become root of the user namespace (group): %w", err)
+	}
+	if err := syscall.Setresuid(0, 0, 0); err != nil {
+		return fmt.Errorf("become root of the user namespace: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("parent-death signal: %w", err)
 	}
 	return nil
 }
 
-// treeFDs reads envTreeFDs and marks its descriptors close-on-exec: they
+// treeFDs reads EnvTreeFDs and marks its descriptors close-on-exec: they
 // are the shim's, not the worker's.
 func treeFDs(n int) (map[int]int, error) {
-	v, ok := os.LookupEnv(envTreeFDs)
+	v, ok := os.LookupEnv(EnvTreeFDs)
 	if !ok {
 		return nil, nil
 	}
@@ -289,10 +344,10 @@ func treeFDs(n int) (map[int]int, error) {
 		idx, err1 := strconv.Atoi(i)
 		n2, err2 := strconv.Atoi(fd)
 		if err1 != nil || err2 != nil || idx < 0 || idx >= n || n2 <= 2 {
-			return nil, fmt.Errorf("bad %s %q", envTreeFDs, v)
+			return nil, fmt.Errorf("bad %s %q", EnvTreeFDs, v)
 		}
 		if _, err := unix.FcntlInt(uintptr(n2), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-			return nil, fmt.Errorf("%s: %w", envTreeFDs, err)
+			return nil, fmt.Errorf("%s: %w", EnvTreeFDs, err)
 		}
 		trees[idx] = n2
 	}
@@ -313,7 +368,7 @@ func inheritedFDs() []int {
 		}
 	}
 	var fds []int
-	for f := range strings.SplitSeq(os.Getenv(ipc.EnvFDs), ",") {
+	for f := range strings.SplitSeq(os.Getenv(EnvFDs), ",") {
 		fd, err := strconv.Atoi(f)
 		if err != nil || fd <= 2 || slices.Contains(fds, fd) {
 			continue
@@ -349,7 +404,7 @@ func becomeUser(uid, gid uint32) error {
 // trees holds, by index in sp.Root, detached copies of the binds that a
 // root dispatcher made (open_tree): they are attached as they are, for the
 // shim, an unprivileged user outside, may not reach their source.
-func buildRoot(sp *spec, sockDir string, trees map[int]int) error {
+func buildRoot(sp *Spec, sockDir string, trees map[int]int) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
@@ -437,7 +492,7 @@ func buildRoot(sp *spec, sockDir string, trees map[int]int) error {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	if sp.OwnNet {
-		if err := loopbackUp(); err != nil {
+		if err := LoopbackUp(); err != nil {
 			return fmt.Errorf("bring up the loopback device: %w", err)
 		}
 	}
@@ -511,7 +566,7 @@ func mountpoint(dst string, dir bool) error {
 			return err
 		}
 	} else {
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		if err := os.MkdirAll(dst[:max(strings.LastIndexByte(dst, '/'), 1)], 0o755); err != nil {
 			return err
 		}
 		fd, err := unix.Open(dst, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o444)
@@ -523,9 +578,19 @@ func mountpoint(dst string, dir bool) error {
 	return nil
 }
 
-// dropCapabilities empties the bounding and ambient sets, so that the
-// worker, root of the user namespace, executes with no capability.
+// dropCapabilities empties the bounding, inheritable and ambient sets of
+// the calling thread, so that the worker it starts, root of the user
+// namespace, executes with no capability.
 func dropCapabilities(lastCap int) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear inheritable capabilities: %w", err)
+	}
 	for c := 0; c <= lastCap; c++ {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
 			return fmt.Errorf("drop capability %d: %w", c, err)
@@ -545,7 +610,9 @@ func readLastCap() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-func loopbackUp() error {
+// LoopbackUp brings up the loopback device of the calling thread's network
+// namespace.
+func LoopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -566,7 +633,7 @@ func loopbackUp() error {
 // it, reaps every orphan, and exits as the worker did (128+N for a signal,
 // which it also reports on stderr). Its exit takes the whole PID namespace
 // down.
-func runInit(sp *spec, exe string, env []string, inherited []int) error {
+func runInit(sp *Spec, exe string, env []string, inherited []int) error {
 	attr := &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{0, 1, 2}, // and the inherited descriptors, which stay where they are

@@ -1,4 +1,4 @@
-package sandbox
+package shim
 
 import (
 	"errors"
@@ -186,6 +186,9 @@ func filter(arch *seccompArch, network bool) ([]bpf.Instruction, error) {
 
 // loadSeccomp installs the filter on every thread of the process
 // (no_new_privs must be set first); network is the sandbox's AllowNetwork.
+// FilterSupported reports whether this architecture has a seccomp filter.
+func FilterSupported() bool { return auditArch != 0 }
+
 func loadSeccomp(network bool) error {
 	if nativeSeccomp == nil {
 		return errors.New("no filter for GOARCH " + runtime.GOARCH)
