@@ -38,4 +38,8 @@ type Cell interface {
 	// OutOfMemory reports whether the cell's memory limit killed one of its
 	// processes. It stays valid after Release.
 	OutOfMemory() bool
+	// ReapsOrphans reports whether the worker runs under an init of its own
+	// (a PID namespace) that reaps its orphans: none is ever adopted by the
+	// dispatcher, whose Reaper then need not sweep when the worker exits.
+	ReapsOrphans() bool
 }

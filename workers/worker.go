@@ -125,6 +125,9 @@ func (c *Config) startChild(spec StartSpec, socketDir string) (Process, error) {
 				if cmd.Process != nil {
 					r.Forget(cmd.Process.Pid)
 				}
+				if cell != nil && cell.ReapsOrphans() {
+					return
+				}
 				if n := r.Sweep(); n > 0 {
 					c.Logger.WithField("killed", n).Warn("killed processes that escaped a worker")
 				}

@@ -164,6 +164,7 @@ type Sandbox struct {
 	// namespace, and the binds of the root per worker binary.
 	outerUID, outerGID uint32
 	ambient            []uintptr // every capability: the shim keeps them across its execve
+	filter             []byte    // the workers' seccomp program (shim.Filter)
 	sharedNet          bool
 	rootMu             sync.Mutex
 	roots              map[rootKey][]shim.Mount
@@ -319,6 +320,9 @@ func (s *Sandbox) checkNamespaces(root bool) error {
 	last, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || last < 0 || last > 63 {
 		return &UnsupportedError{"Namespaces", fmt.Sprintf("/proc/sys/kernel/cap_last_cap reads %q", b)}
+	}
+	if s.filter, err = shim.Filter(o.AllowNetwork); err != nil {
+		return &UnsupportedError{"Namespaces", "the seccomp filter: " + err.Error()}
 	}
 	s.ambient = make([]uintptr, last+1)
 	for i := range s.ambient {
@@ -639,8 +643,8 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 	c := &Cell{cgroupFD: -1}
 	sp := &shim.Spec{
 		Path: cmd.Path, Args: cmd.Args, NoFile: s.opts.NoFile,
-		Namespaces: s.opts.Namespaces, Network: s.opts.AllowNetwork || !s.opts.Namespaces,
-		Checksum: s.checksum, PoolDir: socketDir, Trial: trial,
+		Namespaces: s.opts.Namespaces,
+		Checksum:   s.checksum, PoolDir: socketDir, Trial: trial,
 	}
 	// Who the worker is outside: it must reach its own socket directory
 	// (go-plugin makes it 0700 and it is given to the worker); it still
@@ -658,7 +662,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 			}
 			return nil, &UnsupportedError{"Namespaces", "the worker's root file system: " + err.Error()}
 		}
-		sp.Path, sp.OuterUID, sp.TmpSize = path, s.outerUID, s.opts.TmpSize
+		sp.Path, sp.OuterUID, sp.TmpSize, sp.Filter = path, s.outerUID, s.opts.TmpSize, s.filter
 		if sp.TmpSize == 0 {
 			sp.TmpSize = DefaultTmpSize
 		}
@@ -969,6 +973,10 @@ func (c *Cell) Kill() {
 		g.signalAll()
 	}
 }
+
+// ReapsOrphans implements workers.Cell: a sandbox's shim is the init of
+// its PID namespace.
+func (c *Cell) ReapsOrphans() bool { return c.ns }
 
 // OutOfMemory implements workers.Cell.
 func (c *Cell) OutOfMemory() bool {

@@ -184,27 +184,41 @@ func filter(arch *seccompArch, network bool) ([]bpf.Instruction, error) {
 	return p, nil
 }
 
-// loadSeccomp installs the filter on every thread of the process
-// (no_new_privs must be set first); network is the sandbox's AllowNetwork.
 // FilterSupported reports whether this architecture has a seccomp filter.
 func FilterSupported() bool { return auditArch != 0 }
 
-func loadSeccomp(network bool) error {
+// Filter returns the seccomp program of a sandbox's workers on this
+// architecture, assembled (struct sock_filter, in native byte order);
+// network is the sandbox's AllowNetwork. The dispatcher builds it once and
+// hands it to every shim (Spec.Filter).
+func Filter(network bool) ([]byte, error) {
 	if nativeSeccomp == nil {
-		return errors.New("no filter for GOARCH " + runtime.GOARCH)
+		return nil, errors.New("no filter for GOARCH " + runtime.GOARCH)
 	}
-	insns, err := filter(nativeSeccomp, network)
+	insns, err := filter(nativeSeccomp(), network)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	raw, err := bpf.Assemble(insns)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	prog := make([]unix.SockFilter, len(raw))
 	for i, in := range raw {
 		prog[i] = unix.SockFilter{Code: in.Op, Jt: in.Jt, Jf: in.Jf, K: in.K}
 	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*int(unsafe.Sizeof(prog[0]))), nil
+}
+
+// loadSeccomp installs the program Filter made on every thread of the
+// process (no_new_privs must be set first).
+func loadSeccomp(b []byte) error {
+	const size = int(unsafe.Sizeof(unix.SockFilter{}))
+	if len(b) == 0 || len(b)%size != 0 || len(b)/size > 4096 {
+		return fmt.Errorf("bad filter of %d bytes", len(b))
+	}
+	prog := make([]unix.SockFilter, len(b)/size)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(b)), b)
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
 	runtime.KeepAlive(prog)

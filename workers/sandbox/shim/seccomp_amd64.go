@@ -6,4 +6,4 @@ const (
 	auditArch = unix.AUDIT_ARCH_X86_64
 )
 
-var nativeSeccomp = seccompAMD64
+var nativeSeccomp = archAMD64

@@ -6,4 +6,4 @@ const (
 	auditArch = unix.AUDIT_ARCH_AARCH64
 )
 
-var nativeSeccomp = seccompARM64
+var nativeSeccomp = archARM64

@@ -7,4 +7,4 @@ const (
 	auditArch = 0
 )
 
-var nativeSeccomp *seccompArch
+var nativeSeccomp func() *seccompArch

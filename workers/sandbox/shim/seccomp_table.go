@@ -129,13 +129,15 @@ const nsCloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | 
 	unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWCGROUP
 
 // The architectures with a filter. Their tables are compiled on every
-// architecture, so that the tests check both anywhere.
-var (
-	seccompAMD64 = &seccompArch{
+// architecture, so that the tests check both anywhere. Functions, not
+// variables: the dispatcher builds a sandbox's filter once, and a shim
+// never does.
+func archAMD64() *seccompArch {
+	return &seccompArch{
 		name:       "amd64",
 		audit:      unix.AUDIT_ARCH_X86_64,
 		foreignBit: 0x40000000, // __X32_SYSCALL_BIT: x32 calls share the audit arch
-		nr:         sysnumAMD64,
+		nr:         sysnumAMD64(),
 		// The older path and descriptor calls arm64 never had, which
 		// amd64 programs still make.
 		allowed: []string{
@@ -146,9 +148,12 @@ var (
 			"arch_prctl", // thread pointer (Go runtime, glibc)
 		},
 	}
-	seccompARM64 = &seccompArch{
+}
+
+func archARM64() *seccompArch {
+	return &seccompArch{
 		name:  "arm64",
 		audit: unix.AUDIT_ARCH_AARCH64,
-		nr:    sysnumARM64,
+		nr:    sysnumARM64(),
 	}
-)
+}

@@ -85,7 +85,7 @@ func (v *seccompVM) check(what string, want uint32, nr uint32, args ...uint64) {
 // TestSeccompFilter runs the assembled filter of each architecture in
 // x/net/bpf's interpreter, with and without the network.
 func TestSeccompFilter(t *testing.T) {
-	for _, arch := range []*seccompArch{seccompAMD64, seccompARM64} {
+	for _, arch := range []*seccompArch{archAMD64(), archARM64()} {
 		for _, network := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/network=%v", arch.name, network), func(t *testing.T) {
 				testSeccompArch(t, arch, network)
@@ -219,7 +219,7 @@ func TestSeccompLongJumps(t *testing.T) {
 // TestSeccompTables checks that every name is a system call of each
 // architecture, listed once.
 func TestSeccompTables(t *testing.T) {
-	for _, arch := range []*seccompArch{seccompAMD64, seccompARM64} {
+	for _, arch := range []*seccompArch{archAMD64(), archARM64()} {
 		if _, err := filter(arch, true); err != nil {
 			t.Errorf("%s: %v", arch.name, err)
 		}

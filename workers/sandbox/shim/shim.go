@@ -57,11 +57,11 @@ type Spec struct {
 	User       bool     `json:",omitempty"`
 	UID, GID   uint32   `json:",omitempty"`
 	Namespaces bool     `json:",omitempty"`
-	Network    bool     `json:",omitempty"` // keep the host network (without Namespaces, always)
 	OwnNet     bool     `json:",omitempty"` // a network namespace of its own: bring up its loopback
 	Root       []Mount  `json:",omitempty"` // with Namespaces: the binds of the new root
 	TmpSize    int64    `json:",omitempty"` // with Namespaces: the size of /tmp and /dev/shm
 	OuterUID   uint32   `json:",omitempty"` // with Namespaces: who root of the sandbox is outside
+	Filter     []byte   `json:",omitempty"` // with Namespaces: the seccomp program (Filter)
 	Checksum   string   `json:",omitempty"` // sha256 hex
 	PoolDir    string   `json:",omitempty"` // the pool's socket directory
 	Trial      bool     `json:",omitempty"` // stop before executing the worker
@@ -204,7 +204,7 @@ func shim() error {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
 	if sp.Namespaces {
-		if err := loadSeccomp(sp.Network); err != nil {
+		if err := loadSeccomp(sp.Filter); err != nil {
 			return fmt.Errorf("seccomp filter: %w", err)
 		}
 	}
