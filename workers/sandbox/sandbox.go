@@ -663,6 +663,7 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 			return nil, &UnsupportedError{"Namespaces", "the worker's root file system: " + err.Error()}
 		}
 		sp.Path, sp.OuterUID, sp.TmpSize, sp.Filter = path, s.outerUID, s.opts.TmpSize, s.filter
+		sp.LastCap = len(s.ambient) - 1
 		if sp.TmpSize == 0 {
 			sp.TmpSize = DefaultTmpSize
 		}

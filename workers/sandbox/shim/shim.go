@@ -60,6 +60,7 @@ type Spec struct {
 	OwnNet     bool     `json:",omitempty"` // a network namespace of its own: bring up its loopback
 	Root       []Mount  `json:",omitempty"` // with Namespaces: the binds of the new root
 	TmpSize    int64    `json:",omitempty"` // with Namespaces: the size of /tmp and /dev/shm
+	LastCap    int      `json:",omitempty"` // with Namespaces: the highest capability number (cap_last_cap)
 	OuterUID   uint32   `json:",omitempty"` // with Namespaces: who root of the sandbox is outside
 	Filter     []byte   `json:",omitempty"` // with Namespaces: the seccomp program (Filter)
 	Checksum   string   `json:",omitempty"` // sha256 hex
@@ -105,7 +106,8 @@ func shim() error {
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, EnvSpec+"=") && !strings.HasPrefix(kv, EnvSync+"=") && !strings.HasPrefix(kv, EnvTreeFDs+"=") {
+		name, _, _ := strings.Cut(kv, "=")
+		if name != EnvSpec && name != EnvSync && name != EnvTreeFDs {
 			env = append(env, kv)
 		}
 	}
@@ -169,14 +171,10 @@ func shim() error {
 	}
 
 	if sp.Namespaces {
-		lastCap, err := readLastCap() // before /proc/sys goes
-		if err != nil {
-			return err
-		}
 		if err := buildRoot(&sp, sockDir, trees); err != nil {
 			return err
 		}
-		if err := dropCapabilities(lastCap); err != nil {
+		if err := dropCapabilities(sp.LastCap); err != nil {
 			return err
 		}
 	}
@@ -316,14 +314,17 @@ func waitDispatcher(fd string) error {
 // it kept across its execve as ambient ones. The change of identity clears
 // the parent-death signal, set again here.
 func becomeNamespaceRoot() error {
-	if os.Getuid() == 0 && os.Getgid() == 0 {
+	if unix.Getuid() == 0 && unix.Getgid() == 0 {
 		return nil
 	}
-	if err := syscall.Setresgid(0, 0, 0); err != nil {
-		return fmt.Errorf("become root of the user namespace (group): %w", err)
+	// On this thread only, to which the shim is locked and from which it
+	// starts the worker (syscall.Setresuid would change every thread of
+	// the runtime, at the cost of stopping them all).
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, 0, 0, 0); e != 0 {
+		return fmt.Errorf("become root of the user namespace (group): %w", e)
 	}
-	if err := syscall.Setresuid(0, 0, 0); err != nil {
-		return fmt.Errorf("become root of the user namespace: %w", err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, 0, 0, 0); e != 0 {
+		return fmt.Errorf("become root of the user namespace: %w", e)
 	}
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
 		return fmt.Errorf("parent-death signal: %w", err)
@@ -600,14 +601,6 @@ func dropCapabilities(lastCap int) error {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
 	}
 	return nil
-}
-
-func readLastCap() (int, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
 // LoopbackUp brings up the loopback device of the calling thread's network
