@@ -283,9 +283,6 @@ func (f *isolationFlags) setup(path string, log *logrus.Entry, warned *sync.Map)
 		}
 		return nil, fmt.Errorf("workers' sandbox: %w", err)
 	}
-	if !opts.Namespaces && os.Geteuid() != 0 {
-		undumpable() // its workers may be of its own user, unconfined
-	}
 	for _, w := range sb.Warnings() {
 		log.Warn("workers' sandbox: " + w)
 	}

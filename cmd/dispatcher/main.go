@@ -34,11 +34,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "dispatcher: cannot mark inherited descriptors close-on-exec: "+err.Error())
 		os.Exit(1)
 	}
-	// As root, not dumpable at once (see undumpable); otherwise only once
-	// a function's workers run without the sandbox.
-	if os.Geteuid() == 0 {
-		undumpable()
-	}
+	undumpable()
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -92,14 +88,12 @@ func exitCode(err error) int {
 	}
 }
 
-// undumpable makes the dispatcher not dumpable: a worker of its own user
-// (no --user, not root) can neither ptrace it nor read its
-// /proc/PID/environ or mem, which then belong to root. Its children get
-// the default back at exec. An unprivileged dispatcher whose workers are
-// sandboxed stays dumpable: its workers cannot see it (their own PID
-// namespace and /proc, ptrace denied by seccomp), and a process that is
-// not dumpable cannot write the uid_map of the user namespace it starts
-// a sandbox in.
+// undumpable makes the dispatcher not dumpable: a process of its own user
+// (a worker without --user or the sandbox, or anything else the user
+// runs) can neither ptrace it nor read its /proc/PID/environ or mem,
+// which then belong to root. Its children get the default back at exec:
+// the sandbox writes the maps of a shim's user namespace after the shim's
+// execve, when the shim is dumpable again.
 func undumpable() {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		fmt.Fprintln(os.Stderr, "dispatcher: warning: PR_SET_DUMPABLE: "+err.Error())

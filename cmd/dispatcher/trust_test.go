@@ -129,8 +129,9 @@ func TestDefaultUserCannotExecute(t *testing.T) {
 // A dispatcher running as an unprivileged user, its workers as the same
 // one: they cannot trace it or read its environment or memory, without
 // the sandbox because it is not dumpable, at default flags because the
-// sandbox hides it (its dumpable flag must stay set there: a process that
-// is not may not map the user namespace of the sandbox it starts).
+// sandbox hides it as well. Not dumpable in every case (its /proc files
+// are root's), so no other process of that user reads it either; it still
+// maps its sandboxes' user namespaces.
 func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
@@ -149,12 +150,16 @@ func TestSameUserWorkerCannotTraceDispatcher(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			// Each case's own: the cases' dispatchers run side by side as
-			// the same user, and any process of that user may read a
-			// dumpable one's environment (the sandboxed cases' are).
+			// the same user, and a dumpable one's environment would be
+			// theirs to read.
 			secret := "hunter2-" + strings.ReplaceAll(tc.name, " ", "-")
 			d := launchAsNobody(t, "hostile", []string{"DISPATCHER_E2E_SECRET=" + secret}, tc.args...)
 			d.awaitListening(true)
 			d.waitLog("workers confined", tc.confined)
+			var st syscall.Stat_t
+			if err := syscall.Stat("/proc/"+strconv.Itoa(d.cmd.Process.Pid)+"/environ", &st); err != nil || st.Uid != 0 {
+				t.Errorf("the dispatcher's /proc/PID/environ belongs to uid %d (%v): it is dumpable", st.Uid, err)
+			}
 			resp, body := d.get("/whoami")
 			if resp.StatusCode != http.StatusOK || !strings.Contains(body, "\nuid=") {
 				t.Fatalf("GET /whoami: %d:\n%s", resp.StatusCode, body)
