@@ -174,6 +174,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.sup.mu.Unlock()
 		p.wg.Add(1)
 		go p.sup.watch(w)
+		p.sup.log.WithFields(logrus.Fields{"pid": r.proc.PID(), "start_ms": ms(r.took)}).Debug("worker started")
 		p.adm.add(w)
 	}
 	p.wg.Add(1)
