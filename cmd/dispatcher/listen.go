@@ -207,6 +207,7 @@ func (l *shedListener) shedOne() (keep net.Conn, ok bool) {
 	}
 	c.Close()
 	l.shed.Add(1)
+	l.reserve, _ = os.Open(os.DevNull) // the descriptor c held
 	return nil, true
 }
 
