@@ -224,6 +224,45 @@ func TestSimStartInFlightWhenTheBreakerOpens(t *testing.T) {
 	})
 }
 
+// A start under way when the breaker opens that completes while the probe
+// is starting is no probe: it is discarded, and the breaker stays open
+// until the probe itself has started; a request sent meanwhile waits for
+// the probe.
+func TestSimStaleStartIsNoProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newFakeBinary(t)
+		b.startDelay = 3 * time.Second
+		p, hook := fakePool(t, b, Config{Size: 3,
+			Breaker: BreakerConfig{MinRequests: 4, Window: time.Minute, Backoff: 2 * time.Second}})
+		if _, err := fakeGet(context.Background(), p, "/ok"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for i := range 3 {
+			if _, err := fakeGet(context.Background(), p, "/crash"); err == nil {
+				t.Fatalf("crash %d answered", i)
+			}
+		}
+		// 2s: the probe starts; 3s: the two starts of before the opening
+		// complete; 5s: the probe completes.
+		time.Sleep(4*time.Second - time.Since(start))
+		synctest.Wait()
+		if logLine(hook, "breaker closed") != nil {
+			t.Fatal("the breaker closed before its probe started")
+		}
+		// Past the open period a request waits for the probe.
+		if body, err := fakeGet(context.Background(), p, "/ok"); err != nil || body != "ok" {
+			t.Fatalf("a request 4s in: %q %v", body, err)
+		}
+		if at := time.Since(start); at < 5*time.Second {
+			t.Errorf("a request 4s in was served at %s, before the probe started (5s)", at)
+		}
+		if logLine(hook, "breaker closed") == nil {
+			t.Error("no log line about the breaker closing")
+		}
+	})
+}
+
 // A binary whose every request kills its worker is quarantined after
 // MinRequests; one whose requests do so one time in five never is.
 func TestSimCrashRatio(t *testing.T) {

@@ -302,7 +302,7 @@ func (s *supervisor) scale() time.Duration {
 			s.mu.Unlock()
 			continue
 		}
-		go s.startOne()
+		go s.startOne(probe)
 	}
 	return 0
 }
@@ -350,9 +350,10 @@ func (s *supervisor) deficitLocked() (n, room int) {
 	return s.cfg.Size - kept - s.starting, room
 }
 
-// startOne starts one worker. A failure delays the next start; when no
-// worker is left to serve them, the waiting requests get the start error.
-func (s *supervisor) startOne() {
+// startOne starts one worker, the breaker's probe if probe is set. A
+// failure delays the next start; when no worker is left to serve them, the
+// waiting requests get the start error.
+func (s *supervisor) startOne(probe bool) {
 	defer s.pool.wg.Done()
 	t0 := time.Now()
 	spec, bound := s.startSpec()
@@ -365,7 +366,12 @@ func (s *supervisor) startOne() {
 		delay := s.backoff.Failed()
 		s.notBefore = now.Add(delay)
 		failures := s.backoff.Failures()
-		opened := s.breaker.StartFailed(now)
+		// A start that began before the breaker opened says nothing the
+		// breaker does not know; the probe's failure opens it again.
+		opened := false
+		if st := s.breaker.State(); !st.Open || probe {
+			opened = s.breaker.StartFailed(now)
+		}
 		orphaned := s.starting == 0 && s.liveLocked() == 0
 		s.mu.Unlock()
 		if opened {
@@ -383,9 +389,9 @@ func (s *supervisor) startOne() {
 	}
 	w := newWorker(proc, jittered(s.cfg.MaxRequests), now)
 	bound.Store(w)
-	if st := s.breaker.State(); st.Open && !st.Probing {
+	if st := s.breaker.State(); st.Open && !probe {
 		// It began starting before the breaker opened: no worker joins
-		// until the probe does.
+		// until the probe does (which may still be starting).
 		s.mu.Unlock()
 		proc.Kill()
 		s.log.WithField("pid", proc.PID()).Debug("worker started as the breaker opened: discarded")
