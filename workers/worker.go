@@ -126,6 +126,9 @@ func (c *Config) startChild(spec StartSpec, socketDir string) (Process, error) {
 					r.Forget(cmd.Process.Pid)
 				}
 				if cell != nil && cell.ReapsOrphans() {
+					// Its orphans never reach this process. (A stray of
+					// another, unsandboxed pool waits for that pool's next
+					// exit: its cell, if any, has killed it already.)
 					return
 				}
 				if n := r.Sweep(); n > 0 {

@@ -920,7 +920,7 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	}
 	proc := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/"
 	for _, m := range []struct{ file, data string }{{"uid_map", c.uidMap}, {"setgroups", "deny"}, {"gid_map", c.gidMap}} {
-		if err := os.WriteFile(proc+m.file, []byte(m.data), 0); err != nil {
+		if err := writeProcFile(proc+m.file, m.data); err != nil {
 			return fail(fmt.Errorf("sandbox: the user namespace's %s: %w", m.file, err))
 		}
 	}
@@ -929,7 +929,24 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 			return fail(fmt.Errorf("cgroup: join the sandbox to its cell %s: %w", dir, err))
 		}
 	}
-	return syncW.Close()
+	_ = syncW.Close() // the descriptor goes whatever Close says
+	return nil
+}
+
+// writeProcFile writes data to a /proc file of a shim that has just
+// executed. Start returns once the shim's execve has closed its
+// close-on-exec descriptors, a moment before the kernel makes the new
+// image dumpable: meanwhile its /proc files are root's, which an
+// unprivileged dispatcher may not open, so EACCES is retried, briefly.
+func writeProcFile(path, data string) error {
+	deadline := time.Now().Add(time.Second)
+	for d := 20 * time.Microsecond; ; d = min(2*d, 10*time.Millisecond) {
+		err := os.WriteFile(path, []byte(data), 0)
+		if !errors.Is(err, syscall.EACCES) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(d)
+	}
 }
 
 func (c *Cell) closeCgroupFD() {
