@@ -274,7 +274,7 @@ func FuzzServerConnNext(f *testing.F) {
 				if fr.Request == nil || fr.Request.ID != fr.ID {
 					t.Fatalf("request frame %+v", fr)
 				}
-			case KindBody, KindEnd, KindCancel, KindPing, KindAbort:
+			case KindBody, KindEnd, KindCancel, KindPing, KindAbort, KindWithdraw:
 				if fr.Request != nil {
 					t.Fatalf("%s frame with a request", fr.Kind)
 				}
