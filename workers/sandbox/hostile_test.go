@@ -666,3 +666,25 @@ func TestChecksum(t *testing.T) {
 		return entry != nil && strings.Contains(fmt.Sprint(entry.Data["error"]), "not the expected sha256:"+sum)
 	})
 }
+
+// The workers of two sandboxes (two functions) of a root dispatcher
+// without network share no network namespace: one cannot reach an
+// abstract unix socket the other listens on (TCP is denied to both by the
+// filter), which its own sandbox's workers reach.
+func TestSandboxesHaveSeparateNetworks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: an unprivileged dispatcher's workers each have a network namespace of their own")
+	}
+	a := start(t, sandbox.Options{Namespaces: true}, workers.Config{Size: 1})
+	b := start(t, sandbox.Options{Namespaces: true}, workers.Config{Size: 1})
+	const sock = "net=unix&addr=@dispatcher-test-" + "separate-networks"
+	if body := a.must("/listen?" + sock); !strings.Contains(body, "listen: ok") {
+		t.Fatalf("listen in the first sandbox: %s", body)
+	}
+	if body := a.must("/dial?" + sock); !strings.Contains(body, "dial: ok") {
+		t.Fatalf("dial from the same sandbox: %s", body)
+	}
+	if body := b.must("/dial?" + sock); !strings.Contains(body, "dial: error") {
+		t.Errorf("a worker of another sandbox reached the first one's abstract socket: %s", body)
+	}
+}

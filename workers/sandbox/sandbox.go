@@ -163,9 +163,9 @@ type Sandbox struct {
 	// workers start from the thread in the shared empty network
 	// namespace, and the binds of the root per worker binary.
 	outerUID, outerGID uint32
-	ambient            []uintptr // every capability: the shim keeps them across its execve
-	filter             []byte    // the workers' seccomp program (shim.Filter)
-	sharedNet          bool
+	ambient            []uintptr    // every capability: the shim keeps them across its execve
+	filter             []byte       // the workers' seccomp program (shim.Filter)
+	net                *spawnThread // a root dispatcher's, without network: starts the workers in the sandbox's empty network namespace
 	rootMu             sync.Mutex
 	roots              map[rootKey][]shim.Mount
 	warnings           []string
@@ -330,8 +330,10 @@ func (s *Sandbox) checkNamespaces(root bool) error {
 	}
 	// Root can make one empty network namespace for all workers; an
 	// ordinary user's workers each get theirs with their user namespace.
-	s.sharedNet = root && !o.AllowNetwork
-	netNote := map[bool]string{true: "a network namespace shared by the workers", false: "a network namespace each"}[s.sharedNet]
+	if root && !o.AllowNetwork {
+		s.net = newEmptyNet()
+	}
+	netNote := map[bool]string{true: "a network namespace shared by this function's workers", false: "a network namespace each"}[s.net != nil]
 	if o.AllowNetwork {
 		netNote = "the host's network"
 	}
@@ -595,6 +597,9 @@ func (s *Sandbox) Close() error {
 		for _, g := range s.groups {
 			errs = append(errs, g.remove(5*time.Second))
 		}
+		if s.net != nil {
+			s.net.stop()
+		}
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
@@ -613,12 +618,12 @@ type Cell struct {
 	cred     *syscall.Credential // the sandbox's User, or nil
 	poolDir  string
 
-	owner     *syscall.Credential // who gets the socket directory, or nil
-	ns        bool                // a sandbox: joins its cell through descriptors
-	uidMap    string              // with ns: the user namespace's maps, written after the shim's execve
-	gidMap    string
-	sharedNet bool         // started in the shared empty network namespace
-	root      []shim.Mount // binds the dispatcher clones for the shim
+	owner  *syscall.Credential // who gets the socket directory, or nil
+	ns     bool                // a sandbox: joins its cell through descriptors
+	uidMap string              // with ns: the user namespace's maps, written after the shim's execve
+	gidMap string
+	net    *spawnThread // if set, starts it in the sandbox's empty network namespace
+	root   []shim.Mount // binds the dispatcher clones for the shim
 
 	once    sync.Once
 	err     error
@@ -667,8 +672,8 @@ func (s *Sandbox) prepare(cmd *exec.Cmd, socketDir string, trial bool) (*Cell, e
 		if sp.TmpSize == 0 {
 			sp.TmpSize = DefaultTmpSize
 		}
-		sp.OwnNet = !s.sharedNet && !s.opts.AllowNetwork
-		c.ns, c.sharedNet = true, s.sharedNet
+		sp.OwnNet = s.net == nil && !s.opts.AllowNetwork
+		c.ns, c.net = true, s.net
 		c.uidMap, c.gidMap = fmt.Sprintf("0 %d 1\n", s.outerUID), fmt.Sprintf("0 %d 1\n", s.outerGID)
 		if os.Geteuid() == 0 {
 			c.root = sp.Root // cloned at each start (startSandboxed)
@@ -905,8 +910,8 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	if len(trees) > 0 {
 		cmd.Env = append(cmd.Env, shim.EnvTreeFDs+"="+strings.Join(trees, ","))
 	}
-	if c.sharedNet {
-		err = emptyNet.start(cmd)
+	if c.net != nil {
+		err = c.net.start(cmd)
 	} else {
 		err = cmd.Start()
 	}

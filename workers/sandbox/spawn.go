@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -11,9 +12,9 @@ import (
 )
 
 // A spawning thread starts workers from one OS thread whose attributes
-// they inherit, locked for the life of the program: it never exits, which
-// also keeps the parent-death signal (sent when the creating thread ends)
-// for the dispatcher's own death. The Go runtime never hands a locked
+// they inherit, locked until stop (the direct one never stops): while it
+// lives, the parent-death signal (sent when the creating thread ends) is
+// kept for the dispatcher's own death. The Go runtime never hands a locked
 // thread to other goroutines, and starts new threads from a clean template
 // rather than from it, so its attributes stay its own.
 type spawnThread struct {
@@ -21,6 +22,9 @@ type spawnThread struct {
 	once  sync.Once
 	err   error
 	reqs  chan spawnRequest
+
+	mu      sync.Mutex
+	stopped bool
 }
 
 type spawnRequest struct {
@@ -39,11 +43,15 @@ var (
 		}
 		return nil
 	}}
-	// emptyNet starts the sandboxes of a root dispatcher without network:
-	// its thread is in a network namespace of its own with only a
-	// loopback device, which every such worker shares (creating and
-	// destroying one per worker is slow in the kernel).
-	emptyNet = &spawnThread{setup: func() error {
+)
+
+// newEmptyNet returns the thread that starts the sandboxes of one Sandbox
+// of a root dispatcher without network: it is in a network namespace of
+// its own with only a loopback device, which every worker of that Sandbox
+// shares (creating and destroying one per worker is slow in the kernel),
+// and no other Sandbox's workers see.
+func newEmptyNet() *spawnThread {
+	return &spawnThread{setup: func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("an empty network namespace: %w", err)
 		}
@@ -52,7 +60,7 @@ var (
 		}
 		return nil
 	}}
-)
+}
 
 // spawn starts cmd from the no_new_privs thread.
 func spawn(cmd *exec.Cmd) error { return direct.start(cmd) }
@@ -80,7 +88,27 @@ func (t *spawnThread) start(cmd *exec.Cmd) error {
 	if t.err != nil {
 		return t.err
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return errors.New("sandbox: closed")
+	}
 	done := make(chan error, 1)
 	t.reqs <- spawnRequest{cmd, done}
 	return <-done
+}
+
+// stop ends the thread, once the processes it started are gone: they get
+// their parent-death signal when it ends.
+func (t *spawnThread) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	t.stopped = true
+	t.once.Do(func() { t.err = errors.New("sandbox: closed") }) // never started
+	if t.err == nil {
+		close(t.reqs)
+	}
 }

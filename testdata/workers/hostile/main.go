@@ -117,14 +117,40 @@ func main() {
 	mux.HandleFunc("/inherited", inherited)
 	mux.HandleFunc("/connect", connect)
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
-		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 2*time.Second)
+		c, err := net.DialTimeout(netParam(r), r.URL.Query().Get("addr"), 2*time.Second)
 		if err == nil {
 			c.Close()
 		}
 		fmt.Fprintf(w, "dial: %s\n", result(err))
 	})
+	// /listen?addr=ADDR[&net=unix] keeps a listener (TCP by default; an
+	// abstract unix socket for @NAME) open for the worker's life,
+	// accepting and closing.
+	mux.HandleFunc("/listen", func(w http.ResponseWriter, r *http.Request) {
+		ln, err := net.Listen(netParam(r), r.URL.Query().Get("addr"))
+		if err == nil {
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+		}
+		fmt.Fprintf(w, "listen: %s\n", result(err))
+	})
 	sandboxAttacks(mux) // sandbox.go
 	sdk.Serve(mux)
+}
+
+// netParam is the request's net parameter, "tcp" by default.
+func netParam(r *http.Request) string {
+	if n := r.URL.Query().Get("net"); n != "" {
+		return n
+	}
+	return "tcp"
 }
 
 // result is "ok" or "error: ..." for a report line.
