@@ -864,9 +864,10 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 	}()
 	// The kernel creates the shim in its cgroup v2 cell (clone3 with
 	// CLONE_INTO_CGROUP): moving a process between cgroups costs an RCU
-	// grace period, milliseconds. The shim joins the others itself.
+	// grace period, milliseconds. The dispatcher moves it into the others
+	// (cgroup v1) while it starts.
 	defer c.closeCgroupFD()
-	var fds []string
+	var v1Cells []string
 	for _, g := range c.groups {
 		if g.h.v2 && c.cgroupFD < 0 {
 			fd, err := unix.Open(g.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -877,7 +878,7 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 			continue
 		}
-		fds = append(fds, g.dir)
+		v1Cells = append(v1Cells, g.dir)
 	}
 	// The shim waits, before anything else, until this end closes: once
 	// its user namespace has maps and it is in its other cells (cgroup v1),
@@ -887,8 +888,7 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 		return err
 	}
 	files = append(files, syncR, syncW)
-	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", shim.EnvSync, 3+len(cmd.ExtraFiles)))
-	cmd.ExtraFiles = append(cmd.ExtraFiles, syncR)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", shim.EnvSync, passFile(cmd, syncR)))
 	// A root dispatcher hands the shim a copy of each bind, which it
 	// attaches without having to reach the source (it need not: the
 	// worker binary may lie in a directory only root may enter).
@@ -904,8 +904,7 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 		}
 		f := os.NewFile(uintptr(fd), m.Src)
 		files = append(files, f)
-		trees = append(trees, fmt.Sprintf("%d:%d", i, 3+len(cmd.ExtraFiles)))
-		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		trees = append(trees, fmt.Sprintf("%d:%d", i, passFile(cmd, f)))
 	}
 	if len(trees) > 0 {
 		cmd.Env = append(cmd.Env, shim.EnvTreeFDs+"="+strings.Join(trees, ","))
@@ -929,13 +928,20 @@ func (c *Cell) startSandboxed(cmd *exec.Cmd) error {
 			return fail(fmt.Errorf("sandbox: the user namespace's %s: %w", m.file, err))
 		}
 	}
-	for _, dir := range fds {
+	for _, dir := range v1Cells {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
 			return fail(fmt.Errorf("cgroup: join the sandbox to its cell %s: %w", dir, err))
 		}
 	}
 	_ = syncW.Close() // the descriptor goes whatever Close says
 	return nil
+}
+
+// passFile adds f to the descriptors cmd's process inherits and returns
+// the number it will have there.
+func passFile(cmd *exec.Cmd, f *os.File) int {
+	cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	return 2 + len(cmd.ExtraFiles)
 }
 
 // writeProcFile writes data to a /proc file of a shim that has just
