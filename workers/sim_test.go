@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sirupsen/logrus/hooks/test"
 )
 
 type simResult struct {
@@ -183,6 +185,30 @@ func TestSimStartFailuresBackOffAndOpenTheBreaker(t *testing.T) {
 	})
 }
 
+// simCrashOpen starts a pool of three workers whose starts take
+// startDelay, with a breaker that opens for backoff after 3 of 4 requests
+// killed their worker; sends a healthy request, then three that crash
+// their workers at once, which opens the breaker while the replacements of
+// the first two are starting. It returns when the crashes were answered,
+// that time, and the pool's log.
+func simCrashOpen(t *testing.T, startDelay, backoff time.Duration) (*Pool, *test.Hook, time.Time) {
+	t.Helper()
+	b := newFakeBinary(t)
+	b.startDelay = startDelay
+	p, hook := fakePool(t, b, Config{Size: 3,
+		Breaker: BreakerConfig{MinRequests: 4, Window: time.Minute, Backoff: backoff}})
+	if _, err := fakeGet(context.Background(), p, "/ok"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := range 3 {
+		if _, err := fakeGet(context.Background(), p, "/crash"); err == nil {
+			t.Fatalf("crash %d answered", i)
+		}
+	}
+	return p, hook, start
+}
+
 // A start already under way when the breaker opens does not end the
 // quarantine early: its worker is discarded, and requests that find no
 // worker are refused until the probe, Backoff later. Three workers crash
@@ -190,19 +216,7 @@ func TestSimStartFailuresBackOffAndOpenTheBreaker(t *testing.T) {
 // crash opens the breaker.
 func TestSimStartInFlightWhenTheBreakerOpens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := newFakeBinary(t)
-		b.startDelay = 50 * time.Millisecond
-		p, hook := fakePool(t, b, Config{Size: 3,
-			Breaker: BreakerConfig{MinRequests: 4, Window: time.Minute, Backoff: 5 * time.Second}})
-		if _, err := fakeGet(context.Background(), p, "/ok"); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		for i := range 3 {
-			if _, err := fakeGet(context.Background(), p, "/crash"); err == nil {
-				t.Fatalf("crash %d answered", i)
-			}
-		}
+		p, hook, start := simCrashOpen(t, 50*time.Millisecond, 5*time.Second)
 		synctest.Wait()
 		if time.Since(start) != 0 {
 			t.Fatalf("the crashes took %s of virtual time, want none (the starts must still be under way)", time.Since(start))
@@ -230,19 +244,7 @@ func TestSimStartInFlightWhenTheBreakerOpens(t *testing.T) {
 // the probe.
 func TestSimStaleStartIsNoProbe(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := newFakeBinary(t)
-		b.startDelay = 3 * time.Second
-		p, hook := fakePool(t, b, Config{Size: 3,
-			Breaker: BreakerConfig{MinRequests: 4, Window: time.Minute, Backoff: 2 * time.Second}})
-		if _, err := fakeGet(context.Background(), p, "/ok"); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		for i := range 3 {
-			if _, err := fakeGet(context.Background(), p, "/crash"); err == nil {
-				t.Fatalf("crash %d answered", i)
-			}
-		}
+		p, hook, start := simCrashOpen(t, 3*time.Second, 2*time.Second)
 		// 2s: the probe starts; 3s: the two starts of before the opening
 		// complete; 5s: the probe completes.
 		time.Sleep(4*time.Second - time.Since(start))
