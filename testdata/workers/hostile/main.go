@@ -335,6 +335,12 @@ func spin(w http.ResponseWriter, r *http.Request) {
 // it: a successful attack leaves the target running.
 func ptrace(w http.ResponseWriter, r *http.Request) {
 	pid := targetPID(r)
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(seize(pid)))
+}
+
+// seize tries PTRACE_SEIZE on pid from a thread of its own, which then
+// exits, detaching a seized target.
+func seize(pid int) error {
 	done := make(chan error)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
@@ -345,7 +351,7 @@ func ptrace(w http.ResponseWriter, r *http.Request) {
 		}
 		done <- nil
 	}()
-	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+	return <-done
 }
 
 // syscalls tries calls the sandbox denies, with arguments that do no harm
@@ -506,17 +512,7 @@ func attacks(w http.ResponseWriter, r *http.Request) {
 		sig = 0 // only whether it could
 	}
 	fmt.Fprintf(w, "kill %d %d: %s\n", pid, sig, result(syscall.Kill(pid, sig)))
-	done := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits, detaching a seized target
-		_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(pid), 0, 0, 0, 0)
-		if e != 0 {
-			done <- e
-			return
-		}
-		done <- nil
-	}()
-	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(<-done))
+	fmt.Fprintf(w, "ptrace %d: %s\n", pid, result(seize(pid)))
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	if err == nil && len(b) == 0 {
 		err = errors.New("empty")
